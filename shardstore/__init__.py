@@ -1,0 +1,57 @@
+"""shardstore: write NumPy arrays once as shards, read them into fast tf.data pipelines.
+
+>>> import shardstore
+>>> ds = shardstore.write("data/train", {"image": images, "label": labels})  # doctest: +SKIP
+>>> tfds = shardstore.open("data/train").to_tf(batch_size=32, features=("image", "label"))
+
+Importing this package is cheap: TensorFlow and source plugins are imported
+only when a pipeline is built or a source is used.
+"""
+
+from __future__ import annotations
+
+from shardstore.api import open, write
+from shardstore.errors import (
+    CapabilityError,
+    ChecksumError,
+    DatasetExistsError,
+    DatasetNotFoundError,
+    InvalidInputError,
+    ManifestError,
+    PluginConflictError,
+    PluginLoadError,
+    ShardStoreError,
+    SourceNotFoundError,
+    UnsupportedDTypeError,
+)
+from shardstore.manifest import FeatureSpec, Manifest
+from shardstore.reader import Dataset
+from shardstore.registry import SourceInfo, available_sources, get_source, register_source
+from shardstore.writer import Writer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CapabilityError",
+    "ChecksumError",
+    "Dataset",
+    "DatasetExistsError",
+    "DatasetNotFoundError",
+    "FeatureSpec",
+    "InvalidInputError",
+    "Manifest",
+    "ManifestError",
+    "PluginConflictError",
+    "PluginLoadError",
+    "ShardStoreError",
+    "SourceInfo",
+    "SourceNotFoundError",
+    "UnsupportedDTypeError",
+    "Writer",
+    "__version__",
+    "available_sources",
+    "get_source",
+    "open",
+    "register_source",
+    "write",
+]

@@ -1,0 +1,101 @@
+"""The two calls most users need: :func:`write` and :func:`open`."""
+
+from __future__ import annotations
+
+import builtins
+import os
+from pathlib import Path
+from typing import Any
+
+from shardstore.errors import DatasetNotFoundError
+from shardstore.fsutil import resolve_inside
+from shardstore.manifest import MANIFEST_NAME, Manifest
+from shardstore.reader import Dataset
+from shardstore.writer import Writer, normalize_arrays
+
+__all__ = ["open", "write"]
+
+
+def write(
+    path: str | os.PathLike[str],
+    arrays: Any,
+    *,
+    format: str = "npy",
+    shard_size: int | str | None = None,
+    records_per_shard: int | None = None,
+    overwrite: bool = False,
+    metadata: dict[str, Any] | None = None,
+    fsync: bool = True,
+    progress: bool | None = None,
+    **options: Any,
+) -> Dataset:
+    """Write arrays as a sharded dataset and return it, opened.
+
+    Parameters
+    ----------
+    path : the dataset directory.
+    arrays : ``name -> array-like`` with one shared leading length (NumPy
+        arrays, ``np.memmap``, anything with ``shape``, ``dtype`` and
+        slicing), or a single array (stored as feature ``"x"``).
+    format : the source that writes the shards (``"npy"``).
+    shard_size : target bytes per shard (default ``"64MiB"``), or
+    records_per_shard : records per shard instead.
+    overwrite : replace an existing dataset atomically instead of refusing.
+    metadata : JSON-serialisable user metadata kept in the manifest.
+    fsync : flush to stable storage before committing (default True).
+    progress : progress bar (default: only on a terminal).
+    **options : source-specific options.
+
+    Everything is validated before the first byte is written; on any error
+    nothing is left behind and an existing dataset is untouched.
+    """
+    items = normalize_arrays(arrays)
+    total = int(next(iter(items.values())).shape[0])
+    writer = Writer(
+        path,
+        format=format,
+        shard_size=shard_size,
+        records_per_shard=records_per_shard,
+        overwrite=overwrite,
+        metadata=metadata,
+        fsync=fsync,
+        progress=progress,
+        total=total,
+        **options,
+    )
+    writer.write(items)  # aborts (removes its files) on any error
+    return writer.close()
+
+
+def open(path: str | os.PathLike[str], *, source: str | None = None) -> Dataset:
+    """Open a committed dataset for reading.
+
+    Parameters
+    ----------
+    path : the dataset directory.
+    source : read with this source instead of the one that wrote the shards
+        (it must be able to read them).
+
+    Raises
+    ------
+    DatasetNotFoundError
+        No committed dataset (no ``manifest.json``) at ``path``.
+    ManifestError
+        The manifest is invalid, unsafe, or of an unsupported format version.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"no shardstore dataset at {str(root)!r}: not a directory")
+    manifest_path = resolve_inside(root, MANIFEST_NAME)
+    try:
+        with builtins.open(manifest_path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise DatasetNotFoundError(
+            f"no shardstore dataset at {str(root)!r}: no {MANIFEST_NAME} (never committed?)"
+        ) from None
+    manifest = Manifest.from_json(data)
+    dataset = Dataset(root, manifest, source=source)
+    if source is not None:
+        dataset.source  # noqa: B018 - fail fast on an unknown or incompatible source
+    return dataset

@@ -1,0 +1,95 @@
+"""The exceptions shardstore raises.
+
+Every error derives from :class:`ShardStoreError`, so ``except ShardStoreError``
+catches anything shardstore refuses. Each one also derives from the builtin
+exception a Python user would expect (``ValueError`` for bad input,
+``FileNotFoundError`` for a missing dataset...), in the style of zarr-python's
+``NodeNotFoundError(BaseZarrError, FileNotFoundError)``, so existing handlers
+keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CapabilityError",
+    "ChecksumError",
+    "DatasetExistsError",
+    "DatasetNotFoundError",
+    "InvalidInputError",
+    "ManifestError",
+    "PluginConflictError",
+    "PluginLoadError",
+    "ShardStoreError",
+    "SourceNotFoundError",
+    "UnsupportedDTypeError",
+]
+
+
+class ShardStoreError(Exception):
+    """Base class of every error raised by shardstore."""
+
+
+class InvalidInputError(ShardStoreError, ValueError):
+    """The caller passed something shardstore cannot write or read.
+
+    Examples: arrays whose leading lengths differ, ``shard_size <= 0``, an
+    unknown option. Raised before anything is written.
+    """
+
+
+class UnsupportedDTypeError(InvalidInputError, TypeError):
+    """An array's dtype cannot be stored (object, string, datetime, ...)."""
+
+
+class ManifestError(ShardStoreError, ValueError):
+    """A ``manifest.json`` is malformed, unsafe, or of an unknown version."""
+
+
+class DatasetNotFoundError(ShardStoreError, FileNotFoundError):
+    """There is no committed dataset at the given path."""
+
+
+class DatasetExistsError(ShardStoreError, FileExistsError):
+    """A dataset already exists where one was to be written (``overwrite=False``)."""
+
+
+class ChecksumError(ShardStoreError, OSError):
+    """A shard file does not match the size or checksum its manifest records.
+
+    Attributes
+    ----------
+    dataset, shard, file : the dataset path, the shard index and the file's
+        relative path, so the message names exactly what is damaged.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        dataset: str | None = None,
+        shard: int | None = None,
+        file: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.dataset = dataset
+        self.shard = shard
+        self.file = file
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class SourceNotFoundError(ShardStoreError, LookupError):
+    """No installed source plugin has the requested name."""
+
+
+class PluginLoadError(ShardStoreError, ImportError):
+    """A source plugin is installed but could not be imported or is not a Source."""
+
+
+class PluginConflictError(ShardStoreError):
+    """Two installed distributions register a source under the same name."""
+
+
+class CapabilityError(ShardStoreError, NotImplementedError):
+    """A source was asked for something it declares it cannot do."""

@@ -1,0 +1,141 @@
+"""Filesystem primitives: create-only files, atomic publication, safe paths.
+
+These are the few places where shardstore's crash-safety promises are kept:
+
+* shard files are created with ``O_EXCL`` (never overwritten in place) and
+  hashed while they are written;
+* the manifest is published by writing a temporary file, ``fsync``-ing it,
+  then ``link`` (first commit: fails if another writer won) or ``replace``
+  (overwrite) onto ``manifest.json``, then ``fsync``-ing the directory;
+* every path read from a manifest is resolved with :func:`resolve_inside`,
+  which refuses symlinks that leave the dataset directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+from shardstore.checksum import format_digest, new_hasher
+from shardstore.errors import DatasetExistsError, ManifestError
+
+__all__ = ["HashingFile", "fsync_dir", "publish", "remove_quietly", "resolve_inside"]
+
+
+class HashingFile:
+    """A new file, written sequentially, hashed and counted as it is written.
+
+    Use as a context manager. The file is created with ``O_EXCL``; on an
+    exception inside the block it is removed. After a clean exit,
+    :attr:`size` and :attr:`checksum` describe exactly the bytes written.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.path = Path(path)
+        self._fsync = fsync
+        self._hasher = new_hasher()
+        self.size = 0
+        self.checksum = ""
+        self._fd = -1
+
+    def __enter__(self) -> HashingFile:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        self._fd = os.open(self.path, flags, 0o644)
+        return self
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data`` (any contiguous buffer) to the file."""
+        view = memoryview(data).cast("B")
+        self._hasher.update(view)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+            self.size += n
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc_type is None and self._fsync:
+                os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+        if exc_type is not None:
+            remove_quietly(self.path)
+        else:
+            self.checksum = format_digest(self._hasher)
+
+
+def publish(tmp: Path, dest: Path, *, replace: bool) -> None:
+    """Atomically make ``tmp`` visible as ``dest``.
+
+    With ``replace=False`` the publication is create-only: if ``dest``
+    appears first (another writer committed), raise ``DatasetExistsError``.
+    Readers see the old file or the new one, never a partial one.
+    """
+    if replace:
+        os.replace(tmp, dest)
+    else:
+        try:
+            os.link(tmp, dest)
+        except FileExistsError:
+            raise DatasetExistsError(
+                f"{dest.parent}: another writer committed a dataset here first"
+            ) from None
+        except OSError as exc:  # filesystems without hard links
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            if dest.exists():
+                raise DatasetExistsError(
+                    f"{dest.parent}: another writer committed a dataset here first"
+                ) from None
+            os.replace(tmp, dest)
+            return
+        remove_quietly(tmp)
+    fsync_dir(dest.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """``fsync`` a directory so that renames and links in it are durable."""
+    with contextlib.suppress(OSError):  # not supported everywhere (e.g. some network FS)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def resolve_inside(root: Path, relpath: str) -> Path:
+    """Absolute path of ``relpath`` under ``root``, refusing escapes via symlinks.
+
+    ``relpath`` must already have passed the lexical checks of
+    :func:`shardstore.manifest.check_relative_path`.
+    """
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(real_root, relpath))
+    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        raise ManifestError(
+            f"{relpath!r} resolves to {real!r}, outside the dataset directory {real_root!r}"
+        )
+    return Path(real)
+
+
+def remove_quietly(path: Path) -> None:
+    """Remove a file if it exists; ignore errors (used on clean-up paths)."""
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def iter_files(root: Path) -> Iterator[Path]:
+    """Every regular file below ``root`` (used by clean-up code)."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            yield Path(dirpath) / name

@@ -1,0 +1,220 @@
+"""The reader: an opened dataset, its metadata, and ``to_tf``.
+
+:class:`Dataset` is cheap to create: it holds the validated manifest and
+touches no shard file until asked. TensorFlow is imported only by
+:meth:`Dataset.to_tf`, which delegates the ``tf.data`` construction to
+:mod:`shardstore.pipeline`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tqdm.auto import tqdm
+
+from shardstore.checksum import hash_file
+from shardstore.errors import CapabilityError, ChecksumError
+from shardstore.fsutil import resolve_inside
+from shardstore.manifest import FeatureSpec, Manifest, ShardEntry
+from shardstore.registry import get_source
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+    from shardstore.sources.base import Source
+
+__all__ = ["Dataset"]
+
+
+class Dataset:
+    """A committed shardstore dataset, opened for reading.
+
+    Create it with :func:`shardstore.open` (or get it back from
+    :func:`shardstore.write`). Attributes: :attr:`num_records`,
+    :attr:`num_shards`, :attr:`features` (name -> :class:`FeatureSpec`),
+    :attr:`metadata`, :attr:`nbytes`.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], manifest: Manifest, *, source: str | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+        self._source_name = source
+
+    # -- metadata -----------------------------------------------------------------------
+    @property
+    def num_records(self) -> int:
+        """Records in the dataset."""
+        return self.manifest.num_records
+
+    @property
+    def num_shards(self) -> int:
+        """Shards in the dataset."""
+        return len(self.manifest.shards)
+
+    @property
+    def features(self) -> Mapping[str, FeatureSpec]:
+        """Feature specs by name: ``.dtype`` (numpy) and ``.shape`` (per record)."""
+        return self.manifest.features
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        """The user metadata stored at write time."""
+        return self.manifest.metadata
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all shard files on disk."""
+        return self.manifest.nbytes
+
+    @property
+    def shards(self) -> tuple[ShardEntry, ...]:
+        """The manifest's shard entries."""
+        return self.manifest.shards
+
+    @property
+    def source(self) -> Source:
+        """The source plugin that reads this dataset."""
+        written_by = self.manifest.sources
+        name = self._source_name or (written_by[0] if written_by else "npy")
+        source = get_source(name)
+        for shard_source in written_by:
+            if not source.can_read(shard_source):
+                raise CapabilityError(
+                    f"the {name!r} source cannot read shards written by {shard_source!r}"
+                )
+        return source
+
+    def __len__(self) -> int:
+        return self.num_records
+
+    def __repr__(self) -> str:
+        feats = ", ".join(f"{n}: {s.dtype.name}{list(s.shape)}" for n, s in self.features.items())
+        return (
+            f"<shardstore.Dataset {str(self.path)!r} records={self.num_records} "
+            f"shards={self.num_shards} features={{{feats}}}>"
+        )
+
+    # -- reading --------------------------------------------------------------------------
+    def to_tf(
+        self,
+        batch_size: int | None = 32,
+        *,
+        features: str | Sequence[str] | None = None,
+        shuffle: bool | str = False,
+        seed: int | None = None,
+        drop_remainder: bool = False,
+        shard: tuple[int, int] | None = None,
+        num_parallel_reads: int | None = None,
+        deterministic: bool | None = None,
+        prefetch: bool | int = True,
+        shuffle_buffer: int | None = None,
+    ) -> tf.data.Dataset:
+        """A ``tf.data.Dataset`` of batches read from this dataset.
+
+        Parameters
+        ----------
+        batch_size : records per batch; ``None`` yields single records.
+        features : ``None`` for a dict of every feature; a tuple of names for
+            tuples in that order (Keras-ready ``(x, y)``); one name for bare tensors.
+        shuffle : ``False`` reads in record order. ``True`` shuffles shard order,
+            then blocks (a buffer of blocks), then records within a window of
+            ``shuffle_buffer`` records; every record appears once per epoch.
+        seed : makes the shuffled order reproducible run to run; each
+            iteration over the returned dataset (each epoch) reshuffles.
+        drop_remainder : drop the last partial batch (static batch dimension).
+        shard : ``(worker_index, num_workers)``: read only this worker's
+            disjoint share of the shards.
+        num_parallel_reads : shards read concurrently (default: CPU count).
+        deterministic : keep a reproducible order (default: True unless
+            shuffling without a seed).
+        prefetch : ``True`` for an autotuned prefetch, an int for a fixed one.
+        shuffle_buffer : records mixed together by the record shuffle.
+        """
+        from shardstore.pipeline import ReadConfig, build_pipeline
+
+        config = ReadConfig.create(
+            self.features,
+            batch_size=batch_size,
+            features=features,
+            shuffle=shuffle,
+            seed=seed,
+            drop_remainder=drop_remainder,
+            shard=shard,
+            num_parallel_reads=num_parallel_reads,
+            deterministic=deterministic,
+            prefetch=prefetch,
+            shuffle_buffer=shuffle_buffer,
+        )
+        return build_pipeline(self, config)
+
+    def check_files(self, shards: Sequence[ShardEntry] | None = None) -> None:
+        """Cheap integrity check: every file exists inside the dataset with its recorded size."""
+        for shard in self.shards if shards is None else shards:
+            for f in shard.files:
+                path = self._resolve(f.path)
+                try:
+                    size = path.stat().st_size
+                except FileNotFoundError:
+                    raise self._damaged(shard, f.path, "is missing") from None
+                if size != f.size:
+                    raise self._damaged(
+                        shard, f.path, f"has {size} bytes, the manifest records {f.size}"
+                    )
+
+    def verify(self, *, progress: bool | None = None) -> None:
+        """Re-check the size and checksum of every file.
+
+        Raises
+        ------
+        ChecksumError
+            Naming the dataset, the shard and the file that does not match.
+        """
+        total = self.nbytes
+        with tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            desc="verify",
+            disable=None if progress is None else not progress,
+        ) as bar:
+            for shard in self.shards:
+                self.check_files([shard])
+                for f in shard.files:
+                    _, checksum = hash_file(self._resolve(f.path))
+                    if checksum != f.checksum:
+                        raise self._damaged(
+                            shard,
+                            f.path,
+                            f"has checksum {checksum}, the manifest records {f.checksum}",
+                        )
+                    bar.update(f.size)
+
+    def _resolve(self, relpath: str) -> Path:
+        return resolve_inside(self.path, relpath)
+
+    def _damaged(self, shard: ShardEntry, relpath: str, what: str) -> ChecksumError:
+        return ChecksumError(
+            f"dataset {str(self.path)!r}, shard {shard.index}: file {relpath!r} {what}",
+            dataset=str(self.path),
+            shard=shard.index,
+            file=relpath,
+        )
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-ready summary (used by ``shardstore info --json``)."""
+        return {
+            "path": str(self.path),
+            "version_id": self.manifest.version_id,
+            "format_version": self.manifest.format_version,
+            "num_records": self.num_records,
+            "num_shards": self.num_shards,
+            "nbytes": self.nbytes,
+            "sources": list(self.manifest.sources),
+            "features": {n: s.to_json() for n, s in self.features.items()},
+            "metadata": dict(self.metadata),
+        }

@@ -1,0 +1,249 @@
+"""The source plugin contract.
+
+A *source* knows how to write one shard and how to read one shard back as a
+``tf.data.Dataset``; nothing more. The writer owns sharding, naming,
+checksums and the atomic commit; the reader owns parallelism, shuffling and
+batching. That split keeps a plugin small:
+
+``write_shard(shard, arrays)``
+    Write the records ``arrays`` (a mapping ``feature -> array-like`` with one
+    shared leading length) as one shard. Create every file through
+    ``shard.create(...)``: the core names it, hashes it while it is written,
+    records it in the manifest and removes it if anything fails.
+
+``tf_reader(ctx)``
+    Return a function mapping a scalar ``int64`` tensor (a position in
+    ``ctx.shards``) to a ``tf.data.Dataset`` of *blocks*: dicts
+    ``feature -> Tensor[b, *shape]`` with ``1 <= b <= ctx.block_records``,
+    in record order, covering the shard exactly once. Blocks, not single
+    records, because tf.data spends microseconds per element.
+
+Capability flags describe what the reader may ask for:
+
+``tf_native``
+    ``tf_reader`` uses TensorFlow ops only (no ``py_function`` /
+    ``numpy_function``), so pipelines serialise (tf.data service, auto-sharding).
+``random_access``
+    The source can fetch arbitrary records by index.
+``supports_ragged``
+    The source can store features with a variable dimension.
+
+Register a source under the entry-point group ``shardstore.sources``; the
+entry-point name must equal the class's ``name``. ``docs/plugins.md`` walks
+through a complete plugin.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from shardstore.checksum import CHUNK_BYTES
+from shardstore.errors import CapabilityError, InvalidInputError, UnsupportedDTypeError
+from shardstore.fsutil import HashingFile, resolve_inside
+from shardstore.manifest import SUPPORTED_DTYPES, FeatureSpec, FileEntry, ShardEntry
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+__all__ = [
+    "ArrayLike",
+    "ReadContext",
+    "ShardFile",
+    "ShardWriteContext",
+    "Source",
+    "iter_record_chunks",
+]
+
+#: Anything with ``shape``, ``dtype`` and NumPy-style slicing on the first axis.
+ArrayLike = Any
+
+
+class ShardFile:
+    """A file being written for a shard; see :meth:`ShardWriteContext.create`."""
+
+    def __init__(self, ctx: ShardWriteContext, relpath: str, feature: str | None) -> None:
+        self._ctx = ctx
+        self.relpath = relpath
+        self.feature = feature
+        #: Source-specific details stored with the file in the manifest.
+        self.info: dict[str, Any] = {}
+        self._file = HashingFile(ctx.root / relpath, fsync=ctx.fsync)
+
+    def __enter__(self) -> ShardFile:
+        self._file.__enter__()
+        self._ctx._open_paths.append(self._file.path)
+        return self
+
+    def write(self, data: bytes | bytearray | memoryview | np.ndarray) -> None:
+        """Append bytes (or a C-contiguous array's memory) to the file."""
+        if isinstance(data, np.ndarray):
+            data = np.ascontiguousarray(data).data
+        self._file.write(data)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._file.__exit__(exc_type, exc, tb)
+        if exc_type is None:
+            self._ctx.files.append(
+                FileEntry(
+                    path=self.relpath,
+                    size=self._file.size,
+                    checksum=self._file.checksum,
+                    feature=self.feature,
+                    info=dict(self.info),
+                )
+            )
+
+
+@dataclass
+class ShardWriteContext:
+    """Everything a source needs to write one shard.
+
+    Attributes
+    ----------
+    root : the dataset directory.
+    prefix : directory (relative to ``root``) that holds this write's files.
+    index : the shard's index.
+    num_records : records in this shard.
+    features : the spec of every feature, by name.
+    options : source-specific write options (e.g. ``compression``).
+    fsync : whether files are flushed to stable storage before the commit.
+    """
+
+    root: Path
+    prefix: str
+    index: int
+    num_records: int
+    features: Mapping[str, FeatureSpec]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    fsync: bool = True
+    files: list[FileEntry] = field(default_factory=list)
+    _open_paths: list[Path] = field(default_factory=list)
+
+    def create(self, suffix: str, *, feature: str | None = None) -> ShardFile:
+        """A new file for this shard, named ``<prefix>/<index>.<feature><suffix>``."""
+        stem = f"{self.index:06d}" + (f".{feature}" if feature is not None else "")
+        return ShardFile(self, f"{self.prefix}/{stem}{suffix}", feature)
+
+    def entry(self, source: str) -> ShardEntry:
+        """The manifest entry of the finished shard."""
+        return ShardEntry(self.index, source, self.num_records, tuple(self.files))
+
+
+@dataclass(frozen=True)
+class ReadContext:
+    """Everything a source needs to read shards.
+
+    Attributes
+    ----------
+    root : the dataset directory.
+    shards : the shards to read; ``tf_reader``'s argument indexes this tuple.
+    features : the specs of the features asked for, in output order.
+    block_records : the largest block the reader wants from one element.
+    """
+
+    root: Path
+    shards: tuple[ShardEntry, ...]
+    features: Mapping[str, FeatureSpec]
+    block_records: int
+
+    def resolve(self, relpath: str) -> Path:
+        """Absolute path of a manifest path, refusing escapes from the dataset."""
+        return resolve_inside(self.root, relpath)
+
+
+class Source(ABC):
+    """Base class of every source plugin (see the module docstring)."""
+
+    #: The registered name; also stored in the manifest of every shard written.
+    name: ClassVar[str]
+    tf_native: ClassVar[bool] = False
+    random_access: ClassVar[bool] = False
+    supports_ragged: ClassVar[bool] = False
+    #: Write options this source accepts (passed as ``write(..., **options)``).
+    write_options: ClassVar[frozenset[str]] = frozenset()
+    #: Shards written by these other sources can also be read by this one
+    #: (e.g. a memory-mapping reader of ``npy`` shards).
+    reads: ClassVar[frozenset[str]] = frozenset()
+
+    def can_read(self, written_by: str) -> bool:
+        """Whether this source reads shards written by the source ``written_by``."""
+        return written_by == self.name or written_by in self.reads
+
+    def check_features(self, features: Mapping[str, FeatureSpec]) -> None:
+        """Refuse features this source cannot store (raise ``UnsupportedDTypeError``)."""
+        for fname, spec in features.items():
+            if spec.dtype.str not in SUPPORTED_DTYPES:
+                raise UnsupportedDTypeError(
+                    f"feature {fname!r}: dtype {spec.dtype} cannot be stored by the "
+                    f"{self.name!r} source"
+                )
+            if not spec.is_fixed and not self.supports_ragged:
+                raise UnsupportedDTypeError(
+                    f"feature {fname!r} has a variable dimension; the {self.name!r} "
+                    "source stores fixed-shape records only"
+                )
+
+    def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate source-specific write options; return them normalised."""
+        unknown = sorted(set(options) - self.write_options)
+        if unknown:
+            accepted = ", ".join(sorted(self.write_options)) or "none"
+            raise InvalidInputError(
+                f"the {self.name!r} source does not take option(s) {', '.join(unknown)} "
+                f"(it accepts: {accepted})"
+            )
+        return dict(options)
+
+    @abstractmethod
+    def write_shard(self, shard: ShardWriteContext, arrays: Mapping[str, ArrayLike]) -> None:
+        """Write ``arrays`` (one shard's records) through ``shard.create``."""
+
+    @abstractmethod
+    def tf_reader(self, ctx: ReadContext) -> Callable[[tf.Tensor], tf.data.Dataset]:
+        """Return ``position -> tf.data.Dataset`` of blocks (see module docstring)."""
+
+    def require(self, capability: str) -> None:
+        """Raise ``CapabilityError`` unless this source has ``capability``."""
+        if not getattr(type(self), capability, False):
+            raise CapabilityError(f"the {self.name!r} source does not support {capability}")
+
+    @classmethod
+    def capabilities(cls) -> dict[str, bool]:
+        """The capability flags, by name."""
+        return {
+            "tf_native": cls.tf_native,
+            "random_access": cls.random_access,
+            "supports_ragged": cls.supports_ragged,
+        }
+
+
+def iter_record_chunks(
+    array: ArrayLike,
+    dtype: np.dtype[Any],
+    *,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Iterator[np.ndarray]:
+    """Yield ``array`` as C-contiguous ``dtype`` pieces of about ``chunk_bytes``.
+
+    Only one piece is in memory at a time, so a memory-mapped (or any lazily
+    sliced) input is never loaded whole.
+    """
+    n = int(array.shape[0])
+    record_bytes = max(1, dtype.itemsize * math.prod(int(d) for d in array.shape[1:]))
+    step = max(1, chunk_bytes // record_bytes)
+    for start in range(0, n, step):
+        piece = np.asarray(array[start : min(n, start + step)])
+        yield np.ascontiguousarray(piece, dtype=dtype)

@@ -1,0 +1,415 @@
+"""The writer: arrays in, shards and one atomically committed manifest out.
+
+:class:`Writer` accepts record batches (``name -> array`` with one shared
+leading length), cuts them into shards of ``records_per_shard`` records,
+hands each shard to the chosen source, and commits the manifest last:
+
+1. every input is validated before anything touches the disk;
+2. shard files go to a fresh directory ``v-<version_id>/`` inside the
+   dataset, created with ``O_EXCL`` and hashed as they are written;
+3. ``manifest.json`` is published atomically (see :mod:`shardstore.fsutil`);
+   until then no reader can see the new data;
+4. on an exception, or :meth:`Writer.abort`, the new files are removed;
+   after an overwrite, the previous version's files are removed.
+
+Full shards are written straight from views of the input, so a memory-mapped
+array is copied record range by record range, never loaded whole; only the
+records of one incomplete shard are buffered between calls to ``write``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from shardstore.errors import (
+    DatasetExistsError,
+    InvalidInputError,
+    ManifestError,
+    ShardStoreError,
+    UnsupportedDTypeError,
+)
+from shardstore.fsutil import fsync_dir, publish, remove_quietly, resolve_inside
+from shardstore.manifest import (
+    MANIFEST_NAME,
+    SUPPORTED_DTYPES,
+    FeatureSpec,
+    Manifest,
+    ShardEntry,
+    check_feature_name,
+    feature_specs_from_arrays,
+)
+from shardstore.registry import get_source
+from shardstore.sources.base import ArrayLike, ShardWriteContext
+
+if TYPE_CHECKING:
+    from shardstore.reader import Dataset
+
+__all__ = ["DEFAULT_SHARD_SIZE", "Writer", "normalize_arrays", "parse_size"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SHARD_SIZE = 64 << 20
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
+    "tb": 10**12, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+}  # fmt: skip
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes from an ``int`` or a string such as ``"64MiB"``, ``"1GB"``, ``"512k"``."""
+    if isinstance(size, bool):
+        raise InvalidInputError(f"shard_size must be a size, got {size!r}")
+    if isinstance(size, int | np.integer):
+        value = int(size)
+    elif isinstance(size, str) and (m := _SIZE.match(size)) and m.group(2).lower() in _UNITS:
+        value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    else:
+        raise InvalidInputError(
+            f"shard_size {size!r} is not a size; use bytes or a string like '64MiB'"
+        )
+    if value <= 0:
+        raise InvalidInputError(f"shard_size must be > 0 bytes, got {size!r}")
+    return value
+
+
+def _as_array_like(name: str, value: Any) -> ArrayLike:
+    if all(hasattr(value, a) for a in ("shape", "dtype", "__getitem__")):
+        return value
+    try:
+        return np.asarray(value)
+    except Exception as exc:
+        raise InvalidInputError(f"feature {name!r}: cannot be read as an array: {exc}") from None
+
+
+def normalize_arrays(arrays: Any) -> dict[str, ArrayLike]:
+    """Validate a ``write`` input and return it as ``name -> array-like``.
+
+    Accepts a mapping of name to array-like (NumPy arrays, ``np.memmap``,
+    anything with ``shape``, ``dtype`` and slicing) with one shared leading
+    length, or a single array, stored as feature ``"x"``. Nothing is copied.
+
+    Raises
+    ------
+    InvalidInputError
+        Empty input, bad names, 0-d arrays, differing leading lengths, or
+        empty (zero-byte) records.
+    UnsupportedDTypeError
+        A dtype the format cannot hold (object, strings, datetimes, ...).
+    """
+    if isinstance(arrays, Mapping):
+        items = {name: _as_array_like(str(name), v) for name, v in arrays.items()}
+        if not all(isinstance(n, str) for n in arrays):
+            raise InvalidInputError("feature names must be strings")
+    else:
+        items = {"x": _as_array_like("x", arrays)}
+    if not items:
+        raise InvalidInputError("nothing to write: the mapping of arrays is empty")
+    lengths: dict[str, int] = {}
+    for name, arr in items.items():
+        try:
+            check_feature_name(name)
+        except ManifestError as exc:
+            raise InvalidInputError(str(exc)) from None
+        dtype = np.dtype(arr.dtype)
+        if dtype.newbyteorder("<").str not in SUPPORTED_DTYPES:
+            raise UnsupportedDTypeError(
+                f"feature {name!r} has dtype {dtype!r}; shardstore stores bool, "
+                "(u)int8-64, float16-64 and complex64/128 only (no object, string, "
+                "datetime or structured dtypes)"
+            )
+        shape = tuple(int(d) for d in arr.shape)
+        if len(shape) == 0:
+            raise InvalidInputError(
+                f"feature {name!r} is a 0-d array; the first axis must index records"
+            )
+        if math.prod(shape[1:]) == 0:
+            raise InvalidInputError(
+                f"feature {name!r} has empty records (per-record shape {shape[1:]})"
+            )
+        lengths[name] = shape[0]
+    if len(set(lengths.values())) > 1:
+        detail = ", ".join(f"{n}: {k}" for n, k in lengths.items())
+        raise InvalidInputError(f"features have different numbers of records ({detail})")
+    return items
+
+
+class Writer:
+    """Streaming, atomic dataset writer. Use as a context manager.
+
+    Parameters
+    ----------
+    path : the dataset directory (created if missing).
+    format : the source that writes the shards (``"npy"`` by default).
+    shard_size : target bytes per shard (int or ``"64MiB"``); the default.
+    records_per_shard : records per shard instead of ``shard_size``.
+    overwrite : replace an existing dataset (atomically) instead of refusing.
+    metadata : free-form JSON-serialisable user metadata for the manifest.
+    fsync : flush files to stable storage before the commit (default True).
+    progress : show a progress bar (default: only on a terminal).
+    **options : source-specific options (e.g. ``compression`` for zarr).
+
+    The commit happens on a clean exit of the ``with`` block (or
+    :meth:`close`); an exception inside the block removes everything written.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        format: str = "npy",
+        shard_size: int | str | None = None,
+        records_per_shard: int | None = None,
+        overwrite: bool = False,
+        metadata: Mapping[str, Any] | None = None,
+        fsync: bool = True,
+        progress: bool | None = None,
+        total: int | None = None,
+        **options: Any,
+    ) -> None:
+        if shard_size is not None and records_per_shard is not None:
+            raise InvalidInputError("give shard_size or records_per_shard, not both")
+        if records_per_shard is not None and (
+            isinstance(records_per_shard, bool)
+            or not isinstance(records_per_shard, int | np.integer)
+            or records_per_shard <= 0
+        ):
+            raise InvalidInputError(
+                f"records_per_shard must be a positive integer, got {records_per_shard!r}"
+            )
+        self._shard_bytes = parse_size(shard_size if shard_size is not None else DEFAULT_SHARD_SIZE)
+        self._fixed_rps = int(records_per_shard) if records_per_shard is not None else None
+        try:
+            self._metadata = json.loads(json.dumps(dict(metadata or {}), allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"metadata must be JSON-serialisable: {exc}") from None
+        self._source = get_source(format)
+        self._options = self._source.check_options(options)
+        self.root = Path(path)
+        if self.root.exists() and not self.root.is_dir():
+            raise InvalidInputError(f"{self.root} exists and is not a directory")
+        self._overwrite = bool(overwrite)
+        if not self._overwrite and (self.root / MANIFEST_NAME).exists():
+            raise DatasetExistsError(
+                f"a dataset already exists at {self.root}; pass overwrite=True to replace it"
+            )
+        self._fsync = fsync
+        self.version_id = secrets.token_hex(8)
+        self._prefix = f"v-{self.version_id}"
+        self._created_root = not self.root.exists()
+        self._features: dict[str, FeatureSpec] | None = None
+        self._rps = 0
+        self._pending: dict[str, list[np.ndarray]] = {}
+        self._pending_count = 0
+        self._shards: list[ShardEntry] = []
+        self._state = "open"
+        self._bar = tqdm(total=total, unit="rec", unit_scale=True, desc="write", disable=(
+            None if progress is None else not progress))  # fmt: skip
+
+    # -- public API -------------------------------------------------------------------
+    @property
+    def features(self) -> Mapping[str, FeatureSpec] | None:
+        """The feature specs (known after the first ``write``)."""
+        return self._features
+
+    @property
+    def records_per_shard(self) -> int:
+        """Records per shard (known after the first ``write``)."""
+        return self._rps
+
+    def write(self, batch: Any) -> None:
+        """Append a batch of records: ``name -> array`` (or one array, feature ``"x"``)."""
+        self._check_open()
+        try:
+            arrays = normalize_arrays(batch)
+            self._check_batch(arrays)
+            self._append(arrays)
+        except BaseException:
+            self.abort()
+            raise
+
+    def close(self) -> Dataset:
+        """Write the last shard and commit the manifest; return the opened dataset."""
+        self._check_open()
+        try:
+            if self._features is None:
+                raise InvalidInputError("nothing was written: no batch reached the Writer")
+            if self._pending_count:
+                self._flush_pending()
+            return self._commit()
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            self._bar.close()
+
+    def abort(self) -> None:
+        """Remove everything this writer wrote; the previous dataset (if any) is untouched."""
+        if self._state in ("aborted", "committed"):
+            return
+        self._state = "aborted"
+        self._bar.close()
+        shutil.rmtree(self.root / self._prefix, ignore_errors=True)
+        remove_quietly(self.root / f".manifest-{self.version_id}.tmp")
+        if self._created_root:
+            with contextlib.suppress(OSError):
+                self.root.rmdir()  # only if empty: never removes anything we did not write
+        log.debug("aborted write of %s (version %s)", self.root, self.version_id)
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif self._state == "open":
+            self.close()
+
+    # -- internals --------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise ShardStoreError(f"this Writer is {self._state}; open a new one")
+
+    def _check_batch(self, arrays: Mapping[str, ArrayLike]) -> None:
+        specs = feature_specs_from_arrays(arrays)
+        if self._features is None:
+            self._source.check_features(specs)
+            self._features = specs
+            record_bytes = sum(s.record_nbytes for s in specs.values())
+            self._rps = self._fixed_rps or max(1, self._shard_bytes // record_bytes)
+            return
+        if set(specs) != set(self._features):
+            raise InvalidInputError(
+                f"batch has features {sorted(specs)}, the dataset has {sorted(self._features)}"
+            )
+        for name, spec in specs.items():
+            if spec != self._features[name]:
+                expected = self._features[name]
+                raise InvalidInputError(
+                    f"feature {name!r}: batch has dtype {spec.dtype} shape {spec.shape}, "
+                    f"the dataset has dtype {expected.dtype} shape {expected.shape}"
+                )
+
+    def _append(self, arrays: Mapping[str, ArrayLike]) -> None:
+        n = int(next(iter(arrays.values())).shape[0])
+        pos = 0
+        while pos < n:
+            if self._pending_count == 0 and n - pos >= self._rps:
+                # A whole shard straight from views of the input: nothing buffered.
+                self._write_shard({k: v[pos : pos + self._rps] for k, v in arrays.items()})
+                pos += self._rps
+                continue
+            take = min(self._rps - self._pending_count, n - pos)
+            for k, v in arrays.items():
+                self._pending.setdefault(k, []).append(np.array(v[pos : pos + take]))
+            self._pending_count += take
+            pos += take
+            if self._pending_count == self._rps:
+                self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        arrays = {k: np.concatenate(parts) for k, parts in self._pending.items()}
+        self._pending = {}
+        self._pending_count = 0
+        self._write_shard(arrays)
+
+    def _write_shard(self, arrays: Mapping[str, ArrayLike]) -> None:
+        assert self._features is not None
+        n = int(next(iter(arrays.values())).shape[0])
+        (self.root / self._prefix).mkdir(parents=True, exist_ok=True)
+        ctx = ShardWriteContext(
+            root=self.root,
+            prefix=self._prefix,
+            index=len(self._shards),
+            num_records=n,
+            features=self._features,
+            options=self._options,
+            fsync=self._fsync,
+        )
+        self._source.write_shard(ctx, arrays)
+        self._shards.append(ctx.entry(self._source.name))
+        self._bar.update(n)
+
+    def _commit(self) -> Dataset:
+        from shardstore import __version__
+        from shardstore.reader import Dataset
+
+        assert self._features is not None
+        manifest = Manifest(
+            features=self._features,
+            shards=tuple(self._shards),
+            version_id=self.version_id,
+            metadata=self._metadata,
+            created_by=f"shardstore {__version__}",
+        )
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self._fsync and self._shards:
+            fsync_dir(self.root / self._prefix)
+        tmp = self.root / f".manifest-{self.version_id}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(manifest.to_json())
+            f.flush()
+            if self._fsync:
+                os.fsync(f.fileno())
+        previous = self._read_previous() if self._overwrite else None
+        publish(tmp, self.root / MANIFEST_NAME, replace=self._overwrite)
+        self._state = "committed"
+        log.info(
+            "committed %s: %d records in %d shards (version %s)",
+            self.root,
+            manifest.num_records,
+            len(manifest.shards),
+            self.version_id,
+        )
+        if previous is not None:
+            self._remove_previous(previous, manifest)
+        return Dataset(self.root, manifest)
+
+    def _read_previous(self) -> Manifest | None:
+        try:
+            return Manifest.from_json((self.root / MANIFEST_NAME).read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ShardStoreError) as exc:
+            log.warning("not cleaning up the previous version of %s: %s", self.root, exc)
+            return None
+
+    def _remove_previous(self, old: Manifest, new: Manifest) -> None:
+        keep = {f.path for s in new.shards for f in s.files}
+        dirs: set[Path] = set()
+        for shard in old.shards:
+            for f in shard.files:
+                if f.path in keep:
+                    continue
+                try:
+                    target = resolve_inside(self.root, f.path)
+                except ManifestError:
+                    continue  # never delete through a link that leaves the dataset
+                remove_quietly(target)
+                dirs.add(target.parent)
+        real_root = self.root.resolve()
+        for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                if d != real_root:
+                    d.rmdir()  # only if empty
