@@ -56,9 +56,10 @@ SUPPORTED_DTYPES: frozenset[str] = frozenset(
 
 _MAX_NDIM = 32
 _MAX_PATH_LEN = 1024
-_FEATURE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
-_SOURCE_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
-_CHECKSUM = re.compile(r"^xxh3_64:[0-9a-f]{16}$")
+_FEATURE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
+_SOURCE_NAME = re.compile(r"[a-z][a-z0-9_\-]{0,63}")
+_CHECKSUM = re.compile(r"xxh3_64:[0-9a-f]{16}")
+_VERSION_ID = re.compile(r"[0-9a-f]{8,64}")
 _FORBIDDEN_PATH_CHARS = ("\x00", "\\", ":")
 
 
@@ -69,7 +70,7 @@ def check_feature_name(name: object) -> str:
     digits, ``_``, ``.`` and ``-`` (at most 128 characters, not starting
     with ``.`` or ``-``).
     """
-    if not isinstance(name, str) or not _FEATURE_NAME.match(name):
+    if not isinstance(name, str) or not _FEATURE_NAME.fullmatch(name):
         raise ManifestError(
             f"invalid feature name {name!r}: use 1-128 characters from "
             "[A-Za-z0-9_.-], starting with a letter, digit or '_'"
@@ -189,7 +190,7 @@ class FileEntry:
         path = check_relative_path(obj.get("path"), where=f"{where}.path")
         size = _expect_int(obj.get("size"), f"{where}.size", minimum=0)
         checksum = obj.get("checksum")
-        if not isinstance(checksum, str) or not _CHECKSUM.match(checksum):
+        if not isinstance(checksum, str) or not _CHECKSUM.fullmatch(checksum):
             raise ManifestError(
                 f"{where}.checksum: expected '{CHECKSUM_ALGORITHM}:<16 hex digits>', "
                 f"got {checksum!r}"
@@ -238,7 +239,7 @@ class ShardEntry:
         obj = _expect_dict(obj, where)
         index = _expect_int(obj.get("index"), f"{where}.index", minimum=0)
         source = obj.get("source")
-        if not isinstance(source, str) or not _SOURCE_NAME.match(source):
+        if not isinstance(source, str) or not _SOURCE_NAME.fullmatch(source):
             raise ManifestError(f"{where}.source: invalid source name {source!r}")
         num_records = _expect_int(obj.get("num_records"), f"{where}.num_records", minimum=0)
         files = obj.get("files")
@@ -304,7 +305,7 @@ class Manifest:
     def from_json(cls, text: str | bytes) -> Manifest:
         """Parse and validate ``manifest.json`` text; raise ``ManifestError`` if invalid."""
         try:
-            obj = json.loads(text)
+            obj = json.loads(text, parse_constant=_reject_constant)
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8
             raise ManifestError(f"manifest is not valid JSON: {exc}") from None
         return cls.from_dict(obj)
@@ -325,7 +326,7 @@ class Manifest:
                 f"shardstore reads format version(s) {readable}. Upgrade shardstore to read it."
             )
         version_id = obj.get("version_id")
-        if not isinstance(version_id, str) or not re.match(r"^[0-9a-f]{8,64}$", version_id):
+        if not isinstance(version_id, str) or not _VERSION_ID.fullmatch(version_id):
             raise ManifestError(f"manifest.version_id: expected hex id, got {version_id!r}")
         created_by = obj.get("created_by", "")
         if not isinstance(created_by, str):
@@ -385,6 +386,10 @@ def feature_specs_from_arrays(arrays: Mapping[str, Any]) -> dict[str, FeatureSpe
         name: FeatureSpec(np.dtype(a.dtype).newbyteorder("<"), tuple(int(d) for d in a.shape[1:]))
         for name, a in arrays.items()
     }
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid in a manifest")
 
 
 def _expect_dict(obj: object, where: str) -> dict[str, Any]:

@@ -80,6 +80,12 @@ class NpySource(Source):
                         f"shard {shard.index}, file {entry.path!r}: invalid info.header_bytes "
                         f"{header!r}"
                     )
+                expected = header + shard.num_records * ctx.features[fname].record_nbytes
+                if entry.size != expected:
+                    raise ManifestError(
+                        f"shard {shard.index}, file {entry.path!r}: size {entry.size} does not "
+                        f"match header_bytes + num_records * record bytes = {expected}"
+                    )
                 paths.append(str(ctx.resolve(entry.path)))
                 headers.append(header)
             tables[fname] = (tf.constant(paths, tf.string), tf.constant(headers, tf.int64))

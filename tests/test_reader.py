@@ -1,0 +1,300 @@
+"""The reader: open(), metadata, to_tf() order/shuffle/sharding/batching, verify()."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import assert_bitwise_equal, collect
+
+import shardstore
+from shardstore.errors import (
+    CapabilityError,
+    ChecksumError,
+    DatasetNotFoundError,
+    InvalidInputError,
+    ManifestError,
+    SourceNotFoundError,
+)
+
+N = 203
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    return {
+        "image": rng.random((N, 6, 5, 3), dtype=np.float32),
+        "label": np.arange(N, dtype=np.int64),
+        "mask": rng.integers(0, 2, (N, 4)).astype(bool),
+    }
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory: pytest.TempPathFactory, data: dict[str, np.ndarray]) -> shardstore.Dataset:
+    return shardstore.write(tmp_path_factory.mktemp("r") / "d", data, records_per_shard=19)
+
+
+def labels(tfds: tf.data.Dataset) -> np.ndarray:
+    return np.concatenate([b.numpy() for b in tfds])
+
+
+def test_open_and_metadata(ds: shardstore.Dataset) -> None:
+    opened = shardstore.open(ds.path)
+    assert (opened.num_records, opened.num_shards, len(opened)) == (N, 11, N)
+    assert opened.features["image"].dtype == np.dtype("float32")
+    assert opened.features["image"].shape == (6, 5, 3)
+    assert opened.features["label"].shape == ()
+    assert opened.nbytes == sum(f.size for s in opened.shards for f in s.files)
+    assert "records=203" in repr(opened)
+
+
+def test_open_missing_dataset(tmp_path: Path) -> None:
+    with pytest.raises(DatasetNotFoundError, match="not a directory"):
+        shardstore.open(tmp_path / "nothing")
+    with pytest.raises(DatasetNotFoundError, match=r"manifest\.json"):
+        shardstore.open(tmp_path)
+
+
+def test_ordered_read_is_bit_exact(ds: shardstore.Dataset, data: dict[str, np.ndarray]) -> None:
+    tfds = ds.to_tf(batch_size=16)
+    assert tfds.cardinality().numpy() == 13
+    out = collect(tfds)
+    assert set(out) == set(data)
+    for k in data:
+        assert_bitwise_equal(out[k], data[k])
+
+
+def test_tuple_and_single_feature_outputs(ds: shardstore.Dataset, data: dict[str, Any]) -> None:
+    x, y = collect(ds.to_tf(batch_size=32, features=("image", "label")))
+    assert_bitwise_equal(x, data["image"])
+    assert_bitwise_equal(y, data["label"])
+    assert_bitwise_equal(collect(ds.to_tf(batch_size=50, features="mask")), data["mask"])
+    (only,) = collect(ds.to_tf(batch_size=50, features=["label"]))
+    assert_bitwise_equal(only, data["label"])
+
+
+def test_element_spec_and_drop_remainder(ds: shardstore.Dataset) -> None:
+    tfds = ds.to_tf(batch_size=16, features=("image", "label"), drop_remainder=True)
+    assert tfds.element_spec[0].shape.as_list() == [16, 6, 5, 3]
+    assert tfds.element_spec[1].dtype == tf.int64
+    assert tfds.cardinality().numpy() == N // 16
+    assert_bitwise_equal(labels(ds.to_tf(16, features="label", drop_remainder=True)),
+                         np.arange(N // 16 * 16, dtype=np.int64))  # fmt: skip
+
+
+def test_unbatched_records(ds: shardstore.Dataset, data: dict[str, Any]) -> None:
+    tfds = ds.to_tf(batch_size=None, features="image")
+    assert tfds.cardinality().numpy() == N
+    assert tfds.element_spec.shape.as_list() == [6, 5, 3]
+    assert_bitwise_equal(np.stack(list(tfds.as_numpy_iterator())), data["image"])
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 19, 64, 500])
+def test_batch_sizes_that_do_not_divide(ds: shardstore.Dataset, batch_size: int) -> None:
+    tfds = ds.to_tf(batch_size, features="label")
+    sizes = [int(b.shape[0]) for b in tfds]
+    assert sum(sizes) == N
+    assert all(s == batch_size for s in sizes[:-1])
+    assert tfds.cardinality().numpy() == len(sizes)
+
+
+def test_shuffle_covers_every_record_once(ds: shardstore.Dataset) -> None:
+    got = labels(ds.to_tf(batch_size=10, features="label", shuffle=True, seed=3))
+    assert sorted(got.tolist()) == list(range(N))
+    assert got.tolist() != list(range(N))
+
+
+def test_shuffle_mixes_across_shards(ds: shardstore.Dataset) -> None:
+    """The first batch must not simply be one shard's records in a new order."""
+    first = next(iter(ds.to_tf(batch_size=19, features="label", shuffle=True, seed=0)))
+    assert len({int(v) // 19 for v in first.numpy()}) > 2
+
+
+def test_shuffle_pairs_features_consistently(ds: shardstore.Dataset, data: dict[str, Any]) -> None:
+    x, y = collect(ds.to_tf(batch_size=8, features=("image", "label"), shuffle=True, seed=1))
+    assert_bitwise_equal(x, data["image"][y])
+
+
+def test_seeded_shuffle_is_reproducible_and_reshuffles_each_epoch(ds: shardstore.Dataset) -> None:
+    a = ds.to_tf(batch_size=10, features="label", shuffle=True, seed=11)
+    b = ds.to_tf(batch_size=10, features="label", shuffle=True, seed=11)
+    epoch1_a, epoch2_a = labels(a), labels(a)
+    epoch1_b, epoch2_b = labels(b), labels(b)
+    assert epoch1_a.tolist() == epoch1_b.tolist()
+    assert epoch2_a.tolist() == epoch2_b.tolist()
+    assert epoch1_a.tolist() != epoch2_a.tolist()
+    other = labels(ds.to_tf(batch_size=10, features="label", shuffle=True, seed=12))
+    assert other.tolist() != epoch1_a.tolist()
+
+
+def test_small_shuffle_buffer_still_covers(ds: shardstore.Dataset) -> None:
+    got = labels(ds.to_tf(batch_size=4, features="label", shuffle=True, seed=5, shuffle_buffer=3))
+    assert sorted(got.tolist()) == list(range(N))
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 11])
+def test_worker_shards_are_disjoint_and_complete(ds: shardstore.Dataset, workers: int) -> None:
+    parts = [
+        labels(ds.to_tf(batch_size=8, features="label", shard=(i, workers), shuffle=True, seed=2))
+        for i in range(workers)
+    ]
+    flat = np.concatenate(parts).tolist()
+    assert sorted(flat) == list(range(N))
+    assert len(set(flat)) == N
+
+
+def test_more_workers_than_shards_is_refused(ds: shardstore.Dataset) -> None:
+    with pytest.raises(InvalidInputError, match="12 workers"):
+        ds.to_tf(shard=(0, 12))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": True}, "batch_size"),
+        ({"features": ("image", "nope")}, "nope"),
+        ({"features": ()}, "features"),
+        ({"shuffle": "yes"}, "shuffle"),
+        ({"seed": -1}, "seed"),
+        ({"shard": (2, 2)}, "worker_index"),
+        ({"shard": (0,)}, "shard"),
+        ({"num_parallel_reads": 0}, "num_parallel_reads"),
+        ({"shuffle_buffer": 0}, "shuffle_buffer"),
+        ({"prefetch": -1}, "prefetch"),
+    ],
+)
+def test_bad_read_options(ds: shardstore.Dataset, kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(InvalidInputError, match=match):
+        ds.to_tf(**kwargs)
+
+
+def test_global_shuffle_needs_random_access(ds: shardstore.Dataset) -> None:
+    with pytest.raises(CapabilityError, match="random_access"):
+        ds.to_tf(shuffle="global")
+
+
+def test_unknown_source_at_open(ds: shardstore.Dataset) -> None:
+    with pytest.raises(SourceNotFoundError):
+        shardstore.open(ds.path, source="nope")
+
+
+def test_pipeline_is_tf_native(ds: shardstore.Dataset) -> None:
+    """No py_function/numpy_function: the graph serialises (tf.data service, auto-sharding)."""
+    tfds = ds.to_tf(batch_size=16, shuffle=True, seed=0)
+    serialized = tfds._as_serialized_graph().numpy()
+    for op in (b"PyFunc", b"EagerPyFunc", b"NumpyFunction"):
+        assert op not in serialized
+
+
+def test_empty_dataset_reads_nothing(tmp_path: Path) -> None:
+    ds = shardstore.write(tmp_path / "e", {"a": np.zeros((0, 2), np.int32)})
+    tfds = ds.to_tf(batch_size=4, shuffle=True, seed=0)
+    assert tfds.cardinality().numpy() == 0
+    assert list(tfds) == []
+
+
+def test_one_record_dataset(tmp_path: Path) -> None:
+    ds = shardstore.write(tmp_path / "one", {"a": np.array([[1.5, -2.0]], np.float64)})
+    out = collect(ds.to_tf(batch_size=32, features="a", shuffle=True, seed=0))
+    assert_bitwise_equal(out, np.array([[1.5, -2.0]], np.float64))
+
+
+# --- integrity ----------------------------------------------------------------------------
+
+
+def copy_dataset(src: shardstore.Dataset, dst: Path) -> shardstore.Dataset:
+    import shutil
+
+    shutil.copytree(src.path, dst)
+    return shardstore.open(dst)
+
+
+def test_verify_passes_on_a_good_dataset(ds: shardstore.Dataset) -> None:
+    ds.verify(progress=False)
+
+
+def test_verify_names_the_flipped_file(ds: shardstore.Dataset, tmp_path: Path) -> None:
+    bad = copy_dataset(ds, tmp_path / "bad")
+    victim = bad.shards[4].file_for("image")
+    with open(bad.path / victim.path, "r+b") as f:
+        f.seek(victim.size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x10]))
+    with pytest.raises(ChecksumError) as exc:
+        bad.verify(progress=False)
+    assert exc.value.shard == 4
+    assert exc.value.file == victim.path
+    assert victim.path in str(exc.value) and "shard 4" in str(exc.value)
+
+
+def test_truncated_or_missing_file_fails_before_reading(
+    ds: shardstore.Dataset, tmp_path: Path
+) -> None:
+    bad = copy_dataset(ds, tmp_path / "bad")
+    victim = bad.shards[2].file_for("label")
+    os.truncate(bad.path / victim.path, victim.size - 8)
+    with pytest.raises(ChecksumError, match="bytes"):
+        bad.to_tf(batch_size=8)
+    os.remove(bad.path / victim.path)
+    with pytest.raises(ChecksumError, match="missing"):
+        bad.to_tf(batch_size=8)
+
+
+def test_symlink_escaping_the_dataset_is_refused(ds: shardstore.Dataset, tmp_path: Path) -> None:
+    bad = copy_dataset(ds, tmp_path / "bad")
+    victim = bad.shards[0].file_for("label")
+    outside = tmp_path / "outside.npy"
+    (bad.path / victim.path).rename(outside)
+    (bad.path / victim.path).symlink_to(outside)
+    with pytest.raises(ManifestError, match="outside the dataset"):
+        bad.to_tf(batch_size=8)
+    with pytest.raises(ManifestError, match="outside the dataset"):
+        bad.verify(progress=False)
+
+
+def test_manifest_symlink_escaping_is_refused(tmp_path: Path, ds: shardstore.Dataset) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "manifest.json").symlink_to(ds.path / "manifest.json")
+    with pytest.raises(ManifestError, match="outside the dataset"):
+        shardstore.open(d)
+
+
+def test_manifest_with_escaping_path_is_refused_at_open(
+    ds: shardstore.Dataset, tmp_path: Path
+) -> None:
+    bad = copy_dataset(ds, tmp_path / "bad")
+    raw = json.loads((bad.path / "manifest.json").read_text())
+    raw["shards"][0]["files"][0]["path"] = "../../etc/passwd"
+    (bad.path / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ManifestError, match="etc/passwd"):
+        shardstore.open(bad.path)
+
+
+def test_lying_header_length_is_refused(ds: shardstore.Dataset, tmp_path: Path) -> None:
+    bad = copy_dataset(ds, tmp_path / "bad")
+    raw = json.loads((bad.path / "manifest.json").read_text())
+    raw["shards"][0]["files"][0]["info"]["header_bytes"] = 10**12
+    (bad.path / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ManifestError, match="header_bytes"):
+        shardstore.open(bad.path).to_tf(batch_size=4)
+
+
+def test_size_that_contradicts_the_npy_layout_is_refused(
+    ds: shardstore.Dataset, tmp_path: Path
+) -> None:
+    bad = copy_dataset(ds, tmp_path / "bad")
+    raw = json.loads((bad.path / "manifest.json").read_text())
+    raw["shards"][1]["num_records"] -= 1
+    raw["num_records"] -= 1
+    (bad.path / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ManifestError, match="does not match"):
+        shardstore.open(bad.path).to_tf(batch_size=4)
