@@ -32,7 +32,7 @@ def test_model_fit_on_to_tf(tmp_path: Path) -> None:
         metrics=["accuracy"],
     )
     train = ds.to_tf(batch_size=32, features=("image", "label"), shuffle=True, seed=0)
-    history = model.fit(train, epochs=3, verbose=0)
+    history = model.fit(train, epochs=3, verbose=0, shuffle=False)  # to_tf shuffles
     assert len(history.history["loss"]) == 3
     assert history.history["loss"][-1] < history.history["loss"][0]
     _, accuracy = model.evaluate(ds.to_tf(batch_size=64, features=("image", "label")), verbose=0)
