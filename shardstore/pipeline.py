@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from shardstore.errors import InvalidInputError
 from shardstore.manifest import FeatureSpec
-from shardstore.sources.base import ReadContext
+from shardstore.sources.base import ReadContext, Source
 
 if TYPE_CHECKING:
     from shardstore.reader import Dataset
@@ -148,9 +148,8 @@ def _seeds(seed: int | None, n: int) -> list[int | None]:
 
 def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
     """The ``tf.data.Dataset`` for ``dataset`` read with ``config``."""
-    source = dataset.source
-    if config.shuffle == "global":
-        source.require("random_access")
+    global_shuffle = config.shuffle == "global"
+    source = dataset.source_for("random_access") if global_shuffle else dataset.source
     specs = {name: dataset.features[name] for name in config.read_features}
     shards = tuple(s for s in dataset.shards if s.num_records > 0)
     if config.shard is not None:
@@ -166,10 +165,17 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
     record_bytes = sum(s.record_nbytes for s in specs.values())
     longest = max((s.num_records for s in shards), default=1)
     block = _block_records(record_bytes, config.batch_size, longest)
+    ctx = ReadContext(dataset.path, shards, specs, block)
     shard_seed, block_seed, window_seed = _seeds(config.seed, 3)
 
-    if shards:
-        ctx = ReadContext(dataset.path, shards, specs, block)
+    if not shards:
+        empty = {
+            n: np.zeros((0, *(int(d or 0) for d in s.shape)), s.dtype) for n, s in specs.items()
+        }
+        blocks = tf.data.Dataset.from_tensors(empty).take(0)
+    elif global_shuffle:
+        blocks = _global_batches(source, ctx, config, num_records, window_seed)
+    else:
         read_shard = source.tf_reader(ctx)
         positions = tf.data.Dataset.range(len(shards))
         if config.shuffle:
@@ -185,20 +191,16 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
             num_parallel_calls=parallel,
             deterministic=config.deterministic,
         )
-    else:
-        empty = {
-            n: np.zeros((0, *(int(d or 0) for d in s.shape)), s.dtype) for n, s in specs.items()
-        }
-        blocks = tf.data.Dataset.from_tensors(empty).take(0)
-
-    if config.shuffle:
-        blocks = _shuffle_records(blocks, config, block, record_bytes, block_seed, window_seed)
+        if config.shuffle:
+            blocks = _shuffle_records(blocks, config, block, record_bytes, block_seed, window_seed)
 
     if config.batch_size is None:
         out = blocks.unbatch()
         cardinality = num_records
     else:
-        out = blocks.rebatch(config.batch_size, drop_remainder=config.drop_remainder)
+        if not global_shuffle:  # global batches are already cut to size
+            blocks = blocks.rebatch(config.batch_size, drop_remainder=config.drop_remainder)
+        out = blocks
         full, rest = divmod(num_records, config.batch_size)
         cardinality = full + (1 if rest and not config.drop_remainder else 0)
     out = out.apply(tf.data.experimental.assert_cardinality(cardinality))
@@ -218,6 +220,57 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
     elif config.prefetch:
         out = out.prefetch(int(config.prefetch))
     return out
+
+
+def _global_batches(
+    source: Source,
+    ctx: ReadContext,
+    config: ReadConfig,
+    num_records: int,
+    seed: int | None,
+) -> tf.data.Dataset:
+    """Exact global shuffle: a seeded permutation per epoch, one gather per batch.
+
+    The permutation is drawn in the graph (``stateless_shuffle`` seeded by
+    ``Dataset.random``, which rerandomises every epoch); each batch's indices
+    are sorted, so the source reads each shard's rows in file order, and
+    handed to the source in ONE ``numpy_function`` call per batch.
+    """
+    from shardstore.random_access import gather_records
+
+    batch = config.batch_size or min(256, num_records)
+    drop = config.drop_remainder and config.batch_size is not None
+    num_batches = num_records // batch if drop else -(-num_records // batch)
+    names = list(ctx.features)
+    dtypes = [tf.as_dtype(ctx.features[n].dtype) for n in names]
+    shapes = [[batch if drop else None, *ctx.features[n].shape] for n in names]
+    n = tf.constant(num_records, tf.int64)
+
+    def gather(indices: np.ndarray) -> list[np.ndarray]:
+        got = gather_records(source, ctx, indices)
+        return [got[name] for name in names]
+
+    def epoch(r: tf.Tensor) -> tf.data.Dataset:
+        perm = tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64), seed=tf.stack([r, tf.constant(0x610BA1, tf.int64)])
+        )
+
+        def batch_indices(j: tf.Tensor) -> tf.Tensor:
+            return tf.sort(perm[j * batch : tf.minimum((j + 1) * batch, n)])
+
+        return tf.data.Dataset.range(num_batches).map(batch_indices)
+
+    def fetch(indices: tf.Tensor) -> dict[str, tf.Tensor]:
+        parts = tf.numpy_function(gather, [indices], dtypes, stateful=False)
+        return {
+            name: tf.ensure_shape(part, shape)
+            for name, part, shape in zip(names, parts, shapes, strict=True)
+        }
+
+    epochs = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+    return epochs.flat_map(epoch).map(
+        fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=config.deterministic
+    )
 
 
 def _shuffle_records(

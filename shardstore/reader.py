@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from shardstore.checksum import hash_file
@@ -20,6 +21,7 @@ from shardstore.errors import CapabilityError, ChecksumError
 from shardstore.fsutil import resolve_inside
 from shardstore.manifest import FeatureSpec, Manifest, ShardEntry
 from shardstore.registry import get_source
+from shardstore.sources.base import ReadContext
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -44,6 +46,7 @@ class Dataset:
         self.path = Path(path)
         self.manifest = manifest
         self._source_name = source
+        self._random_ctx: ReadContext | None = None
 
     # -- metadata -----------------------------------------------------------------------
     @property
@@ -89,8 +92,48 @@ class Dataset:
                 )
         return source
 
+    def source_for(self, capability: str) -> Source:
+        """The source to use for ``capability`` (e.g. ``"random_access"``).
+
+        Without an explicit ``open(..., source=...)``, a source lacking the
+        capability may hand over to the companion it names (``npy`` ->
+        ``memmap``). Raises ``CapabilityError`` naming the capability otherwise.
+        """
+        source = self.source
+        if getattr(type(source), capability, False):
+            return source
+        companion = source.random_access_source if capability == "random_access" else None
+        if self._source_name is None and companion is not None:
+            alt = get_source(companion)
+            if getattr(type(alt), capability, False) and all(
+                alt.can_read(s) for s in self.manifest.sources
+            ):
+                return alt
+        source.require(capability)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def __len__(self) -> int:
         return self.num_records
+
+    def __getitem__(self, key: Any) -> dict[str, np.ndarray]:
+        """Records by index, as NumPy arrays (no TensorFlow involved).
+
+        ``ds[i]`` gives one record (``name -> array of the record's shape``);
+        ``ds[i:j]``, ``ds[[i, k, ...]]`` and ``ds[bool_mask]`` give
+        ``name -> array (k, *shape)`` in the order asked for. Needs a source
+        with random access (``npy`` datasets use ``memmap`` automatically).
+        """
+        from shardstore.random_access import gather_records, normalize_index
+
+        source = self.source_for("random_access")
+        indices, scalar = normalize_index(key, self.num_records)
+        if self._random_ctx is None:
+            self.check_files()
+            self._random_ctx = ReadContext(self.path, self.shards, self.features, 1)
+        out = gather_records(source, self._random_ctx, indices)
+        if scalar:
+            return {name: arr[0] for name, arr in out.items()}
+        return out
 
     def __repr__(self) -> str:
         feats = ", ".join(f"{n}: {s.dtype.name}{list(s.shape)}" for n, s in self.features.items())
@@ -123,9 +166,15 @@ class Dataset:
             tuples in that order (Keras-ready ``(x, y)``); one name for bare tensors.
         shuffle : ``False`` reads in record order. ``True`` shuffles shard order,
             then blocks (a buffer of blocks), then records within a window of
-            ``shuffle_buffer`` records; every record appears once per epoch.
+            ``shuffle_buffer`` records. ``"global"`` draws an exact seeded
+            permutation of all records each epoch and gathers every batch in one
+            call (needs random access; records inside a batch come sorted).
+            Every record appears once per epoch in all modes.
         seed : makes the shuffled order reproducible run to run; each
-            iteration over the returned dataset (each epoch) reshuffles.
+            iteration over the returned dataset (each epoch) reshuffles. As with
+            tf.data's own ``shuffle(seed=...)``, TensorFlow's global seed
+            (``tf.random.set_seed``, ``keras.utils.set_random_seed``) is part of
+            the seed: same program, same order.
         drop_remainder : drop the last partial batch (static batch dimension).
         shard : ``(worker_index, num_workers)``: read only this worker's
             disjoint share of the shards.

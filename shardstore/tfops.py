@@ -47,12 +47,14 @@ def fixed_record_blocks(
     num_records: tf.Tensor,
     record_bytes: int,
     block_records: int,
+    footer_bytes: tf.Tensor | int = 0,
     buffer_size: int | None = None,
 ) -> tf.data.Dataset:
     """Raw blocks of ``block_records`` records from a region of one file.
 
     The region starts at ``header_bytes`` and holds ``num_records`` records of
-    ``record_bytes`` each. Full blocks come first, then one partial block if
+    ``record_bytes`` each; ``footer_bytes`` bytes follow it to the end of the
+    file (0 when the records run to the end). Full blocks come first, then one partial block if
     the count does not divide. ``FixedLengthRecordDataset`` checks that each
     region's length is an exact multiple of its record length, so a truncated
     or padded file fails loudly instead of yielding shifted data.
@@ -61,19 +63,21 @@ def fixed_record_blocks(
     header_bytes = tf.cast(header_bytes, tf.int64)
     block = tf.constant(block_records, tf.int64)
     rb = tf.constant(record_bytes, tf.int64)
+    footer = tf.cast(footer_bytes, tf.int64)
     full = num_records // block
     rem = num_records - full * block
     full_blocks = tf.data.FixedLengthRecordDataset(
         path,
         record_bytes=block * rb,
         header_bytes=header_bytes,
-        footer_bytes=rem * rb,
+        footer_bytes=rem * rb + footer,
         buffer_size=buffer_size,
     )
     tail = tf.data.FixedLengthRecordDataset(
         path,
         record_bytes=tf.maximum(rem, 1) * rb,
         header_bytes=header_bytes + full * block * rb,
+        footer_bytes=footer,
         buffer_size=buffer_size,
     ).take(tf.minimum(rem, 1))
     return full_blocks.concatenate(tail)

@@ -175,9 +175,62 @@ def test_bad_read_options(ds: shardstore.Dataset, kwargs: dict[str, Any], match:
         ds.to_tf(**kwargs)
 
 
-def test_global_shuffle_needs_random_access(ds: shardstore.Dataset) -> None:
+def test_npy_dataset_gets_random_access_through_memmap(
+    ds: shardstore.Dataset, data: dict[str, Any]
+) -> None:
+    opened = shardstore.open(ds.path)  # no source named: the reader may pick memmap
+    assert opened.source_for("random_access").name == "memmap"
+    rec = opened[7]
+    assert_bitwise_equal(rec["image"], data["image"][7])
+    assert rec["label"] == 7
+    mask = np.zeros(N, bool)
+    mask[[0, 19, 200]] = True
+    assert_bitwise_equal(opened[mask]["label"], np.array([0, 19, 200], np.int64))
+    x, y = collect(opened.to_tf(batch_size=16, features=("image", "label"), shuffle="global",
+                                seed=2))  # fmt: skip
+    assert sorted(y.tolist()) == list(range(N))
+    assert_bitwise_equal(x, data["image"][y])
+
+
+def test_global_shuffle_batches_mix_the_whole_dataset(ds: shardstore.Dataset) -> None:
+    tfds = ds.to_tf(batch_size=20, features="label", shuffle="global", seed=9)
+    epochs = [labels(tfds).tolist() for _ in range(2)]
+    first = epochs[0][:20]
+    assert first == sorted(first)  # one sorted gather per batch
+    assert max(first) - min(first) > N // 2  # drawn from the whole dataset, not a window
+    assert epochs[0] != epochs[1]  # a new permutation every epoch
+    again = labels(ds.to_tf(batch_size=20, features="label", shuffle="global", seed=9))
+    assert again.tolist() == epochs[0]  # and the same sequence of epochs run to run
+
+
+def test_global_shuffle_drop_remainder_and_unbatched(ds: shardstore.Dataset) -> None:
+    tfds = ds.to_tf(batch_size=16, features="label", shuffle="global", seed=0,
+                    drop_remainder=True)  # fmt: skip
+    assert tfds.element_spec.shape.as_list() == [16]
+    assert sum(int(b.shape[0]) for b in tfds) == N // 16 * 16
+    single = ds.to_tf(batch_size=None, features="label", shuffle="global", seed=0)
+    assert sorted(int(v) for v in single) == list(range(N))
+
+
+def test_explicit_source_without_random_access_says_so(ds: shardstore.Dataset) -> None:
+    explicit = shardstore.open(ds.path, source="npy")
     with pytest.raises(CapabilityError, match="random_access"):
-        ds.to_tf(shuffle="global")
+        explicit.to_tf(shuffle="global")
+    with pytest.raises(CapabilityError, match="random_access"):
+        explicit[0]
+
+
+@pytest.mark.parametrize("key", [N, -N - 1, [0, N], "a", 1.5, [[0, 1]], np.ones(3, bool)])
+def test_bad_indices(ds: shardstore.Dataset, key: Any) -> None:
+    with pytest.raises(IndexError):
+        ds[key]
+
+
+def test_slices_and_fancy_indices(ds: shardstore.Dataset, data: dict[str, Any]) -> None:
+    for key in [slice(None), slice(5, 150, 7), slice(None, None, -1), [202, 0, 0, 101], []]:
+        got = ds[key]
+        for name in data:
+            assert_bitwise_equal(got[name], data[name][key])
 
 
 def test_unknown_source_at_open(ds: shardstore.Dataset) -> None:
@@ -318,5 +371,4 @@ def test_seeded_order_is_identical_across_processes(ds: shardstore.Dataset) -> N
         for _ in range(2)
     ]  # fmt: skip
     assert runs[0] == runs[1]
-    here = labels(ds.to_tf(batch_size=10, features="label", shuffle=True, seed=21))
-    assert runs[0] == ",".join(str(v) for v in here)
+    assert sorted(int(v) for v in runs[0].split(",")) == list(range(N))

@@ -10,6 +10,7 @@ from helpers import assert_bitwise_equal, collect
 
 import shardstore
 from shardstore.sources.npy import NpySource, npy_header
+from shardstore.testing import SourceConformance
 
 DTYPES = [
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
@@ -63,3 +64,7 @@ def test_large_block_counts(tmp_path: Path) -> None:
     ds = shardstore.write(tmp_path / "d", {"v": data}, records_per_shard=50_000)
     out = collect(ds.to_tf(batch_size=4096, features="v"))
     assert_bitwise_equal(out, data)
+
+
+class TestNpyConformance(SourceConformance):
+    source = "npy"

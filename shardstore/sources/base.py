@@ -24,7 +24,9 @@ Capability flags describe what the reader may ask for:
     ``tf_reader`` uses TensorFlow ops only (no ``py_function`` /
     ``numpy_function``), so pipelines serialise (tf.data service, auto-sharding).
 ``random_access``
-    The source can fetch arbitrary records by index.
+    The source implements :meth:`Source.read_records`: it fetches arbitrary
+    records of a shard by index, with NumPy, no TensorFlow. The reader uses it
+    for ``ds[i]`` and for ``to_tf(shuffle="global")`` (one gather per batch).
 ``supports_ragged``
     The source can store features with a variable dimension.
 
@@ -39,6 +41,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -46,9 +49,20 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from shardstore.checksum import CHUNK_BYTES
-from shardstore.errors import CapabilityError, InvalidInputError, UnsupportedDTypeError
+from shardstore.errors import (
+    CapabilityError,
+    InvalidInputError,
+    ManifestError,
+    UnsupportedDTypeError,
+)
 from shardstore.fsutil import HashingFile, resolve_inside
-from shardstore.manifest import SUPPORTED_DTYPES, FeatureSpec, FileEntry, ShardEntry
+from shardstore.manifest import (
+    SUPPORTED_DTYPES,
+    FeatureSpec,
+    FileEntry,
+    ShardEntry,
+    check_relative_path,
+)
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -133,9 +147,18 @@ class ShardWriteContext:
     _open_paths: list[Path] = field(default_factory=list)
 
     def create(self, suffix: str, *, feature: str | None = None) -> ShardFile:
-        """A new file for this shard, named ``<prefix>/<index>.<feature><suffix>``."""
+        """A new file for this shard, named ``<prefix>/<index>.<feature><suffix>``.
+
+        ``suffix`` may contain ``/`` to build a directory tree under the shard
+        (e.g. ``".zarr/image/zarr.json"``); parent directories are created.
+        """
         stem = f"{self.index:06d}" + (f".{feature}" if feature is not None else "")
-        return ShardFile(self, f"{self.prefix}/{stem}{suffix}", feature)
+        try:
+            relpath = check_relative_path(f"{self.prefix}/{stem}{suffix}")
+        except ManifestError as exc:
+            raise InvalidInputError(f"invalid file suffix {suffix!r}: {exc}") from None
+        (self.root / relpath).parent.mkdir(parents=True, exist_ok=True)
+        return ShardFile(self, relpath, feature)
 
     def entry(self, source: str) -> ShardEntry:
         """The manifest entry of the finished shard."""
@@ -163,6 +186,13 @@ class ReadContext:
         """Absolute path of a manifest path, refusing escapes from the dataset."""
         return resolve_inside(self.root, relpath)
 
+    @cached_property
+    def record_starts(self) -> np.ndarray:
+        """``int64`` array: index of each shard's first record, plus the total at the end."""
+        starts = np.zeros(len(self.shards) + 1, dtype=np.int64)
+        np.cumsum([s.num_records for s in self.shards], out=starts[1:])
+        return starts
+
 
 class Source(ABC):
     """Base class of every source plugin (see the module docstring)."""
@@ -177,6 +207,10 @@ class Source(ABC):
     #: Shards written by these other sources can also be read by this one
     #: (e.g. a memory-mapping reader of ``npy`` shards).
     reads: ClassVar[frozenset[str]] = frozenset()
+    #: A source without random access may name one that reads its shards
+    #: with it; the reader then uses that one for ``ds[i]`` and
+    #: ``shuffle="global"`` unless the user chose a source explicitly.
+    random_access_source: ClassVar[str | None] = None
 
     def can_read(self, written_by: str) -> bool:
         """Whether this source reads shards written by the source ``written_by``."""
@@ -214,6 +248,19 @@ class Source(ABC):
     @abstractmethod
     def tf_reader(self, ctx: ReadContext) -> Callable[[tf.Tensor], tf.data.Dataset]:
         """Return ``position -> tf.data.Dataset`` of blocks (see module docstring)."""
+
+    def read_records(
+        self, ctx: ReadContext, position: int, rows: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Records ``rows`` of shard ``ctx.shards[position]``, for each of ``ctx.features``.
+
+        ``rows`` is a sorted ``int64`` array of unique row numbers local to the
+        shard (``0 <= row < num_records``). Return ``feature -> array`` of shape
+        ``(len(rows), *shape)`` with the feature's dtype. Sources with
+        ``random_access = True`` implement this; it may be called from several
+        threads at once (keep per-shard handles thread-safe, e.g. read-only maps).
+        """
+        raise CapabilityError(f"the {self.name!r} source does not support random_access")
 
     def require(self, capability: str) -> None:
         """Raise ``CapabilityError`` unless this source has ``capability``."""

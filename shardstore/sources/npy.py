@@ -50,6 +50,8 @@ class NpySource(Source):
 
     name: ClassVar[str] = "npy"
     tf_native: ClassVar[bool] = True
+    reads: ClassVar[frozenset[str]] = frozenset({"memmap"})
+    random_access_source: ClassVar[str | None] = "memmap"
 
     def write_shard(self, shard: ShardWriteContext, arrays: Mapping[str, ArrayLike]) -> None:
         """Write one ``.npy`` file per feature."""

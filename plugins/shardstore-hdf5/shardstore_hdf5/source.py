@@ -1,0 +1,379 @@
+"""The ``hdf5`` source: one HDF5 file per shard, one contiguous dataset per feature.
+
+File layout
+-----------
+Shard ``i`` is the file ``<prefix>/<i:06d>.h5``, a plain HDF5 file that
+``h5py.File(path)`` (or any HDF5 tool) opens without shardstore. It holds one
+dataset per feature at the root (``/<feature>``), of shape
+``(num_records, *record_shape)``, with the feature's little-endian type,
+*contiguous* layout and no filters (no chunking, no compression), so every
+feature's records are one run of raw little-endian bytes inside the file.
+
+The manifest entry of the file stores where each run starts::
+
+    "info": {"offsets": {"image": 2048, "label": 49154048}}
+
+The TF-native reader uses only those offsets: it reads each feature's byte
+region with :func:`shardstore.tfops.fixed_record_blocks` and decodes it with
+:func:`shardstore.tfops.decode_block`, without HDF5 in the pipeline.
+Random access (``ds[i]``, ``to_tf(shuffle="global")``) goes through h5py.
+
+Writing
+-------
+h5py lays out the file (superblock, object headers, the allocated space of
+every dataset) in memory; the data regions are allocated early and never
+filled, so the in-memory image holds only the few kilobytes of HDF5 metadata.
+The file is then streamed through :meth:`ShardWriteContext.create`: metadata
+from the image, each feature's records straight from the input array in
+pieces of a few MiB. Memory use does not grow with the shard size and the
+records are copied once. The result is byte for byte the file h5py would
+write with ``dset[...] = records`` (the tests check that h5py reads it back
+bit for bit and reports the recorded offsets).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import h5py
+import numpy as np
+
+from shardstore.errors import InvalidInputError, ManifestError
+from shardstore.sources import ReadContext, ShardWriteContext, Source
+from shardstore.sources.base import ArrayLike, iter_record_chunks
+from shardstore_hdf5._image import SparseImage
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+    from shardstore import FeatureSpec
+
+__all__ = ["INFO_OFFSETS", "SUFFIX", "Hdf5Source"]
+
+log = logging.getLogger(__name__)
+
+#: Suffix of every shard file.
+SUFFIX = ".h5"
+#: Key of ``FileEntry.info`` mapping each feature to the byte offset of its data.
+INFO_OFFSETS = "offsets"
+
+
+@dataclass(frozen=True)
+class _ShardLayout:
+    """Where one shard's records lie, validated against the manifest."""
+
+    path: str
+    checksum: str
+    size: int
+    num_records: int
+    #: feature -> (offset, nbytes) of its contiguous data, for the features asked for.
+    regions: Mapping[str, tuple[int, int]]
+
+    def footer(self, feature: str) -> int:
+        """Bytes after ``feature``'s data to the end of the file."""
+        offset, nbytes = self.regions[feature]
+        return self.size - offset - nbytes
+
+
+@dataclass
+class _Handle:
+    """An open read-only HDF5 file and its validated datasets."""
+
+    file: Any  # h5py.File
+    datasets: dict[str, Any]  # feature -> h5py.Dataset
+
+
+class Hdf5Source(Source):
+    """Shards as HDF5 files: TF-native sequential reads, h5py random access.
+
+    Instances are created by the registry (``shardstore.get_source("hdf5")``)
+    and shared by every dataset of the process. Random access keeps up to
+    :attr:`max_open_files` read-only h5py handles open (least recently used
+    closed first); :meth:`close` closes them all.
+    """
+
+    name: ClassVar[str] = "hdf5"
+    tf_native: ClassVar[bool] = True
+    random_access: ClassVar[bool] = True
+    #: Read-only HDF5 handles kept open for :meth:`read_records`.
+    max_open_files: ClassVar[int] = 64
+
+    def __init__(self) -> None:
+        # h5py serialises HDF5 calls internally; this lock also keeps the
+        # handle cache consistent and a handle from closing mid-read.
+        self._lock = threading.Lock()
+        self._handles: OrderedDict[tuple[str, str], _Handle] = OrderedDict()
+
+    # -- writing ------------------------------------------------------------------------------
+    def write_shard(self, shard: ShardWriteContext, arrays: Mapping[str, ArrayLike]) -> None:
+        """Write one ``.h5`` file holding a contiguous dataset per feature.
+
+        Parameters
+        ----------
+        shard : ShardWriteContext
+            The shard to write; its file is created with ``shard.create(".h5")``.
+        arrays : mapping of str to array-like
+            ``shard.num_records`` records of every feature in ``shard.features``.
+        """
+        image, regions = _layout_file(shard)
+        with shard.create(SUFFIX) as f:
+            f.info[INFO_OFFSETS] = {name: offset for name, (offset, _) in regions.items()}
+            pos = 0
+            for name, (offset, nbytes) in sorted(regions.items(), key=lambda kv: kv[1][0]):
+                f.write(image.getrange(pos, offset))
+                written = 0
+                for chunk in iter_record_chunks(arrays[name], shard.features[name].dtype):
+                    f.write(chunk)
+                    written += chunk.nbytes
+                if written != nbytes:
+                    raise InvalidInputError(
+                        f"feature {name!r}: got {written} bytes of records for shard "
+                        f"{shard.index}, expected {nbytes} ({shard.num_records} records)"
+                    )
+                pos = offset + nbytes
+            f.write(image.getrange(pos, image.size))
+        log.debug(
+            "hdf5: wrote shard %d (%d records, %d features, %d bytes of HDF5 metadata)",
+            shard.index,
+            shard.num_records,
+            len(regions),
+            image.size - sum(nbytes for _, nbytes in regions.values()),
+        )
+
+    # -- reading ------------------------------------------------------------------------------
+    def tf_reader(self, ctx: ReadContext) -> Callable[[tf.Tensor], tf.data.Dataset]:
+        """Blocks of records read from each feature's byte region with TensorFlow ops.
+
+        Parameters
+        ----------
+        ctx : ReadContext
+            The shards and features to read.
+
+        Returns
+        -------
+        callable
+            ``position -> tf.data.Dataset`` of ``{feature: Tensor[b, *shape]}`` blocks.
+
+        Raises
+        ------
+        ManifestError
+            A shard's manifest entry does not describe a readable ``.h5`` file.
+        """
+        import tensorflow as tf
+
+        from shardstore.tfops import decode_block, fixed_record_blocks
+
+        layouts = [_shard_layout(ctx, pos) for pos in range(len(ctx.shards))]
+        paths = tf.constant([lay.path for lay in layouts], tf.string)
+        counts = tf.constant([lay.num_records for lay in layouts], tf.int64)
+        tables = {
+            name: (
+                tf.constant([lay.regions[name][0] for lay in layouts], tf.int64),
+                tf.constant([lay.footer(name) for lay in layouts], tf.int64),
+            )
+            for name in ctx.features
+        }
+        specs = dict(ctx.features)
+
+        def read_shard(pos: tf.Tensor) -> tf.data.Dataset:
+            parts = {
+                name: fixed_record_blocks(
+                    paths[pos],
+                    header_bytes=offsets[pos],
+                    num_records=counts[pos],
+                    record_bytes=specs[name].record_nbytes,
+                    block_records=ctx.block_records,
+                    footer_bytes=footers[pos],
+                )
+                for name, (offsets, footers) in tables.items()
+            }
+            raw = tf.data.Dataset.zip(parts)
+            return raw.map(lambda blk: {k: decode_block(v, specs[k]) for k, v in blk.items()})
+
+        return read_shard
+
+    def read_records(
+        self, ctx: ReadContext, position: int, rows: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Records ``rows`` of shard ``ctx.shards[position]``, read with h5py.
+
+        Parameters
+        ----------
+        ctx : ReadContext
+            The shards and features to read.
+        position : int
+            Index into ``ctx.shards``.
+        rows : numpy.ndarray
+            Sorted, unique ``int64`` row numbers local to the shard.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            ``feature -> array`` of shape ``(len(rows), *shape)``.
+
+        Raises
+        ------
+        ManifestError
+            The file's datasets do not match the manifest.
+        """
+        layout = _shard_layout(ctx, position)
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows[0] < 0 or rows[-1] >= layout.num_records):
+            raise IndexError(
+                f"rows {int(rows[0])}..{int(rows[-1])} out of range for shard "
+                f"{ctx.shards[position].index} of {layout.num_records} records"
+            )
+        with self._lock:
+            handle = self._handle(layout)
+            out: dict[str, np.ndarray] = {}
+            for name, spec in ctx.features.items():
+                dset = self._dataset(handle, layout, name, spec)
+                out[name] = _take(dset, rows, spec)
+        return out
+
+    def close(self) -> None:
+        """Close every HDF5 handle opened for random access."""
+        with self._lock:
+            while self._handles:
+                _, handle = self._handles.popitem(last=False)
+                handle.file.close()
+
+    # -- internals ----------------------------------------------------------------------------
+    def _handle(self, layout: _ShardLayout) -> _Handle:
+        """The cached read-only handle of ``layout``'s file (call with the lock held)."""
+        key = (layout.path, layout.checksum)
+        handle = self._handles.get(key)
+        if handle is not None:
+            self._handles.move_to_end(key)
+            return handle
+        while len(self._handles) >= max(1, self.max_open_files):
+            (old_path, _), old = self._handles.popitem(last=False)
+            log.debug("hdf5: closing %s (handle cache full)", old_path)
+            old.file.close()
+        log.debug("hdf5: opening %s for random access", layout.path)
+        # Committed shard files never change, so HDF5's file locking (which
+        # fails on some network file systems) buys nothing here.
+        handle = _Handle(h5py.File(layout.path, "r", locking=False), {})
+        self._handles[key] = handle
+        return handle
+
+    @staticmethod
+    def _dataset(handle: _Handle, layout: _ShardLayout, name: str, spec: FeatureSpec) -> Any:
+        """``handle``'s dataset for ``name``, checked once against the manifest."""
+        dset = handle.datasets.get(name)
+        if dset is not None:
+            return dset
+        dset = handle.file.get(name)
+        where = f"file {layout.path!r}, dataset {name!r}"
+        if not isinstance(dset, h5py.Dataset):
+            raise ManifestError(f"{where}: missing (the manifest lists the feature)")
+        shape = (layout.num_records, *(int(d) for d in spec.shape if d is not None))
+        if dset.shape != shape or dset.dtype != spec.dtype:
+            raise ManifestError(
+                f"{where}: has dtype {dset.dtype} shape {dset.shape}, the manifest "
+                f"records dtype {spec.dtype} shape {shape}"
+            )
+        if dset.id.get_offset() != layout.regions[name][0]:
+            raise ManifestError(
+                f"{where}: data at byte {dset.id.get_offset()}, the manifest records "
+                f"{layout.regions[name][0]}"
+            )
+        handle.datasets[name] = dset
+        return dset
+
+
+def _layout_file(shard: ShardWriteContext) -> tuple[SparseImage, dict[str, tuple[int, int]]]:
+    """Lay out the shard's HDF5 file in memory, without its data.
+
+    Returns
+    -------
+    SparseImage
+        The file image: HDF5 metadata, and unwritten (zero) data regions.
+    dict of str to (int, int)
+        ``feature -> (offset, nbytes)`` of each dataset's contiguous data.
+    """
+    image = SparseImage()
+    regions: dict[str, tuple[int, int]] = {}
+    with h5py.File(image, "w") as h5:
+        for name, spec in shard.features.items():
+            shape = (shard.num_records, *(int(d) for d in spec.shape if d is not None))
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_layout(h5py.h5d.CONTIGUOUS)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # offsets known now
+            dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # we write the data ourselves
+            dset = h5.create_dataset(name, shape=shape, dtype=spec.dtype, dcpl=dcpl)
+            offset = dset.id.get_offset()
+            nbytes = shard.num_records * spec.record_nbytes
+            if offset is None or dset.id.get_storage_size() != nbytes:
+                raise RuntimeError(
+                    f"h5py did not allocate {nbytes} contiguous bytes for feature {name!r} "
+                    f"(offset {offset}, storage {dset.id.get_storage_size()})"
+                )
+            regions[name] = (int(offset), nbytes)
+    for name, (offset, nbytes) in regions.items():
+        if offset + nbytes > image.size or image.overlaps_written(offset, offset + nbytes):
+            raise RuntimeError(
+                f"HDF5 metadata overlaps the data of feature {name!r} "
+                f"(bytes {offset}..{offset + nbytes} of {image.size})"
+            )
+    return image, regions
+
+
+def _shard_layout(ctx: ReadContext, position: int) -> _ShardLayout:
+    """Validate shard ``ctx.shards[position]``'s manifest entry for ``ctx.features``.
+
+    Raises
+    ------
+    ManifestError
+        Not exactly one ``.h5`` file, a missing or non-integer offset, or a data
+        region that does not fit in the file or overlaps another.
+    """
+    shard = ctx.shards[position]
+    files = [f for f in shard.files if f.path.endswith(SUFFIX)]
+    if len(files) != 1 or len(shard.files) != 1:
+        raise ManifestError(
+            f"shard {shard.index}: the hdf5 source expects exactly one {SUFFIX} file, "
+            f"found {[f.path for f in shard.files]}"
+        )
+    entry = files[0]
+    where = f"shard {shard.index}, file {entry.path!r}"
+    offsets = entry.info.get(INFO_OFFSETS)
+    if not isinstance(offsets, Mapping):
+        raise ManifestError(f"{where}: info.{INFO_OFFSETS} is missing or not an object")
+    regions: dict[str, tuple[int, int]] = {}
+    for name, spec in ctx.features.items():
+        offset = offsets.get(name)
+        nbytes = shard.num_records * spec.record_nbytes
+        if type(offset) is not int or offset <= 0 or offset + nbytes > entry.size:
+            raise ManifestError(
+                f"{where}: invalid info.{INFO_OFFSETS}.{name} {offset!r} for {nbytes} bytes "
+                f"of records in a file of {entry.size} bytes"
+            )
+        regions[name] = (offset, nbytes)
+    spans = sorted(regions.values())
+    for (a_off, a_len), (b_off, _) in zip(spans, spans[1:], strict=False):
+        if a_off + a_len > b_off:
+            raise ManifestError(f"{where}: the data regions in info.{INFO_OFFSETS} overlap")
+    return _ShardLayout(
+        path=str(ctx.resolve(entry.path)),
+        checksum=entry.checksum,
+        size=entry.size,
+        num_records=shard.num_records,
+        regions=regions,
+    )
+
+
+def _take(dset: Any, rows: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Rows ``rows`` (sorted, unique) of an h5py dataset, as ``spec.dtype``."""
+    if rows.size == 0:
+        out = np.empty((0, *dset.shape[1:]), dset.dtype)
+    elif int(rows[-1]) - int(rows[0]) + 1 == rows.size:  # one run: a plain slice
+        out = dset[int(rows[0]) : int(rows[-1]) + 1]
+    else:
+        out = dset[rows]
+    return np.asarray(out).astype(spec.dtype, copy=False)

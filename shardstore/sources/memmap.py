@@ -1,0 +1,117 @@
+"""The ``memmap`` source: random access to ``.npy`` shards through memory maps.
+
+It reads the very files the ``npy`` source writes (``reads = {"npy"}``), via
+``np.load(..., mmap_mode="r")``: nothing is copied until records are
+gathered. That gives ``ds[i]``, ``ds[i:j]``, ``ds[[i, k]]`` without
+TensorFlow, and the exact global shuffle of ``to_tf(shuffle="global")``,
+where each batch is one sorted gather per shard it touches.
+
+Reading goes through ``tf.numpy_function`` (one call per block or batch,
+never per record), so pipelines built on it are not serialisable:
+``tf_native = False``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from shardstore.errors import ManifestError
+from shardstore.sources.base import ArrayLike, ReadContext, ShardWriteContext, Source
+from shardstore.sources.npy import NpySource
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+__all__ = ["MemmapSource"]
+
+#: Memory maps kept open at once (each costs a virtual memory area, not RAM).
+MAX_OPEN_MAPS = 1024
+
+
+class MemmapSource(Source):
+    """Random-access reader (and writer) of ``.npy`` shards."""
+
+    name: ClassVar[str] = "memmap"
+    tf_native: ClassVar[bool] = False
+    random_access: ClassVar[bool] = True
+    reads: ClassVar[frozenset[str]] = frozenset({"npy"})
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._maps: OrderedDict[Path, np.ndarray] = OrderedDict()
+
+    def write_shard(self, shard: ShardWriteContext, arrays: Mapping[str, ArrayLike]) -> None:
+        """Write standard ``.npy`` files, exactly as the ``npy`` source does."""
+        NpySource().write_shard(shard, arrays)
+
+    def _map(self, ctx: ReadContext, position: int, feature: str) -> np.ndarray:
+        shard = ctx.shards[position]
+        entry = shard.file_for(feature)
+        path = ctx.resolve(entry.path)
+        with self._lock:
+            cached = self._maps.get(path)
+            if cached is not None:
+                self._maps.move_to_end(path)
+                return cached
+        spec = ctx.features[feature]
+        mm: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
+        expected = (shard.num_records, *spec.shape)
+        if mm.shape != expected or mm.dtype != spec.dtype or not mm.flags.c_contiguous:
+            raise ManifestError(
+                f"shard {shard.index}, file {entry.path!r}: holds {mm.dtype} {mm.shape}, "
+                f"the manifest says {spec.dtype} {expected}"
+            )
+        with self._lock:
+            self._maps[path] = mm
+            while len(self._maps) > MAX_OPEN_MAPS:
+                self._maps.popitem(last=False)
+        return mm
+
+    def read_records(
+        self, ctx: ReadContext, position: int, rows: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Gather ``rows`` (sorted) of one shard from its memory maps."""
+        out = {}
+        for feature in ctx.features:
+            mm = self._map(ctx, position, feature)
+            if len(rows) and rows[-1] - rows[0] + 1 == len(rows):  # a contiguous run
+                out[feature] = np.array(mm[rows[0] : rows[-1] + 1])
+            else:
+                out[feature] = np.take(mm, rows, axis=0)
+        return out
+
+    def tf_reader(self, ctx: ReadContext) -> Callable[[tf.Tensor], tf.data.Dataset]:
+        """Blocks of records, each copied out of the maps by one ``numpy_function``."""
+        import tensorflow as tf
+
+        counts = tf.constant([s.num_records for s in ctx.shards], tf.int64)
+        names = list(ctx.features)
+        dtypes = [tf.as_dtype(ctx.features[n].dtype) for n in names]
+        shapes = [[None, *ctx.features[n].shape] for n in names]
+        block = ctx.block_records
+
+        def fetch(position: Any, start: Any, stop: Any) -> list[np.ndarray]:
+            pos, lo, hi = int(position), int(start), int(stop)
+            return [np.array(self._map(ctx, pos, n)[lo:hi]) for n in names]
+
+        def read_shard(position: tf.Tensor) -> tf.data.Dataset:
+            n = counts[position]
+            starts = tf.data.Dataset.range(0, n, block)
+
+            def read_block(start: tf.Tensor) -> dict[str, tf.Tensor]:
+                stop = tf.minimum(start + block, n)
+                parts = tf.numpy_function(fetch, [position, start, stop], dtypes, stateful=False)
+                return {
+                    name: tf.ensure_shape(part, shape)
+                    for name, part, shape in zip(names, parts, shapes, strict=True)
+                }
+
+            return starts.map(read_block)
+
+        return read_shard

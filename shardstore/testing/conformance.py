@@ -1,0 +1,266 @@
+"""The conformance suite every source runs, built-in or third party.
+
+Subclass :class:`SourceConformance` in a pytest module and name the source::
+
+    from shardstore.testing import SourceConformance
+
+    class TestMySource(SourceConformance):
+        source = "mine"                       # the registered (entry-point) name
+        write_options = {"level": 3}          # optional: passed to shardstore.write
+
+pytest then runs every test below against that source: round trips of every
+dtype and shape, partial last shards, feature selection, shuffle coverage,
+seeded determinism, disjoint and complete worker sharding, corruption
+detection, and honest capability flags (a ``random_access`` source really
+serves ``ds[i]`` and ``shuffle="global"``; a ``tf_native`` one really builds
+pipelines without Python functions). It needs pytest and TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+import shardstore
+from shardstore.errors import CapabilityError, ChecksumError
+from shardstore.sources.base import Source
+
+__all__ = ["ALL_DTYPES", "SourceConformance", "assert_bitwise_equal", "random_records"]
+
+ALL_DTYPES = (
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float16", "float32", "float64", "complex64", "complex128",
+)  # fmt: skip
+SHAPES = ((), (5,), (3, 2, 4))
+NUM_RECORDS = 103
+RECORDS_PER_SHARD = 17
+
+
+def random_records(dtype: np.dtype[Any], shape: tuple[int, ...], n: int, seed: int) -> np.ndarray:
+    """``n`` records using every bit pattern of ``dtype`` (NaN payloads, -0.0, extremes)."""
+    rng = np.random.default_rng(seed)
+    if dtype == np.bool_:
+        return rng.integers(0, 2, (n, *shape)).astype(bool)
+    count = n * int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    return rng.integers(0, 256, count, dtype=np.uint8).view(dtype).reshape(n, *shape)
+
+
+def assert_bitwise_equal(actual: Any, expected: Any) -> None:
+    """Same dtype, same shape, same bytes."""
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert np.ascontiguousarray(actual).tobytes() == np.ascontiguousarray(expected).tobytes()
+
+
+def _collect(tfds: Any) -> Any:
+    batches = list(tfds.as_numpy_iterator())
+    first = batches[0]
+    if isinstance(first, dict):
+        return {k: np.concatenate([b[k] for b in batches]) for k in first}
+    if isinstance(first, tuple):
+        return tuple(np.concatenate([b[i] for b in batches]) for i in range(len(first)))
+    return np.concatenate(batches)
+
+
+class SourceConformance:
+    """Tests every source must pass. Subclass it and set :attr:`source`."""
+
+    #: The registered name of the source under test.
+    source: ClassVar[str]
+    #: Extra options for ``shardstore.write(..., **write_options)``.
+    write_options: ClassVar[Mapping[str, Any]] = {}
+    #: Dtypes the source claims to hold (all 14 numeric dtypes by default).
+    dtypes: ClassVar[tuple[str, ...]] = ALL_DTYPES
+
+    # -- helpers ------------------------------------------------------------------------
+    @classmethod
+    def write(cls, path: Path, arrays: Any, **kwargs: Any) -> shardstore.Dataset:
+        """Write with the source under test."""
+        return shardstore.write(
+            path, arrays, format=cls.source, fsync=False, **{**cls.write_options, **kwargs}
+        )
+
+    @classmethod
+    def open(cls, path: Path) -> shardstore.Dataset:
+        """Open, explicitly reading with the source under test."""
+        return shardstore.open(path, source=cls.source)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def data(cls) -> dict[str, np.ndarray]:
+        """Three features of different dtypes and shapes, with a 0..N-1 id."""
+        rng = np.random.default_rng(0)
+        return {
+            "image": rng.random((NUM_RECORDS, 4, 3), dtype=np.float32),
+            "id": np.arange(NUM_RECORDS, dtype=np.int64),
+            "mask": rng.integers(0, 2, (NUM_RECORDS, 5)).astype(bool),
+        }
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def dataset(
+        cls, tmp_path_factory: pytest.TempPathFactory, data: dict[str, np.ndarray]
+    ) -> shardstore.Dataset:
+        """The shared dataset: 103 records in shards of 17 (the last one partial)."""
+        path = tmp_path_factory.mktemp(f"conformance-{cls.source}") / "d"
+        cls.write(path, data, records_per_shard=RECORDS_PER_SHARD)
+        return cls.open(path)
+
+    @staticmethod
+    def ids(tfds: Any) -> list[int]:
+        return [int(v) for batch in tfds.as_numpy_iterator() for v in batch]
+
+    # -- registration -------------------------------------------------------------------
+    def test_registered_through_the_entry_point(self) -> None:
+        info = shardstore.available_sources()[self.source]
+        assert info.conflicts == ()
+        source = shardstore.get_source(self.source)
+        assert isinstance(source, Source)
+        assert source.name == self.source
+
+    def test_shards_record_the_source(self, dataset: shardstore.Dataset) -> None:
+        assert dataset.num_shards == -(-NUM_RECORDS // RECORDS_PER_SHARD)
+        assert [s.num_records for s in dataset.shards][-1] == NUM_RECORDS % RECORDS_PER_SHARD
+        assert set(dataset.manifest.sources) == {self.source}
+        dataset.verify(progress=False)
+
+    # -- round trips --------------------------------------------------------------------
+    @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"shape{list(s)}")
+    def test_round_trip_every_dtype(self, tmp_path: Path, shape: tuple[int, ...]) -> None:
+        arrays = {
+            f"f_{name}": random_records(np.dtype(name), shape, 23, seed=i)
+            for i, name in enumerate(self.dtypes)
+        }
+        self.write(tmp_path / "d", arrays, records_per_shard=10)
+        ds = self.open(tmp_path / "d")
+        out = _collect(ds.to_tf(batch_size=7))
+        for name, expected in arrays.items():
+            assert ds.features[name].dtype == expected.dtype
+            assert_bitwise_equal(out[name], expected)
+
+    def test_ordered_read(self, dataset: shardstore.Dataset, data: dict[str, Any]) -> None:
+        out = _collect(dataset.to_tf(batch_size=10))
+        for name, expected in data.items():
+            assert_bitwise_equal(out[name], expected)
+
+    def test_one_record(self, tmp_path: Path) -> None:
+        one = {"v": np.array([[1.5, -0.0, np.nan]], np.float64)}
+        self.write(tmp_path / "d", one)
+        assert_bitwise_equal(_collect(self.open(tmp_path / "d").to_tf(4, features="v")), one["v"])
+
+    def test_streaming_writer(self, tmp_path: Path, data: dict[str, Any]) -> None:
+        with shardstore.Writer(
+            tmp_path / "d", format=self.source, records_per_shard=16, fsync=False,
+            **self.write_options,
+        ) as w:  # fmt: skip
+            for lo in range(0, NUM_RECORDS, 25):
+                w.write({k: v[lo : lo + 25] for k, v in data.items()})
+        out = _collect(self.open(tmp_path / "d").to_tf(batch_size=32))
+        for name, expected in data.items():
+            assert_bitwise_equal(out[name], expected)
+
+    def test_feature_selection(self, dataset: shardstore.Dataset, data: dict[str, Any]) -> None:
+        mask, ids = _collect(dataset.to_tf(batch_size=9, features=("mask", "id")))
+        assert_bitwise_equal(mask, data["mask"])
+        assert_bitwise_equal(ids, data["id"])
+        assert_bitwise_equal(_collect(dataset.to_tf(8, features="image")), data["image"])
+
+    # -- shuffling and sharding -----------------------------------------------------------
+    def test_shuffle_covers_every_record_once(self, dataset: shardstore.Dataset) -> None:
+        got = self.ids(dataset.to_tf(batch_size=8, features="id", shuffle=True, seed=1))
+        assert sorted(got) == list(range(NUM_RECORDS))
+        assert got != list(range(NUM_RECORDS))
+
+    def test_shuffle_keeps_features_aligned(
+        self, dataset: shardstore.Dataset, data: dict[str, Any]
+    ) -> None:
+        image, ids = _collect(dataset.to_tf(8, features=("image", "id"), shuffle=True, seed=4))
+        assert_bitwise_equal(image, data["image"][ids])
+
+    def test_seeded_shuffle_is_deterministic(self, dataset: shardstore.Dataset) -> None:
+        def run(seed: int) -> list[int]:
+            return self.ids(dataset.to_tf(batch_size=8, features="id", shuffle=True, seed=seed))
+
+        assert run(7) == run(7)
+        assert run(7) != run(8)
+
+    @pytest.mark.parametrize("workers", [2, 3])
+    def test_worker_sharding_is_disjoint_and_complete(
+        self, dataset: shardstore.Dataset, workers: int
+    ) -> None:
+        parts = [
+            self.ids(dataset.to_tf(8, features="id", shard=(i, workers), shuffle=True, seed=0))
+            for i in range(workers)
+        ]
+        flat = [i for part in parts for i in part]
+        assert sorted(flat) == list(range(NUM_RECORDS))
+        assert all(parts)
+
+    # -- integrity --------------------------------------------------------------------------
+    def _damaged_copy(self, dataset: shardstore.Dataset, tmp_path: Path) -> shardstore.Dataset:
+        shutil.copytree(dataset.path, tmp_path / "copy")
+        return self.open(tmp_path / "copy")
+
+    def test_flipped_bit_is_detected(self, dataset: shardstore.Dataset, tmp_path: Path) -> None:
+        copy = self._damaged_copy(dataset, tmp_path)
+        victim = max(copy.shards[1].files, key=lambda f: f.size)
+        with open(copy.path / victim.path, "r+b") as f:
+            f.seek(victim.size // 2)
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 0x01]))
+        with pytest.raises(ChecksumError) as exc:
+            copy.verify(progress=False)
+        assert exc.value.file == victim.path
+        assert exc.value.shard == 1
+
+    def test_truncation_is_detected_before_reading(
+        self, dataset: shardstore.Dataset, tmp_path: Path
+    ) -> None:
+        copy = self._damaged_copy(dataset, tmp_path)
+        victim = copy.shards[2].files[0]
+        os.truncate(copy.path / victim.path, victim.size - 1)
+        with pytest.raises(ChecksumError, match="bytes"):
+            copy.to_tf(batch_size=8)
+
+    # -- capabilities -----------------------------------------------------------------------
+    def test_tf_native_flag_is_honest(self, dataset: shardstore.Dataset) -> None:
+        source = shardstore.get_source(self.source)
+        graph = dataset.to_tf(batch_size=8, shuffle=True, seed=0)._as_serialized_graph().numpy()
+        uses_python = any(op in graph for op in (b"PyFunc", b"EagerPyFunc", b"NumpyFunction"))
+        assert uses_python != source.tf_native
+
+    def test_random_access_flag_is_honest(
+        self, dataset: shardstore.Dataset, data: dict[str, Any]
+    ) -> None:
+        source = shardstore.get_source(self.source)
+        if not source.random_access:
+            with pytest.raises(CapabilityError, match="random_access"):
+                dataset[0]
+            with pytest.raises(CapabilityError, match="random_access"):
+                dataset.to_tf(shuffle="global")
+            return
+        rec = dataset[5]
+        assert_bitwise_equal(rec["image"], data["image"][5])
+        assert_bitwise_equal(rec["id"], data["id"][5])
+        last = dataset[-1]
+        assert_bitwise_equal(last["mask"], data["mask"][-1])
+        span = dataset[15:40]
+        assert_bitwise_equal(span["image"], data["image"][15:40])
+        picks = [90, 3, 3, 50, 16, 17]
+        fancy = dataset[picks]
+        for name in data:
+            assert_bitwise_equal(fancy[name], data[name][picks])
+        assert len(dataset) == NUM_RECORDS
+        got = self.ids(dataset.to_tf(batch_size=10, features="id", shuffle="global", seed=3))
+        assert sorted(got) == list(range(NUM_RECORDS))
+        again = self.ids(dataset.to_tf(batch_size=10, features="id", shuffle="global", seed=3))
+        assert got == again
