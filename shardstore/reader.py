@@ -9,7 +9,7 @@ touches no shard file until asked. TensorFlow is imported only by
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -143,6 +143,33 @@ class Dataset:
         )
 
     # -- reading --------------------------------------------------------------------------
+    def iter_numpy(
+        self, batch_size: int | None = None, *, features: Sequence[str] | None = None
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Every record in order, as NumPy batches (``name -> array (b, *shape)``).
+
+        Uses the random-access source when there is one (no TensorFlow), else
+        an ordered ``to_tf`` pipeline. ``batch_size`` defaults to ~64 MiB of
+        records. Used by ``convert``; handy for scikit-learn style consumers.
+        """
+        names = list(features) if features is not None else list(self.features)
+        record_bytes = max(1, sum(self.features[n].record_nbytes for n in names))
+        step = batch_size or max(1, (64 << 20) // record_bytes)
+        try:
+            source = self.source_for("random_access")
+        except CapabilityError:
+            for batch in self.to_tf(step, features=tuple(names)).as_numpy_iterator():
+                yield dict(zip(names, batch, strict=True))
+            return
+        from shardstore.random_access import gather_records
+
+        self.check_files()
+        specs = {n: self.features[n] for n in names}
+        ctx = ReadContext(self.path, self.shards, specs, 1)
+        for lo in range(0, self.num_records, step):
+            indices = np.arange(lo, min(lo + step, self.num_records), dtype=np.int64)
+            yield gather_records(source, ctx, indices)
+
     def to_tf(
         self,
         batch_size: int | None = 32,
