@@ -11,6 +11,7 @@ only when a pipeline is built or a source is used.
 from __future__ import annotations
 
 from shardstore.api import open, write
+from shardstore.convert import convert
 from shardstore.errors import (
     CapabilityError,
     ChecksumError,
@@ -50,6 +51,7 @@ __all__ = [
     "Writer",
     "__version__",
     "available_sources",
+    "convert",
     "get_source",
     "open",
     "register_source",
