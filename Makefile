@@ -3,6 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+HDF5   := plugins/shardstore-hdf5
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
@@ -10,10 +11,14 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml requirements/dev.txt
+$(STAMP): pyproject.toml requirements/dev.txt $(HDF5)/pyproject.toml $(wildcard $(HDF5)/shardstore_hdf5/*.py)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements/dev.txt -e .
+	# the third-party plugin, installed like any user would (not editable; shardstore is already here)
+	rm -rf $(HDF5)/build $(HDF5)/*.egg-info
+	$(BIN)/python -m pip install --quiet --no-deps --force-reinstall ./$(HDF5)
+	rm -rf $(HDF5)/build $(HDF5)/*.egg-info
 	touch $(STAMP)
 
 test: install
@@ -21,9 +26,10 @@ test: install
 	$(MAKE) lint
 
 lint: install
-	$(BIN)/ruff check shardstore tests
-	$(BIN)/ruff format --check shardstore tests
+	$(BIN)/ruff check shardstore tests plugins
+	$(BIN)/ruff format --check shardstore tests plugins
 	$(BIN)/mypy
+	$(BIN)/mypy --strict --ignore-missing-imports $(HDF5)/shardstore_hdf5
 
 demo: install
 	$(BIN)/python -m shardstore.demo

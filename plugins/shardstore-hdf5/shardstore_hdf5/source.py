@@ -33,7 +33,9 @@ bit for bit and reports the recorded offsets).
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -42,15 +44,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import h5py
 import numpy as np
-
 from shardstore.errors import InvalidInputError, ManifestError
 from shardstore.sources import ReadContext, ShardWriteContext, Source
 from shardstore.sources.base import ArrayLike, iter_record_chunks
+
 from shardstore_hdf5._image import SparseImage
 
 if TYPE_CHECKING:
     import tensorflow as tf
-
     from shardstore import FeatureSpec
 
 __all__ = ["INFO_OFFSETS", "SUFFIX", "Hdf5Source"]
@@ -61,6 +62,8 @@ log = logging.getLogger(__name__)
 SUFFIX = ".h5"
 #: Key of ``FileEntry.info`` mapping each feature to the byte offset of its data.
 INFO_OFFSETS = "offsets"
+#: Records at least this large are read run by run rather than by point selection.
+RUN_READ_MIN_RECORD_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -104,10 +107,14 @@ class Hdf5Source(Source):
     max_open_files: ClassVar[int] = 64
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
         # h5py serialises HDF5 calls internally; this lock also keeps the
         # handle cache consistent and a handle from closing mid-read.
         self._lock = threading.Lock()
         self._handles: OrderedDict[tuple[str, str], _Handle] = OrderedDict()
+        self._pid = os.getpid()
 
     # -- writing ------------------------------------------------------------------------------
     def write_shard(self, shard: ShardWriteContext, arrays: Mapping[str, ArrayLike]) -> None:
@@ -165,7 +172,6 @@ class Hdf5Source(Source):
             A shard's manifest entry does not describe a readable ``.h5`` file.
         """
         import tensorflow as tf
-
         from shardstore.tfops import decode_block, fixed_record_blocks
 
         layouts = [_shard_layout(ctx, pos) for pos in range(len(ctx.shards))]
@@ -219,8 +225,14 @@ class Hdf5Source(Source):
         Raises
         ------
         ManifestError
-            The file's datasets do not match the manifest.
+            The manifest entry, or the file's datasets, do not match the manifest.
+        IndexError
+            A row is outside the shard.
         """
+        if self._pid != os.getpid():
+            # A forked child must not share the parent's HDF5 handles (or a
+            # lock some parent thread held at fork time): start afresh.
+            self._reset()
         layout = _shard_layout(ctx, position)
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (rows[0] < 0 or rows[-1] >= layout.num_records):
@@ -356,7 +368,7 @@ def _shard_layout(ctx: ReadContext, position: int) -> _ShardLayout:
             )
         regions[name] = (offset, nbytes)
     spans = sorted(regions.values())
-    for (a_off, a_len), (b_off, _) in zip(spans, spans[1:], strict=False):
+    for (a_off, a_len), (b_off, _) in itertools.pairwise(spans):
         if a_off + a_len > b_off:
             raise ManifestError(f"{where}: the data regions in info.{INFO_OFFSETS} overlap")
     return _ShardLayout(
@@ -369,11 +381,21 @@ def _shard_layout(ctx: ReadContext, position: int) -> _ShardLayout:
 
 
 def _take(dset: Any, rows: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """Rows ``rows`` (sorted, unique) of an h5py dataset, as ``spec.dtype``."""
+    """Rows ``rows`` (sorted, unique) of an h5py dataset, as ``spec.dtype``.
+
+    A run of consecutive rows is one slice. Scattered rows of small records
+    go through h5py's point selection (one HDF5 read); scattered large
+    records are read run by run, which measured 2-3x faster than a point
+    selection once records pass about a kilobyte.
+    """
     if rows.size == 0:
-        out = np.empty((0, *dset.shape[1:]), dset.dtype)
-    elif int(rows[-1]) - int(rows[0]) + 1 == rows.size:  # one run: a plain slice
-        out = dset[int(rows[0]) : int(rows[-1]) + 1]
-    else:
+        return np.empty((0, *dset.shape[1:]), spec.dtype)
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    if breaks.size and spec.record_nbytes < RUN_READ_MIN_RECORD_BYTES:
         out = dset[rows]
+    else:
+        first = rows[np.r_[0, breaks]].tolist()
+        last = rows[np.r_[breaks - 1, rows.size - 1]].tolist()
+        parts = [dset[lo : hi + 1] for lo, hi in zip(first, last, strict=True)]
+        out = parts[0] if len(parts) == 1 else np.concatenate(parts)
     return np.asarray(out).astype(spec.dtype, copy=False)

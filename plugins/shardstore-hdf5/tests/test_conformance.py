@@ -22,7 +22,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import h5py
 import numpy as np
 import pytest
-
 import shardstore
 from shardstore.errors import InvalidInputError, ManifestError
 from shardstore.sources import ReadContext
@@ -32,6 +31,7 @@ from shardstore.testing import (
     assert_bitwise_equal,
     random_records,
 )
+
 from shardstore_hdf5 import INFO_OFFSETS, Hdf5Source
 from shardstore_hdf5._image import PAGE, SparseImage
 
@@ -126,6 +126,16 @@ def test_file_is_byte_identical_to_h5py_writing_the_data_itself(tmp_path: Path) 
     assert (ds.path / entry.path).read_bytes() == reference.getvalue()
 
 
+def test_feature_names_are_dataset_names(tmp_path: Path) -> None:
+    arrays = {name: np.arange(6) * i for i, name in enumerate(["a.b", "c-d", "_e", "9f", "G"])}
+    ds = _write(tmp_path / "d", arrays)
+    with h5py.File(ds.path / ds.shards[0].files[0].path, "r") as f:
+        assert sorted(f) == sorted(arrays)
+    out = _collect(ds.to_tf(batch_size=4))
+    for name, expected in arrays.items():
+        assert_bitwise_equal(out[name], expected)
+
+
 def test_round_trip_many_blocks_per_shard(tmp_path: Path) -> None:
     """Shards longer than a block: full blocks, then a partial one, per feature."""
     data = {
@@ -194,7 +204,7 @@ def test_overlapping_regions_are_refused(tmp_path: Path) -> None:
 def test_missing_info_is_refused(tmp_path: Path) -> None:
     ds = _write(tmp_path / "d", {"x": np.arange(5)})
     broken = _edit_manifest(ds, lambda m: m["shards"][0]["files"][0].pop("info"))
-    with pytest.raises(ManifestError, match="info.offsets is missing"):
+    with pytest.raises(ManifestError, match=r"info\.offsets is missing"):
         broken.to_tf(batch_size=4)
 
 
@@ -219,8 +229,12 @@ def test_random_access_checks_the_file_against_the_manifest(
     [[], [0], [4], [0, 1, 2, 3], [2, 3, 4], [0, 5, 9], [1, 2, 7, 8, 9]],
     ids=lambda r: f"rows{r}",
 )
-def test_read_records(tmp_path: Path, source: Hdf5Source, rows: list[int]) -> None:
-    arrays = _every_dtype(30, (2,))
+@pytest.mark.parametrize("shape", [(2,), (16, 32)], ids=["small", "large"])
+def test_read_records(
+    tmp_path: Path, source: Hdf5Source, rows: list[int], shape: tuple[int, ...]
+) -> None:
+    """Point selections (small records) and run-by-run reads (records >= 1 KiB)."""
+    arrays = _every_dtype(30, shape)
     ds = _write(tmp_path / "d", arrays, records_per_shard=10)
     picks = np.asarray(rows, dtype=np.int64)
     for position in range(ds.num_shards):
@@ -271,6 +285,31 @@ def test_handle_cache_is_bounded(
     source.close()
     assert not source._handles
     assert source.read_records(ctx, 4, np.array([9]))["x"].tolist() == [49]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_opens_its_own_handles(tmp_path: Path, source: Hdf5Source) -> None:
+    ds = _write(tmp_path / "d", {"x": np.arange(20)}, records_per_shard=10)
+    ctx = _context(ds)
+    assert source.read_records(ctx, 1, np.array([2]))["x"].tolist() == [12]
+    parent_handles = dict(source._handles)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        status = 1
+        try:
+            got = source.read_records(ctx, 1, np.array([3]))["x"].tolist()
+            fresh = all(h is not parent_handles.get(k) for k, h in source._handles.items())
+            status = 0 if got == [13] and fresh else 1
+        finally:
+            os.write(write_fd, bytes([status]))
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        result = pipe.read()
+    os.waitpid(pid, 0)
+    assert result == b"\0"
+    assert source.read_records(ctx, 1, np.array([4]))["x"].tolist() == [14]  # parent unaffected
 
 
 # -- the sparse image ---------------------------------------------------------------------------
