@@ -10,6 +10,8 @@ only when a pipeline is built or a source is used.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from shardstore.api import open, write
 from shardstore.convert import convert
 from shardstore.errors import (
@@ -32,6 +34,19 @@ from shardstore.writer import Writer
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:
+    from shardstore.adopt import index_tfrecords
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: attributes that would import a plugin module are loaded on first use.
+    if name == "index_tfrecords":
+        from shardstore.adopt import index_tfrecords
+
+        return index_tfrecords
+    raise AttributeError(f"module 'shardstore' has no attribute {name!r}")
+
+
 __all__ = [
     "CapabilityError",
     "ChecksumError",
@@ -53,6 +68,7 @@ __all__ = [
     "available_sources",
     "convert",
     "get_source",
+    "index_tfrecords",
     "open",
     "register_source",
     "write",

@@ -1,10 +1,12 @@
-"""The ``shardstore`` command line: inspect, verify and list plugins.
+"""The ``shardstore`` command line: inspect, verify, ingest and list plugins.
 
 Usage::
 
     shardstore info PATH [--json]
     shardstore verify PATH [--progress | --no-progress]
     shardstore plugins [--json]
+    shardstore ingest --tfrecord DEST FILES... --feature NAME:DTYPE:SHAPE[:ENCODING] ...
+    shardstore convert SRC DST --format FORMAT [-o KEY=VALUE ...]
     shardstore --version
 
 Global options (accepted before or after the subcommand): ``-v/--verbose``
@@ -278,6 +280,60 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    """Adopt existing TFRecord files as a dataset (:func:`shardstore.adopt.index_tfrecords`).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``dest``, ``files``, ``feature`` (``NAME:DTYPE:SHAPE[:ENCODING]``
+        strings), ``link``, ``overwrite``, ``fsync`` and ``progress``.
+
+    Returns
+    -------
+    int
+        0 once the dataset is committed.
+    """
+    import os
+
+    from shardstore.adopt import index_tfrecords, parse_feature_arg
+    from shardstore.errors import InvalidInputError
+
+    features: dict[str, Any] = {}
+    for text in args.feature:
+        name, decl = parse_feature_arg(text)
+        if name in features:
+            raise InvalidInputError(f"feature {name!r} is declared twice")
+        features[name] = decl
+    ds = index_tfrecords(
+        args.dest,
+        args.files,
+        features,
+        link=args.link,
+        overwrite=args.overwrite,
+        progress=args.progress,
+        fsync=args.fsync,
+    )
+
+    def same_file(src: str, relpath: str) -> bool:
+        try:
+            return os.path.samefile(src, ds.path / relpath)
+        except OSError:  # the original is gone already: count it as copied
+            return False
+
+    linked = sum(
+        same_file(src, shard.files[0].path)
+        for src, shard in zip(args.files, ds.shards, strict=True)
+    )
+    print(
+        f"ingested {_plural(ds.num_shards, 'TFRecord file')} into {ds.path}: "
+        f"{_plural(ds.num_records, 'record')}, {_human_bytes(ds.nbytes)}, "
+        f"{_plural(len(ds.features), 'feature')} ({linked} hard-linked, "
+        f"{ds.num_shards - linked} copied)"
+    )
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------
 def _build_parser() -> argparse.ArgumentParser:
     """Build the argument parser.
@@ -290,7 +346,7 @@ def _build_parser() -> argparse.ArgumentParser:
     """
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Inspect and verify shardstore datasets; list source plugins.",
+        description="Inspect, verify, convert and ingest shardstore datasets; list source plugins.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
 
@@ -344,7 +400,138 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     plugins.add_argument("--json", action="store_true", help="print the list as JSON")
     plugins.set_defaults(func=_cmd_plugins)
+
+    ingest = sub.add_parser(
+        "ingest",
+        parents=[common],
+        help="adopt existing TFRecord files as a dataset, without re-encoding",
+        description="Build a dataset at DEST over existing TFRecord files of tf.train.Example, "
+        "one shard per file, without re-encoding: records are counted and CRC-checked, "
+        "checksums computed, and each file hard-linked into DEST (copied when it cannot be).",
+    )
+    ingest.add_argument(
+        "--tfrecord",
+        action="store_true",
+        required=True,
+        help="the FILES are TFRecord files of tf.train.Example (the supported input format)",
+    )
+    ingest.add_argument("dest", metavar="DEST", help="the dataset directory to create")
+    ingest.add_argument("files", metavar="FILES", nargs="+", help="the TFRecord files, in order")
+    ingest.add_argument(
+        "--feature",
+        action="append",
+        required=True,
+        metavar="NAME:DTYPE:SHAPE[:ENCODING]",
+        help="a feature to read, e.g. image:uint8:64x64x3 or label:int64:scalar:int64_list; "
+        "SHAPE is dimensions joined by 'x' or 'scalar'; ENCODING is raw (default: the "
+        "record's bytes in a bytes_list), int64_list or float_list. Repeat for each feature",
+    )
+    ingest.add_argument(
+        "--link",
+        choices=("auto", "hardlink", "copy"),
+        default="auto",
+        help="hard-link the files into DEST (hardlink), copy them (copy), or hard-link when "
+        "possible and copy otherwise (auto, the default)",
+    )
+    ingest.add_argument(
+        "--overwrite", action="store_true", help="replace an existing dataset at DEST"
+    )
+    ingest.add_argument(
+        "--fsync",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="flush to stable storage before committing (default: yes)",
+    )
+    ingest.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: only on a terminal)",
+    )
+    ingest.set_defaults(func=_cmd_ingest)
+
+    convert = sub.add_parser(
+        "convert",
+        parents=[common],
+        help="rewrite a dataset with another source format, bit for bit",
+        description="Rewrite the dataset at SRC into DST with another source format "
+        "(npy, memmap, zarr, tfrecord, or an installed plugin), keeping records, order "
+        "and metadata exactly.",
+    )
+    convert.add_argument("src", metavar="SRC", help="the dataset to read")
+    convert.add_argument("dst", metavar="DST", help="the dataset directory to write")
+    convert.add_argument("--format", required=True, help="the source that writes DST")
+    size = convert.add_mutually_exclusive_group()
+    size.add_argument("--shard-size", help="target bytes per shard, e.g. 64MiB")
+    size.add_argument("--records-per-shard", type=int, help="records per shard")
+    convert.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a source option, e.g. -o compression=lz4 -o chunk_records=256 (repeatable)",
+    )
+    convert.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    convert.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: only on a terminal)",
+    )
+    convert.set_defaults(func=_cmd_convert)
     return parser
+
+
+def _option_value(text: str) -> Any:
+    """``"256"`` -> 256, ``"none"`` -> None, anything else stays a string."""
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    """Convert ``args.src`` into ``args.dst`` with ``args.format``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``src``, ``dst``, ``format``, ``shard_size``, ``records_per_shard``,
+        ``option``, ``overwrite`` and ``progress``.
+
+    Returns
+    -------
+    int
+        0.
+    """
+    from shardstore.convert import convert
+    from shardstore.errors import InvalidInputError
+
+    options: dict[str, Any] = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInputError(f"option {item!r} is not KEY=VALUE")
+        options[key] = _option_value(value)
+    ds = convert(
+        args.src,
+        args.dst,
+        format=args.format,
+        shard_size=args.shard_size,
+        records_per_shard=args.records_per_shard,
+        overwrite=args.overwrite,
+        progress=args.progress,
+        **options,
+    )
+    print(
+        f"converted {args.src} -> {ds.path} ({args.format}): "
+        f"{_plural(ds.num_records, 'record')}, {_plural(ds.num_shards, 'shard')}, "
+        f"{_human_bytes(ds.nbytes)}"
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

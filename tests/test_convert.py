@@ -58,3 +58,20 @@ def test_iter_numpy_without_random_access_uses_tf(tmp_path: Path, data: dict) ->
     got = list(explicit.iter_numpy(batch_size=20))
     assert [len(b["u"]) for b in got] == [20, 20, 17]
     assert_bitwise_equal(np.concatenate([b["c"] for b in got]), data["c"])
+
+
+def test_convert_cli(tmp_path: Path, data: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    from shardstore.cli import main
+
+    shardstore.write(tmp_path / "src", data, records_per_shard=10)
+    args = ["--format", "zarr", "-o", "compression=lz4", "--records-per-shard", "30"]
+    code = main(["convert", str(tmp_path / "src"), str(tmp_path / "dst"), *args, "--no-progress"])
+    assert code == 0
+    assert "57 records, 2 shards" in capsys.readouterr().out
+    out = shardstore.open(tmp_path / "dst")
+    assert out.manifest.sources == ("zarr",)
+    assert_bitwise_equal(np.concatenate([b["u"] for b in out.iter_numpy()]), data["u"])
+    assert main(["convert", str(tmp_path / "src"), str(tmp_path / "x"), "--format", "zarr",
+                 "-o", "compression=rar"]) == 2  # fmt: skip
+    assert "compression" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -11,19 +11,23 @@ program reads these files without shardstore::
         ex = tf.io.parse_single_example(rec, spec)
         image = tf.reshape(tf.io.decode_raw(ex["image"], tf.float32), [64, 64, 3])
 
-Why raw bytes rather than ``float_list`` / ``int64_list``: they hold every one
-of the 14 dtypes bit for bit (``float_list`` is float32 only, ``int64_list``
-widens every integer to a varint), they are 2-10x smaller than varints for
-small integers stored as ``int64``, and parsing them is a ``memcpy``.
+Why raw bytes rather than ``float_list`` / ``int64_list``: raw bytes hold all
+14 dtypes bit for bit (``float_list`` holds float32 only; ``int64_list`` has no
+room for complex or float values and takes 1-10 bytes per value, 10 for any
+negative number); every record has the same length, which makes the encoder
+below possible; and parsing them is a ``memcpy``, where lists are decoded value
+by value.
 
-**Writing** does not use TensorFlow (importing it costs seconds) nor the
+**Writing** uses neither TensorFlow (importing it costs seconds) nor the
 protobuf library. Every feature has a fixed record size, so every serialized
 ``Example`` of a shard has the same length and the same bytes except the
-feature data: the writer computes that constant layout once, fills a chunk of
-framed records with NumPy (one copy of the input), then computes each record's
-masked CRC-32C (``google-crc32c``, hardware accelerated). The framing is the
-TFRecord one: ``uint64 length``, ``uint32 masked_crc32c(length)``, ``data``,
-``uint32 masked_crc32c(data)``, all little-endian.
+feature data: :func:`record_layout` computes that constant layout once, and
+:func:`encode_records` fills a reused chunk of framed records with NumPy (one
+copy of the input), then adds each record's masked CRC-32C (``google-crc32c``).
+The framing is TFRecord's: ``uint64 length``, ``uint32 masked_crc32c(length)``,
+``data``, ``uint32 masked_crc32c(data)``, all little-endian. The files are
+byte-identical to what ``tf.io.TFRecordWriter`` writes for the same Examples
+serialized with ``SerializeToString(deterministic=True)`` (the tests check it).
 
 **Reading** is TensorFlow-native: ``TFRecordDataset`` (which verifies every
 record's CRC) -> ``batch(block)`` -> ``tf.io.parse_example`` on the whole block
@@ -45,9 +49,8 @@ This module also holds the TensorFlow-free TFRecord helpers that
 
 from __future__ import annotations
 
-import ctypes
+import math
 import struct
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, ClassVar, Final
@@ -70,6 +73,7 @@ __all__ = [
     "TFRecordFormatError",
     "TFRecordSource",
     "check_encoding",
+    "encode_records",
     "iter_frames",
     "masked_crc32c",
     "parse_example",
@@ -88,13 +92,15 @@ _HEADER = struct.Struct("<QI")
 _CRC = struct.Struct("<I")
 _MASK_DELTA = 0xA282EAD8
 
-#: ``TFRecordDataset`` read buffer per open shard (measured: 4 MiB beats the
-#: 256 KiB default by ~10% on large records and costs little memory).
-READ_BUFFER_BYTES = 4 << 20
+#: ``TFRecordDataset`` read buffer per open shard: reads of about one block
+#: (1 MiB, see ``shardstore.pipeline.BLOCK_BYTES``) instead of TF's 256 KiB, for
+#: fewer, larger requests on slow or remote storage. On page-cached local files
+#: 256 KiB-4 MiB measured the same; 16 MiB was slower.
+READ_BUFFER_BYTES = 1 << 20
 
-# Records at least this long are checksummed through a zero-copy ctypes view of
-# the chunk; shorter ones through a bytes copy (cheaper than building a view).
-_VIEW_MIN_BYTES = 2048
+# Records shorter than this are checksummed from one bytes copy of their chunk
+# (measured: ~2x faster below 1 KiB, slower above 8 KiB); see _crc32c_rows.
+_SLICE_MAX_BYTES = 4096
 
 _INT_KINDS = frozenset("biu")
 _FLOAT_DTYPES = frozenset({"<f2", "<f4", "<f8"})
@@ -127,34 +133,19 @@ def _mask(crcs: np.ndarray) -> np.ndarray:
     return ((crcs >> np.uint32(15)) | (crcs << np.uint32(17))) + np.uint32(_MASK_DELTA)
 
 
-def _probe_views() -> bool:
-    """Whether ``google_crc32c`` accepts a ctypes view of NumPy memory (no copy).
-
-    Its C extension parses arguments with ``y#``, which refuses buffers that
-    need releasing (``memoryview``, ``bytearray``, NumPy arrays) but accepts
-    ctypes arrays made with ``from_buffer``. Checked once, with a fallback to
-    copies, so that a future change of either library cannot break writing.
-    """
-    probe = np.frombuffer(bytearray(b"123456789"), np.uint8)
-    try:
-        view = (ctypes.c_char * 9).from_buffer(probe)
-        return int(google_crc32c.value(view)) == 0xE3069283  # the CRC-32C check value
-    except (TypeError, ValueError):
-        return False
-
-
-_VIEWS_OK: Final = _probe_views()
-
-
 def _crc32c_rows(rows: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """Unmasked CRC-32C of ``rows[i, start:stop]`` for every row of a C-contiguous uint8 matrix."""
+    """Unmasked CRC-32C of ``rows[i, start:stop]`` for every row of a uint8 matrix.
+
+    ``google_crc32c`` takes ``bytes`` only (not NumPy memory), so each record
+    is copied once: short records from one ``bytes`` copy of the whole chunk
+    (slicing ``bytes`` costs less than indexing an array), long ones row by row.
+    """
     count, width = rows.shape
     length = stop - start
     value = google_crc32c.value
-    if _VIEWS_OK and length >= _VIEW_MIN_BYTES:
-        flat = rows.reshape(-1)
-        view = ctypes.c_char * length
-        crcs = (value(view.from_buffer(flat, i * width + start)) for i in range(count))
+    if length < _SLICE_MAX_BYTES:
+        blob = rows.tobytes()
+        crcs = (value(blob[o : o + length]) for o in range(start, count * width, width))
     else:
         crcs = (value(rows[i, start:stop].tobytes()) for i in range(count))
     return np.fromiter(crcs, np.uint32, count)
@@ -300,7 +291,8 @@ def _fields(buf: bytes, start: int, end: int) -> Iterator[tuple[int, int, int, i
 
 
 def _parse_feature(buf: bytes, start: int, end: int) -> tuple[str, list[Any]]:
-    kind, values = "none", []
+    kind: str = "none"
+    values: list[Any] = []
     names = {1: "bytes_list", 2: "float_list", 3: "int64_list"}
     for number, wire, lo, hi in _fields(buf, start, end):
         if number not in names or wire != 2:
@@ -358,7 +350,8 @@ def parse_example(data: bytes) -> dict[str, tuple[str, list[Any]]]:
         for fnum, fwire, a, b in _fields(data, lo, hi):  # Features
             if fnum != 1 or fwire != 2:
                 continue
-            key, feature = "", ("none", [])
+            key: str = ""
+            feature: tuple[str, list[Any]] = ("none", [])
             for enum, ewire, c, d in _fields(data, a, b):  # map entry
                 if enum == 1 and ewire == 2:
                     try:
@@ -433,6 +426,58 @@ def read_first_record(f: IO[bytes], *, size: int, name: str) -> bytes | None:
     return None
 
 
+def encode_records(
+    features: Mapping[str, FeatureSpec],
+    arrays: Mapping[str, ArrayLike],
+    num_records: int,
+    *,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Iterator[np.ndarray]:
+    """Encode records as framed TFRecords of ``Example``, a chunk at a time.
+
+    Parameters
+    ----------
+    features : mapping of str to FeatureSpec
+        The fixed-shape features; each is stored under its own name as
+        ``"raw"`` bytes, in name order (the order in which protobuf's
+        deterministic serialization writes map entries).
+    arrays : mapping of str to array-like
+        ``num_records`` records of each feature (sliced a chunk at a time, so
+        memory-mapped input is never loaded whole).
+    num_records : int
+        Records to encode.
+    chunk_bytes : int
+        About how many bytes each chunk holds (at least one record).
+
+    Yields
+    ------
+    numpy.ndarray
+        ``uint8[count, frame_bytes]``: the next ``count`` framed records, ready
+        to append to a file. The buffer is reused: consume each chunk before
+        asking for the next.
+    """
+    names = sorted(features)
+    layout = record_layout([(n, features[n].record_nbytes) for n in names])
+    frame = layout.frame_bytes
+    step = max(1, min(num_records, chunk_bytes // frame))
+    # The constant bytes (framing, tags, lengths) are filled once; each chunk
+    # then only copies the feature data in and computes the data CRCs.
+    buf = np.empty((step, frame), np.uint8)
+    buf[:, : len(layout.header)] = np.frombuffer(layout.header, np.uint8)
+    for offset, const in layout.segments:
+        buf[:, offset : offset + len(const)] = np.frombuffer(const, np.uint8)
+    for lo in range(0, num_records, step):
+        count = min(step, num_records - lo)
+        rows = buf[:count]
+        for fname, (offset, size) in zip(names, layout.fields, strict=True):
+            dst = rows[:, offset : offset + size].view(features[fname].dtype)
+            src = np.asarray(arrays[fname][lo : lo + count]).reshape(count, -1)
+            np.copyto(dst, src, casting="equiv")  # equiv: byte-swaps big-endian input
+        crcs = _mask(_crc32c_rows(rows, len(layout.header), frame - _CRC.size))
+        rows[:, frame - _CRC.size :] = crcs.astype("<u4").view(np.uint8).reshape(count, 4)
+        yield rows
+
+
 # -- encodings -------------------------------------------------------------------------------
 def check_encoding(dtype: np.dtype[Any], encoding: object) -> str | None:
     """Why ``encoding`` cannot hold ``dtype``, or ``None`` if it can.
@@ -449,9 +494,7 @@ def check_encoding(dtype: np.dtype[Any], encoding: object) -> str | None:
     return None
 
 
-def _file_layouts(
-    ctx: ReadContext,
-) -> dict[str, tuple[str, str]]:
+def _file_layouts(ctx: ReadContext) -> dict[str, tuple[str, str]]:
     """``feature -> (key, encoding)`` shared by every shard of ``ctx``; validated."""
     chosen: dict[str, tuple[str, str]] | None = None
     for shard in ctx.shards:
@@ -500,7 +543,7 @@ def _decoder(
 
     parse_spec: dict[str, Any] = {}
     for fname, (key, encoding) in layout.items():
-        count = int(np.prod(specs[fname].shape, dtype=np.int64))
+        count = math.prod(d for d in specs[fname].shape if d is not None)
         if encoding == "raw":
             parse_spec[key] = tf.io.FixedLenFeature([], tf.string)
         elif encoding == "int64_list":
@@ -508,12 +551,22 @@ def _decoder(
         else:
             parse_spec[key] = tf.io.FixedLenFeature([count], tf.float32)
 
-    def convert(value: tf.Tensor, spec: FeatureSpec, encoding: str) -> tf.Tensor:
+    def convert(value: tf.Tensor, fname: str, encoding: str) -> tf.Tensor:
+        spec = specs[fname]
         dims = [int(d) for d in spec.shape if d is not None]
         if encoding == "raw":
-            # An explicit batch dimension makes a record of the wrong size fail
-            # loudly instead of shifting the block into extra rows.
-            return tf.reshape(decode_block(value, spec), [tf.size(value), *dims])
+            # A record of the wrong size must fail loudly instead of turning the
+            # block into more (or fewer) rows. (A reshape to [b, *shape] would
+            # check it too, but Grappler may drop a reshape it deems redundant.)
+            out = decode_block(value, spec)
+            same = tf.debugging.assert_equal(
+                tf.shape(out, out_type=tf.int64)[0],
+                tf.size(value, out_type=tf.int64),
+                message=f"a record of feature {fname!r} does not have the "
+                f"{spec.record_nbytes} bytes of a {spec.dtype.name} {spec.shape} record",
+            )
+            with tf.control_dependencies([same]):
+                return tf.identity(out)
         value = tf.reshape(value, [-1, *dims])
         if spec.dtype == np.bool_:
             return tf.not_equal(value, 0)
@@ -524,7 +577,7 @@ def _decoder(
     def decode(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         parsed = tf.io.parse_example(serialized, parse_spec)
         return {
-            fname: convert(parsed[key], specs[fname], encoding)
+            fname: convert(parsed[key], fname, encoding)
             for fname, (key, encoding) in layout.items()
         }
 
@@ -549,37 +602,10 @@ class TFRecordSource(Source):
         arrays : mapping of str to array-like
             ``shard.num_records`` records of every feature.
         """
-        names = list(shard.features)
-        sizes = [shard.features[n].record_nbytes for n in names]
-        layout = record_layout(list(zip(names, sizes, strict=True)))
-        frame = layout.frame_bytes
-        total = shard.num_records
-        step = max(1, min(total, CHUNK_BYTES // frame))
-        # Two buffers: one is hashed and written by a background thread (both
-        # release the GIL) while the next chunk is encoded into the other.
-        buffers = [np.empty((step, frame), np.uint8) for _ in range(2 if total > step else 1)]
-        for buf in buffers:
-            buf[:, : len(layout.header)] = np.frombuffer(layout.header, np.uint8)
-            for offset, const in layout.segments:
-                buf[:, offset : offset + len(const)] = np.frombuffer(const, np.uint8)
-        with shard.create(SUFFIX) as f, ThreadPoolExecutor(1, "shardstore-tfrecord") as pool:
-            f.info["features"] = {n: {"key": n, "encoding": "raw"} for n in names}
-            pending: Future[None] | None = None
-            for i, lo in enumerate(range(0, total, step)):
-                count = min(step, total - lo)
-                rows = buffers[i % len(buffers)][:count]
-                for fname, (offset, size) in zip(names, layout.fields, strict=True):
-                    spec = shard.features[fname]
-                    dst = rows[:, offset : offset + size].view(spec.dtype)
-                    src = np.asarray(arrays[fname][lo : lo + count]).reshape(count, -1)
-                    np.copyto(dst, src, casting="equiv")
-                crcs = _mask(_crc32c_rows(rows, len(layout.header), frame - _CRC.size))
-                rows[:, frame - _CRC.size :] = crcs.astype("<u4").view(np.uint8).reshape(count, 4)
-                if pending is not None:
-                    pending.result()
-                pending = pool.submit(f.write, rows)
-            if pending is not None:
-                pending.result()
+        with shard.create(SUFFIX) as f:
+            f.info["features"] = {n: {"key": n, "encoding": "raw"} for n in shard.features}
+            for chunk in encode_records(shard.features, arrays, shard.num_records):
+                f.write(chunk)
 
     def tf_reader(self, ctx: ReadContext) -> Callable[[tf.Tensor], tf.data.Dataset]:
         """Blocks via ``TFRecordDataset`` -> ``batch`` -> ``parse_example`` -> decode.
