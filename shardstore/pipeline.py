@@ -186,7 +186,8 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
         blocks = positions.interleave(
             read_shard,
             cycle_length=parallel,
-            # ordered: drain a shard before moving on (others are read ahead meanwhile)
+            # ordered: drain a shard before moving on (others are read ahead meanwhile);
+            # sources yield ceil(n / block) blocks per shard (the contract in base.py)
             block_length=1 if config.shuffle else math.ceil(longest / block),
             num_parallel_calls=parallel,
             deterministic=config.deterministic,

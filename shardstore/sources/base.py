@@ -14,9 +14,11 @@ batching. That split keeps a plugin small:
 ``tf_reader(ctx)``
     Return a function mapping a scalar ``int64`` tensor (a position in
     ``ctx.shards``) to a ``tf.data.Dataset`` of *blocks*: dicts
-    ``feature -> Tensor[b, *shape]`` with ``1 <= b <= ctx.block_records``,
-    in record order, covering the shard exactly once. Blocks, not single
-    records, because tf.data spends microseconds per element.
+    ``feature -> Tensor[b, *shape]`` in record order, covering the shard
+    exactly once, where every block holds exactly ``ctx.block_records``
+    records except the shard's last one (``1 <= b``). Blocks, not single
+    records, because tf.data spends microseconds per element; exact sizes,
+    because the ordered reader counts blocks to keep shards in order.
 
 Capability flags describe what the reader may ask for:
 

@@ -29,7 +29,7 @@ import pytest
 
 import shardstore
 from shardstore.errors import CapabilityError, ChecksumError
-from shardstore.sources.base import Source
+from shardstore.sources.base import ReadContext, Source
 
 __all__ = ["ALL_DTYPES", "SourceConformance", "assert_bitwise_equal", "random_records"]
 
@@ -172,6 +172,24 @@ class SourceConformance:
         assert_bitwise_equal(mask, data["mask"])
         assert_bitwise_equal(ids, data["id"])
         assert_bitwise_equal(_collect(dataset.to_tf(8, features="image")), data["image"])
+
+    @pytest.mark.parametrize("block_records", [1, 5, 17, 40])
+    def test_blocks_have_the_exact_size(
+        self, dataset: shardstore.Dataset, block_records: int
+    ) -> None:
+        """Full blocks of ``block_records``, then the shard's remainder: the reader relies on it."""
+        import tensorflow as tf
+
+        source = shardstore.get_source(self.source)
+        ctx = ReadContext(dataset.path, dataset.shards, dict(dataset.features), block_records)
+        read_shard = source.tf_reader(ctx)
+        for position in (0, len(dataset.shards) - 1):
+            n = dataset.shards[position].num_records
+            sizes = [
+                int(block["id"].shape[0]) for block in read_shard(tf.constant(position, tf.int64))
+            ]
+            full, rest = divmod(n, block_records)
+            assert sizes == [block_records] * full + ([rest] if rest else [])
 
     # -- shuffling and sharding -----------------------------------------------------------
     def test_shuffle_covers_every_record_once(self, dataset: shardstore.Dataset) -> None:
