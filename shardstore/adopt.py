@@ -49,14 +49,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from shardstore.checksum import CHUNK_BYTES, format_digest, new_hasher
+from shardstore.commit import commit_manifest, remove_previous, staging_path
 from shardstore.errors import (
     DatasetExistsError,
     InvalidInputError,
     ManifestError,
-    ShardStoreError,
     UnsupportedDTypeError,
 )
-from shardstore.fsutil import HashingFile, fsync_dir, publish, remove_quietly, resolve_inside
+from shardstore.fsutil import HashingFile, fsync_dir, remove_quietly
 from shardstore.manifest import (
     MANIFEST_NAME,
     SUPPORTED_DTYPES,
@@ -413,50 +413,6 @@ def _adopt_file(
     return count, out.size, out.checksum, False
 
 
-# -- the commit --------------------------------------------------------------------------------
-def _commit(root: Path, manifest: Manifest, *, overwrite: bool, fsync: bool) -> None:
-    """Stage and publish ``manifest.json`` as the writer does (``docs/format.md``, section 9)."""
-    tmp = root / f".manifest-{manifest.version_id}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(manifest.to_json())
-        f.flush()
-        if fsync:
-            os.fsync(f.fileno())
-    publish(tmp, root / MANIFEST_NAME, replace=overwrite)
-
-
-def _read_manifest(root: Path) -> Manifest | None:
-    try:
-        return Manifest.from_json((root / MANIFEST_NAME).read_bytes())
-    except FileNotFoundError:
-        return None
-    except (OSError, ShardStoreError) as exc:
-        log.warning("not cleaning up the previous version of %s: %s", root, exc)
-        return None
-
-
-def _remove_previous(root: Path, old: Manifest, new: Manifest) -> None:
-    """Delete the files of ``old`` that ``new`` does not use (never outside ``root``)."""
-    keep = {f.path for s in new.shards for f in s.files}
-    dirs: set[Path] = set()
-    for shard in old.shards:
-        for f in shard.files:
-            if f.path in keep:
-                continue
-            try:
-                target = resolve_inside(root, f.path)
-            except ManifestError:
-                continue
-            remove_quietly(target)
-            dirs.add(target.parent)
-    real_root = root.resolve()
-    for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
-        with contextlib.suppress(OSError):
-            if d != real_root:
-                d.rmdir()
-
-
 # -- the entry point ---------------------------------------------------------------------------
 def index_tfrecords(
     dest: str | os.PathLike[str],
@@ -574,11 +530,10 @@ def index_tfrecords(
         Manifest.from_json(manifest.to_json())  # publish only what every reader accepts
         if fsync:
             fsync_dir(root / prefix)
-        previous = _read_manifest(root) if overwrite else None
-        _commit(root, manifest, overwrite=overwrite, fsync=fsync)
+        previous = commit_manifest(root, manifest, overwrite=overwrite, fsync=fsync)
     except BaseException:
         shutil.rmtree(root / prefix, ignore_errors=True)  # links and copies: originals stay
-        remove_quietly(root / f".manifest-{version_id}.tmp")
+        remove_quietly(staging_path(root, version_id))
         if created_root:
             with contextlib.suppress(OSError):
                 root.rmdir()  # only if empty
@@ -595,5 +550,5 @@ def index_tfrecords(
         version_id,
     )
     if previous is not None:
-        _remove_previous(root, previous, manifest)
+        remove_previous(root, previous, manifest)
     return Dataset(root, manifest)

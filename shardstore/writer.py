@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from shardstore.commit import commit_manifest, remove_previous, staging_path
 from shardstore.errors import (
     DatasetExistsError,
     InvalidInputError,
@@ -42,7 +43,7 @@ from shardstore.errors import (
     ShardStoreError,
     UnsupportedDTypeError,
 )
-from shardstore.fsutil import fsync_dir, publish, remove_quietly, resolve_inside
+from shardstore.fsutil import fsync_dir, remove_quietly
 from shardstore.manifest import (
     MANIFEST_NAME,
     SUPPORTED_DTYPES,
@@ -265,7 +266,7 @@ class Writer:
         self._state = "aborted"
         self._bar.close()
         shutil.rmtree(self.root / self._prefix, ignore_errors=True)
-        remove_quietly(self.root / f".manifest-{self.version_id}.tmp")
+        remove_quietly(staging_path(self.root, self.version_id))
         if self._created_root:
             with contextlib.suppress(OSError):
                 self.root.rmdir()  # only if empty: never removes anything we did not write
@@ -365,15 +366,9 @@ class Writer:
         self.root.mkdir(parents=True, exist_ok=True)
         if self._fsync and self._shards:
             fsync_dir(self.root / self._prefix)
-        tmp = self.root / f".manifest-{self.version_id}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(manifest.to_json())
-            f.flush()
-            if self._fsync:
-                os.fsync(f.fileno())
-        previous = self._read_previous() if self._overwrite else None
-        publish(tmp, self.root / MANIFEST_NAME, replace=self._overwrite)
+        previous = commit_manifest(
+            self.root, manifest, overwrite=self._overwrite, fsync=self._fsync
+        )
         self._state = "committed"
         log.info(
             "committed %s: %d records in %d shards (version %s)",
@@ -383,33 +378,5 @@ class Writer:
             self.version_id,
         )
         if previous is not None:
-            self._remove_previous(previous, manifest)
+            remove_previous(self.root, previous, manifest)
         return Dataset(self.root, manifest)
-
-    def _read_previous(self) -> Manifest | None:
-        try:
-            return Manifest.from_json((self.root / MANIFEST_NAME).read_bytes())
-        except FileNotFoundError:
-            return None
-        except (OSError, ShardStoreError) as exc:
-            log.warning("not cleaning up the previous version of %s: %s", self.root, exc)
-            return None
-
-    def _remove_previous(self, old: Manifest, new: Manifest) -> None:
-        keep = {f.path for s in new.shards for f in s.files}
-        dirs: set[Path] = set()
-        for shard in old.shards:
-            for f in shard.files:
-                if f.path in keep:
-                    continue
-                try:
-                    target = resolve_inside(self.root, f.path)
-                except ManifestError:
-                    continue  # never delete through a link that leaves the dataset
-                remove_quietly(target)
-                dirs.add(target.parent)
-        real_root = self.root.resolve()
-        for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
-            with contextlib.suppress(OSError):
-                if d != real_root:
-                    d.rmdir()  # only if empty
