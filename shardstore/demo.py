@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     ds = shardstore.open(args.out)
     gb = ds.nbytes / 1e9
     print(f"  wrote {ds.num_records} records in {ds.num_shards} shards, {gb:.2f} GB "
-          f"in {write_s:.2f} s ({gb / write_s:.2f} GB/s, fsync on)")  # fmt: skip
+          f"in {write_s:.2f} s ({gb / write_s:.2f} GB/s including generating the images, "
+          "fsync on)")  # fmt: skip
     ds.verify(progress=False)
     print("  verify: every checksum matches")
 
