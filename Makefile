@@ -32,7 +32,7 @@ lint: install
 	$(BIN)/mypy --strict --ignore-missing-imports $(HDF5)/shardstore_hdf5
 
 demo: install
-	$(BIN)/python -m shardstore.demo
+	$(BIN)/shardstore demo
 
 clean:
 	rm -rf $(VENV) .demo-data .pytest_cache .mypy_cache .ruff_cache

@@ -17,7 +17,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import shardstore
-from shardstore.demo import consume_seconds, np_load_floor, synthetic_batches
+from shardstore.bench import epoch_seconds, np_load_floor, synthetic_images
 
 VARIANTS = [  # (label, format, write options, read source, to_tf options)
     ("npy, in order", "npy", {}, None, {}),
@@ -49,7 +49,7 @@ def main() -> None:
             continue
         path = root / f"{fmt}-{len(written)}"
         with shardstore.Writer(path, format=fmt, overwrite=True, fsync=False, **opts) as w:
-            for batch in synthetic_batches(args.records, 1024):
+            for batch in synthetic_images(args.records, 1024):
                 w.write(batch)
         written[key] = path
     npy = shardstore.open(written[("npy", "[]")])
@@ -63,7 +63,7 @@ def main() -> None:
             print(f"{label:<34} (source not installed)")
             continue
         ds = shardstore.open(written[key], source=source)
-        secs = consume_seconds(ds.to_tf(batch_size=256, features=("image", "label"), **read))
+        secs = epoch_seconds(ds.to_tf(batch_size=256, features=("image", "label"), **read))
         print(f"{label:<34} {ds.num_records / secs:>9,.0f} rec/s {gb / secs:5.2f} GB/s "
               f"{floor / secs:5.2f}x floor")  # fmt: skip
 

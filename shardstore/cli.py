@@ -7,6 +7,7 @@ Usage::
     shardstore plugins [--json]
     shardstore ingest --tfrecord DEST FILES... --feature NAME:DTYPE:SHAPE[:ENCODING] ...
     shardstore convert SRC DST --format FORMAT [-o KEY=VALUE ...]
+    shardstore demo [--records N] [--no-train]
     shardstore --version
 
 Global options (accepted before or after the subcommand): ``-v/--verbose``
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -480,7 +482,47 @@ def _build_parser() -> argparse.ArgumentParser:
         help="show a progress bar (default: only on a terminal)",
     )
     convert.set_defaults(func=_cmd_convert)
+
+    demo = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="write, verify, read and train on a real dataset; print throughput",
+        description="End-to-end demo (`make demo`): write a few hundred MB of images, "
+        "verify them, read them with to_tf next to the np.load floor, train a small "
+        "Keras model for one epoch.",
+    )
+    demo.add_argument("--out", default=".demo-data/images", help="dataset directory")
+    demo.add_argument("--records", type=int, default=8192, help="images to write")
+    demo.add_argument("--batch-size", type=int, default=256, help="batch size for reading")
+    demo.add_argument("--no-train", action="store_true", help="skip the Keras epoch")
+    demo.set_defaults(func=_cmd_demo)
     return parser
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """Run :func:`shardstore.demo.run_demo`, printing its report.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``out``, ``records``, ``batch_size`` and ``no_train``.
+
+    Returns
+    -------
+    int
+        0.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from shardstore.demo import run_demo
+
+    run_demo(
+        args.out,
+        records=args.records,
+        batch_size=args.batch_size,
+        train=not args.no_train,
+        report=print,
+    )
+    return 0
 
 
 def _option_value(text: str) -> Any:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -132,10 +131,3 @@ def remove_quietly(path: Path) -> None:
     """Remove a file if it exists; ignore errors (used on clean-up paths)."""
     with contextlib.suppress(OSError):
         path.unlink()
-
-
-def iter_files(root: Path) -> Iterator[Path]:
-    """Every regular file below ``root`` (used by clean-up code)."""
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            yield Path(dirpath) / name

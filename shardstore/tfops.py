@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
 from shardstore.manifest import FeatureSpec
 
-__all__ = ["decode_block", "fixed_record_blocks", "tf_dtype"]
+__all__ = ["decode_block", "fixed_record_blocks"]
 
 # decode_raw cannot produce unsigned 32/64-bit ints: decode as the signed
 # type of the same width, then bitcast (a free reinterpretation).
@@ -24,11 +23,6 @@ _BITCAST: dict[str, tuple[Any, Any]] = {
     "<u4": (tf.int32, tf.uint32),
     "<u8": (tf.int64, tf.uint64),
 }
-
-
-def tf_dtype(dtype: np.dtype[Any]) -> tf.DType:
-    """The TensorFlow dtype of a supported numpy dtype."""
-    return tf.as_dtype(dtype)
 
 
 def decode_block(raw: tf.Tensor, spec: FeatureSpec) -> tf.Tensor:

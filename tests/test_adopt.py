@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import assert_bitwise_equal, collect
 
 import shardstore
 from shardstore.adopt import index_tfrecords, parse_feature_arg
@@ -25,6 +24,7 @@ from shardstore.errors import (
     InvalidInputError,
     UnsupportedDTypeError,
 )
+from shardstore.testing import assert_bitwise_equal, collect, flip_bit
 
 N = 23
 SPLITS = ((0, 10), (10, 18), (18, 23))
@@ -307,14 +307,6 @@ def test_auto_across_filesystems(tmp_path: Path, tfrecords: list[Path]) -> None:
 
 
 # -- integrity -----------------------------------------------------------------------------------
-def _flip(path: Path, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0x01]))
-
-
 @pytest.mark.parametrize("link", ["copy", "hardlink"])
 def test_corruption_of_an_adopted_file_is_detected(
     tmp_path: Path, tfrecords: list[Path], link: str
@@ -324,7 +316,7 @@ def test_corruption_of_an_adopted_file_is_detected(
     victim = ds.shards[1].files[0]
     # A hard link shares its data: damage to the original *in place* is damage to the
     # dataset, and verify reports it (a copy is damaged directly here).
-    _flip(files[1] if link == "hardlink" else ds.path / victim.path, victim.size // 2)
+    flip_bit(files[1] if link == "hardlink" else ds.path / victim.path, victim.size // 2)
     with pytest.raises(ChecksumError) as exc:
         ds.verify(progress=False)
     assert exc.value.file == victim.path

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import assert_bitwise_equal, collect
 
 import shardstore
 from shardstore.cli import main
+from shardstore.testing import assert_bitwise_equal, collect
 
 N = 12
 

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_bitwise_equal
 
 import shardstore
 from shardstore.convert import convert
 from shardstore.errors import DatasetExistsError, InvalidInputError
-from shardstore.testing import random_records
+from shardstore.testing import assert_bitwise_equal, random_records
 
 FORMATS = ["npy", "memmap", "zarr", "tfrecord"]
 

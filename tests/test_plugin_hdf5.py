@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_bitwise_equal, collect
 
 import shardstore
 from shardstore import cli
+from shardstore.testing import assert_bitwise_equal, collect
 
 DIST = "shardstore-hdf5"
 

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import assert_bitwise_equal, collect
 
 import shardstore
 from shardstore.errors import (
@@ -21,6 +20,7 @@ from shardstore.errors import (
     ManifestError,
     SourceNotFoundError,
 )
+from shardstore.testing import assert_bitwise_equal, collect, flip_bit
 
 N = 203
 
@@ -276,11 +276,7 @@ def test_verify_passes_on_a_good_dataset(ds: shardstore.Dataset) -> None:
 def test_verify_names_the_flipped_file(ds: shardstore.Dataset, tmp_path: Path) -> None:
     bad = copy_dataset(ds, tmp_path / "bad")
     victim = bad.shards[4].file_for("image")
-    with open(bad.path / victim.path, "r+b") as f:
-        f.seek(victim.size // 2)
-        byte = f.read(1)
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([byte[0] ^ 0x10]))
+    flip_bit(bad.path / victim.path, victim.size // 2, 0x10)
     with pytest.raises(ChecksumError) as exc:
         bad.verify(progress=False)
     assert exc.value.shard == 4

@@ -6,13 +6,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from helpers import assert_bitwise_equal, collect
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import shardstore
 from shardstore.manifest import SUPPORTED_DTYPES
+from shardstore.testing import assert_bitwise_equal, collect
 
 dtypes = st.sampled_from(sorted(SUPPORTED_DTYPES)).map(np.dtype)
 record_shapes = hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=4)

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_bitwise_equal, collect
 
 import shardstore
 from shardstore.errors import ManifestError
 from shardstore.sources import memmap as memmap_module
-from shardstore.testing import SourceConformance
+from shardstore.testing import SourceConformance, assert_bitwise_equal, collect
 
 
 class TestMemmapConformance(SourceConformance):

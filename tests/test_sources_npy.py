@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_bitwise_equal, collect
 
 import shardstore
 from shardstore.sources.npy import NpySource, npy_header
-from shardstore.testing import SourceConformance
+from shardstore.testing import SourceConformance, assert_bitwise_equal, collect
 
 DTYPES = [
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import assert_bitwise_equal, collect
 
 import shardstore
 from shardstore.errors import ManifestError
@@ -25,7 +24,13 @@ from shardstore.sources.tfrecord import (
     parse_example,
     record_layout,
 )
-from shardstore.testing import ALL_DTYPES, SourceConformance, random_records
+from shardstore.testing import (
+    ALL_DTYPES,
+    SourceConformance,
+    assert_bitwise_equal,
+    collect,
+    random_records,
+)
 
 
 class TestTFRecordConformance(SourceConformance):

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import assert_bitwise_equal
 
 import shardstore
 from shardstore.errors import (
@@ -20,6 +19,7 @@ from shardstore.errors import (
     SourceNotFoundError,
     UnsupportedDTypeError,
 )
+from shardstore.testing import assert_bitwise_equal
 from shardstore.writer import parse_size
 
 

@@ -9,7 +9,16 @@ from shardstore.testing.conformance import (
     ALL_DTYPES,
     SourceConformance,
     assert_bitwise_equal,
+    collect,
+    flip_bit,
     random_records,
 )
 
-__all__ = ["ALL_DTYPES", "SourceConformance", "assert_bitwise_equal", "random_records"]
+__all__ = [
+    "ALL_DTYPES",
+    "SourceConformance",
+    "assert_bitwise_equal",
+    "collect",
+    "flip_bit",
+    "random_records",
+]

@@ -31,7 +31,14 @@ import shardstore
 from shardstore.errors import CapabilityError, ChecksumError
 from shardstore.sources.base import ReadContext, Source
 
-__all__ = ["ALL_DTYPES", "SourceConformance", "assert_bitwise_equal", "random_records"]
+__all__ = [
+    "ALL_DTYPES",
+    "SourceConformance",
+    "assert_bitwise_equal",
+    "collect",
+    "flip_bit",
+    "random_records",
+]
 
 ALL_DTYPES = (
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
@@ -52,22 +59,41 @@ def random_records(dtype: np.dtype[Any], shape: tuple[int, ...], n: int, seed: i
 
 
 def assert_bitwise_equal(actual: Any, expected: Any) -> None:
-    """Same dtype, same shape, same bytes."""
+    """Same dtype, same shape, same bytes (NaN payloads and -0.0 included).
+
+    ``expected`` may use either byte order; it is compared in native order.
+    """
     actual = np.asarray(actual)
     expected = np.asarray(expected)
-    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
+    native = expected.dtype.newbyteorder("=")
+    assert actual.dtype == native, (actual.dtype, expected.dtype)
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    assert np.ascontiguousarray(actual).tobytes() == np.ascontiguousarray(expected).tobytes()
+    assert (
+        np.ascontiguousarray(actual).tobytes()
+        == np.ascontiguousarray(expected.astype(native)).tobytes()
+    )
 
 
-def _collect(tfds: Any) -> Any:
+def collect(tfds: Any) -> Any:
+    """Read a whole pipeline and concatenate its batches (dict, tuple or tensor); None if empty."""
     batches = list(tfds.as_numpy_iterator())
+    if not batches:
+        return None
     first = batches[0]
     if isinstance(first, dict):
         return {k: np.concatenate([b[k] for b in batches]) for k in first}
     if isinstance(first, tuple):
         return tuple(np.concatenate([b[i] for b in batches]) for i in range(len(first)))
     return np.concatenate(batches)
+
+
+def flip_bit(path: str | os.PathLike[str], offset: int, mask: int = 0x01) -> None:
+    """Flip the bits ``mask`` of the byte at ``offset`` of a file (negative: from the end)."""
+    with open(path, "r+b") as f:
+        f.seek(offset, os.SEEK_SET if offset >= 0 else os.SEEK_END)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ mask]))
 
 
 class SourceConformance:
@@ -141,20 +167,20 @@ class SourceConformance:
         }
         self.write(tmp_path / "d", arrays, records_per_shard=10)
         ds = self.open(tmp_path / "d")
-        out = _collect(ds.to_tf(batch_size=7))
+        out = collect(ds.to_tf(batch_size=7))
         for name, expected in arrays.items():
             assert ds.features[name].dtype == expected.dtype
             assert_bitwise_equal(out[name], expected)
 
     def test_ordered_read(self, dataset: shardstore.Dataset, data: dict[str, Any]) -> None:
-        out = _collect(dataset.to_tf(batch_size=10))
+        out = collect(dataset.to_tf(batch_size=10))
         for name, expected in data.items():
             assert_bitwise_equal(out[name], expected)
 
     def test_one_record(self, tmp_path: Path) -> None:
         one = {"v": np.array([[1.5, -0.0, np.nan]], np.float64)}
         self.write(tmp_path / "d", one)
-        assert_bitwise_equal(_collect(self.open(tmp_path / "d").to_tf(4, features="v")), one["v"])
+        assert_bitwise_equal(collect(self.open(tmp_path / "d").to_tf(4, features="v")), one["v"])
 
     def test_streaming_writer(self, tmp_path: Path, data: dict[str, Any]) -> None:
         with shardstore.Writer(
@@ -163,15 +189,15 @@ class SourceConformance:
         ) as w:  # fmt: skip
             for lo in range(0, NUM_RECORDS, 25):
                 w.write({k: v[lo : lo + 25] for k, v in data.items()})
-        out = _collect(self.open(tmp_path / "d").to_tf(batch_size=32))
+        out = collect(self.open(tmp_path / "d").to_tf(batch_size=32))
         for name, expected in data.items():
             assert_bitwise_equal(out[name], expected)
 
     def test_feature_selection(self, dataset: shardstore.Dataset, data: dict[str, Any]) -> None:
-        mask, ids = _collect(dataset.to_tf(batch_size=9, features=("mask", "id")))
+        mask, ids = collect(dataset.to_tf(batch_size=9, features=("mask", "id")))
         assert_bitwise_equal(mask, data["mask"])
         assert_bitwise_equal(ids, data["id"])
-        assert_bitwise_equal(_collect(dataset.to_tf(8, features="image")), data["image"])
+        assert_bitwise_equal(collect(dataset.to_tf(8, features="image")), data["image"])
 
     @pytest.mark.parametrize("block_records", [1, 5, 17, 40])
     def test_blocks_have_the_exact_size(
@@ -200,7 +226,7 @@ class SourceConformance:
     def test_shuffle_keeps_features_aligned(
         self, dataset: shardstore.Dataset, data: dict[str, Any]
     ) -> None:
-        image, ids = _collect(dataset.to_tf(8, features=("image", "id"), shuffle=True, seed=4))
+        image, ids = collect(dataset.to_tf(8, features=("image", "id"), shuffle=True, seed=4))
         assert_bitwise_equal(image, data["image"][ids])
 
     def test_seeded_shuffle_is_deterministic(self, dataset: shardstore.Dataset) -> None:
@@ -230,11 +256,7 @@ class SourceConformance:
     def test_flipped_bit_is_detected(self, dataset: shardstore.Dataset, tmp_path: Path) -> None:
         copy = self._damaged_copy(dataset, tmp_path)
         victim = max(copy.shards[1].files, key=lambda f: f.size)
-        with open(copy.path / victim.path, "r+b") as f:
-            f.seek(victim.size // 2)
-            byte = f.read(1)
-            f.seek(-1, os.SEEK_CUR)
-            f.write(bytes([byte[0] ^ 0x01]))
+        flip_bit(copy.path / victim.path, victim.size // 2)
         with pytest.raises(ChecksumError) as exc:
             copy.verify(progress=False)
         assert exc.value.file == victim.path
