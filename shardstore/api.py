@@ -27,6 +27,7 @@ def write(
     metadata: dict[str, Any] | None = None,
     fsync: bool = True,
     progress: bool | None = None,
+    executor: Any = "threads",
     **options: Any,
 ) -> Dataset:
     """Write arrays as a sharded dataset and return it, opened.
@@ -35,8 +36,8 @@ def write(
     ----------
     path : the dataset directory.
     arrays : ``name -> array-like`` with one shared leading length (NumPy
-        arrays, ``np.memmap``, anything with ``shape``, ``dtype`` and
-        slicing), or a single array (stored as feature ``"x"``).
+        arrays, ``np.memmap``, Dask arrays, anything with ``shape``, ``dtype``
+        and slicing), or a single array (stored as feature ``"x"``).
     format : the source that writes the shards (``"npy"``).
     shard_size : target bytes per shard (default ``"64MiB"``), or
     records_per_shard : records per shard instead.
@@ -44,6 +45,11 @@ def write(
     metadata : JSON-serialisable user metadata kept in the manifest.
     fsync : flush to stable storage before committing (default True).
     progress : progress bar (default: only on a terminal).
+    executor : where the shards are written (:mod:`shardstore.parallel`):
+        ``"threads"`` (default: a private pool of ``min(4, os.cpu_count())``
+        threads), ``"serial"``, any ``concurrent.futures.Executor``, or a
+        ``dask.distributed.Client`` (shards written on its workers; Dask
+        arrays computed there). The output is the same bytes whatever runs it.
     **options : source-specific options.
 
     Everything is validated before the first byte is written; on any error
@@ -61,6 +67,7 @@ def write(
         fsync=fsync,
         progress=progress,
         total=total,
+        executor=executor,
         **options,
     )
     writer.write(items)  # aborts (removes its files) on any error

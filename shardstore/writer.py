@@ -53,6 +53,7 @@ from shardstore.manifest import (
     check_feature_name,
     feature_specs_from_arrays,
 )
+from shardstore.parallel import ShardDispatcher
 from shardstore.registry import get_source
 from shardstore.sources.base import ArrayLike, ShardWriteContext
 
@@ -134,6 +135,11 @@ def normalize_arrays(arrays: Any) -> dict[str, ArrayLike]:
                 "(u)int8-64, float16-64 and complex64/128 only (no object, string, "
                 "datetime or structured dtypes)"
             )
+        if not all(isinstance(d, int | np.integer) for d in arr.shape):
+            raise InvalidInputError(
+                f"feature {name!r} has shape {arr.shape} with unknown sizes "
+                "(a Dask array? call .compute_chunk_sizes() first)"
+            )
         shape = tuple(int(d) for d in arr.shape)
         if len(shape) == 0:
             raise InvalidInputError(
@@ -163,6 +169,11 @@ class Writer:
     metadata : free-form JSON-serialisable user metadata for the manifest.
     fsync : flush files to stable storage before the commit (default True).
     progress : show a progress bar (default: only on a terminal).
+    executor : where shards are written: ``"serial"`` (default, in the calling
+        thread), ``"threads"``, a ``concurrent.futures.Executor`` or a
+        ``dask.distributed.Client`` (see :mod:`shardstore.parallel`). With an
+        executor, ``write(batch)`` returns once the shards cut straight from
+        ``batch`` are on disk, so the batch's arrays may then be reused.
     **options : source-specific options (e.g. ``compression`` for zarr).
 
     The commit happens on a clean exit of the ``with`` block (or
@@ -181,6 +192,7 @@ class Writer:
         fsync: bool = True,
         progress: bool | None = None,
         total: int | None = None,
+        executor: Any = "serial",
         **options: Any,
     ) -> None:
         if shard_size is not None and records_per_shard is not None:
@@ -218,6 +230,8 @@ class Writer:
         self._pending: dict[str, list[np.ndarray]] = {}
         self._pending_count = 0
         self._shards: list[ShardEntry] = []
+        self._next_index = 0
+        self._dispatcher = ShardDispatcher(executor, self._source, on_done=self._shard_done)
         self._state = "open"
         self._bar = tqdm(total=total, unit="rec", unit_scale=True, desc="write", disable=(
             None if progress is None else not progress))  # fmt: skip
@@ -240,6 +254,8 @@ class Writer:
             arrays = normalize_arrays(batch)
             self._check_batch(arrays)
             self._append(arrays)
+            if self._dispatcher.asynchronous:
+                self._dispatcher.wait()  # shards may hold views of ``batch``
         except BaseException:
             self.abort()
             raise
@@ -252,6 +268,7 @@ class Writer:
                 raise InvalidInputError("nothing was written: no batch reached the Writer")
             if self._pending_count:
                 self._flush_pending()
+            self._shards = self._dispatcher.finish()
             return self._commit()
         except BaseException:
             self.abort()
@@ -264,6 +281,7 @@ class Writer:
         if self._state in ("aborted", "committed"):
             return
         self._state = "aborted"
+        self._dispatcher.close()  # no task may create files after the clean-up
         self._bar.close()
         shutil.rmtree(self.root / self._prefix, ignore_errors=True)
         remove_quietly(staging_path(self.root, self.version_id))
@@ -341,15 +359,17 @@ class Writer:
         ctx = ShardWriteContext(
             root=self.root,
             prefix=self._prefix,
-            index=len(self._shards),
+            index=self._next_index,
             num_records=n,
             features=self._features,
             options=self._options,
             fsync=self._fsync,
         )
-        self._source.write_shard(ctx, arrays)
-        self._shards.append(ctx.entry(self._source.name))
-        self._bar.update(n)
+        self._next_index += 1
+        self._dispatcher.submit(ctx, arrays)
+
+    def _shard_done(self, entry: ShardEntry) -> None:
+        self._bar.update(entry.num_records)
 
     def _commit(self) -> Dataset:
         from shardstore import __version__
