@@ -268,10 +268,9 @@ class ShardDispatcher:
 
     def close(self) -> None:
         """Cancel shards not started, wait for those running; never raises."""
-        for future in list(self._pending):
-            future.cancel()
-        if self._pending:
-            cf.wait(list(self._pending))
+        running = [f for f in self._pending if not f.cancel()]
+        if running:
+            cf.wait(running)
         self._pending.clear()
         self._shutdown()
 

@@ -124,7 +124,7 @@ def test_import_is_light() -> None:
         "import sys, shardstore\n"
         "shardstore.available_sources()\n"
         "heavy = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'zarr',"
-        " 'numcodecs', 'h5py', 'google_crc32c', 'shardstore_hdf5')"
+        " 'numcodecs', 'h5py', 'google_crc32c', 'shardstore_hdf5', 'dask', 'distributed')"
         " or (m.startswith('shardstore.sources.') and m != 'shardstore.sources.base')"
         " or m in ('shardstore.pipeline', 'shardstore.adopt')]\n"
         "assert callable(shardstore.index_tfrecords)\n"

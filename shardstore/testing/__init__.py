@@ -9,7 +9,9 @@ from shardstore.testing.conformance import (
     ALL_DTYPES,
     SourceConformance,
     assert_bitwise_equal,
+    assert_same_dataset,
     collect,
+    comparable_manifest,
     flip_bit,
     random_records,
 )
@@ -18,7 +20,9 @@ __all__ = [
     "ALL_DTYPES",
     "SourceConformance",
     "assert_bitwise_equal",
+    "assert_same_dataset",
     "collect",
+    "comparable_manifest",
     "flip_bit",
     "random_records",
 ]

@@ -18,6 +18,8 @@ pipelines without Python functions). It needs pytest and TensorFlow.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import json
 import os
 import shutil
 from collections.abc import Mapping
@@ -35,7 +37,9 @@ __all__ = [
     "ALL_DTYPES",
     "SourceConformance",
     "assert_bitwise_equal",
+    "assert_same_dataset",
     "collect",
+    "comparable_manifest",
     "flip_bit",
     "random_records",
 ]
@@ -94,6 +98,29 @@ def flip_bit(path: str | os.PathLike[str], offset: int, mask: int = 0x01) -> Non
         byte = f.read(1)
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte[0] ^ mask]))
+
+
+def comparable_manifest(manifest: shardstore.Manifest) -> dict[str, Any]:
+    """The manifest as a dict, minus what differs between two writes of the same data.
+
+    The version id (and the ``v-<version_id>`` directory in every path) and
+    ``created_by`` are blanked; everything else (features, shard boundaries,
+    file sizes, checksums, source details, metadata) is kept.
+    """
+    text = manifest.to_json().replace(manifest.version_id, "<version>")
+    out: dict[str, Any] = json.loads(text)
+    out["created_by"] = ""
+    return out
+
+
+def assert_same_dataset(actual: shardstore.Dataset, expected: shardstore.Dataset) -> None:
+    """Same manifest (see :func:`comparable_manifest`) and the same bytes in every file."""
+    assert comparable_manifest(actual.manifest) == comparable_manifest(expected.manifest)
+    for got, want in zip(actual.shards, expected.shards, strict=True):
+        for f_got, f_want in zip(got.files, want.files, strict=True):
+            a = (actual.path / f_got.path).read_bytes()
+            b = (expected.path / f_want.path).read_bytes()
+            assert a == b, f"shard {got.index}: {f_got.path} differs from {f_want.path}"
 
 
 class SourceConformance:
@@ -192,6 +219,14 @@ class SourceConformance:
         out = collect(self.open(tmp_path / "d").to_tf(batch_size=32))
         for name, expected in data.items():
             assert_bitwise_equal(out[name], expected)
+
+    def test_parallel_write_is_bit_identical(self, tmp_path: Path, data: dict[str, Any]) -> None:
+        """Shards written concurrently by a thread pool equal a serial write, byte for byte."""
+        serial = self.write(tmp_path / "serial", data, records_per_shard=7, executor="serial")
+        with cf.ThreadPoolExecutor(3) as pool:
+            threaded = self.write(tmp_path / "pool", data, records_per_shard=7, executor=pool)
+        assert_same_dataset(threaded, serial)
+        self.open(threaded.path).verify(progress=False)
 
     def test_feature_selection(self, dataset: shardstore.Dataset, data: dict[str, Any]) -> None:
         mask, ids = collect(dataset.to_tf(batch_size=9, features=("mask", "id")))

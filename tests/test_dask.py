@@ -1,0 +1,140 @@
+"""Writing with Dask: dask.array input, shards written on a real LocalCluster's workers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import distributed
+import numpy as np
+import pytest
+
+import shardstore
+from shardstore.errors import InvalidInputError
+from shardstore.testing import assert_bitwise_equal, assert_same_dataset
+
+N = 300
+RPS = 16  # 19 shards, the last one partial; input chunks of 37 and 50 straddle them
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    """Two worker processes, one thread each, on loopback; no dashboard."""
+    cluster = distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        host="127.0.0.1",
+    )
+    with distributed.Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(11)
+    return {
+        "image": rng.random((N, 6, 4, 3), dtype=np.float32),
+        "label": rng.integers(0, 10, N).astype(np.int64),
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, data: dict[str, np.ndarray]) -> Any:
+    """The same data written in this process, serially."""
+    path = tmp_path_factory.mktemp("ref") / "ds"
+    return shardstore.write(path, data, records_per_shard=RPS, executor="serial")
+
+
+def dask_inputs(data: dict[str, np.ndarray]) -> dict[str, Any]:
+    return {
+        "image": da.from_array(data["image"], chunks=(37, 6, 2, 3)),
+        "label": da.from_array(data["label"], chunks=50),
+    }
+
+
+def shard_workers(stream: Any) -> set[str]:
+    return {t["worker"] for t in stream.data if "write_shard_task" in str(t["key"])}
+
+
+def test_dask_arrays_written_on_two_workers_equal_a_serial_write(
+    tmp_path: Path, client: Any, data: dict[str, np.ndarray], reference: Any
+) -> None:
+    with distributed.get_task_stream(client) as stream:
+        ds = shardstore.write(
+            tmp_path / "ds", dask_inputs(data), records_per_shard=RPS, executor=client
+        )
+    assert shard_workers(stream) == set(client.nthreads())  # both workers wrote shards
+    assert_same_dataset(ds, reference)
+    ds.verify(progress=False)
+    got = ds[0:N]
+    assert_bitwise_equal(got["image"], data["image"])
+    assert_bitwise_equal(got["label"], data["label"])
+
+
+def test_numpy_input_through_the_client_executor(
+    tmp_path: Path, client: Any, data: dict[str, np.ndarray], reference: Any
+) -> None:
+    with distributed.get_task_stream(client) as stream:
+        ds = shardstore.write(
+            tmp_path / "ds", data, records_per_shard=RPS, executor=client.get_executor()
+        )
+    assert len(shard_workers(stream)) == 2
+    assert_same_dataset(ds, reference)
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "tfrecord"])
+def test_other_sources_on_the_cluster(
+    tmp_path: Path, client: Any, data: dict[str, np.ndarray], fmt: str
+) -> None:
+    ref = shardstore.write(
+        tmp_path / "ref", data, records_per_shard=RPS, format=fmt, executor="serial"
+    )
+    ds = shardstore.write(
+        tmp_path / "ds", dask_inputs(data), records_per_shard=RPS, format=fmt, executor=client
+    )
+    assert_same_dataset(ds, ref)
+
+
+def test_dask_array_without_a_client(
+    tmp_path: Path, data: dict[str, np.ndarray], reference: Any
+) -> None:
+    """The default thread pool computes each shard's slice of a Dask array in its task."""
+    ds = shardstore.write(tmp_path / "ds", dask_inputs(data), records_per_shard=RPS)
+    assert_same_dataset(ds, reference)
+
+
+def test_single_dask_array_is_feature_x(tmp_path: Path, client: Any) -> None:
+    x = da.arange(100, chunks=30, dtype=np.int32).reshape(50, 2)
+    ds = shardstore.write(tmp_path / "ds", x, records_per_shard=8, executor=client)
+    assert list(ds.features) == ["x"]
+    assert_bitwise_equal(ds[0:50]["x"], np.arange(100, dtype=np.int32).reshape(50, 2))
+
+
+def _explode(block: np.ndarray, block_info: Any = None) -> np.ndarray:
+    if block_info is not None and block_info[0]["chunk-location"][0] == 3:
+        raise ValueError("chunk 3 cannot be computed (injected)")
+    return block
+
+
+def test_a_failing_chunk_leaves_nothing_behind(
+    tmp_path: Path, client: Any, data: dict[str, np.ndarray]
+) -> None:
+    inputs = dask_inputs(data)
+    inputs["image"] = inputs["image"].map_blocks(_explode, dtype=np.float32)
+    path = tmp_path / "ds"
+    with pytest.raises(ValueError, match="injected"):
+        shardstore.write(path, inputs, records_per_shard=RPS, executor=client)
+    assert not path.exists()
+
+
+def test_unknown_chunk_sizes_are_refused(tmp_path: Path) -> None:
+    x = da.arange(10, chunks=5)
+    unknown = x[x > 3]  # lengths unknown until computed
+    with pytest.raises(InvalidInputError, match="compute_chunk_sizes"):
+        shardstore.write(tmp_path / "ds", unknown)
+    assert not (tmp_path / "ds").exists()
