@@ -28,6 +28,7 @@ from shardstore.errors import (
     UnsupportedDTypeError,
 )
 from shardstore.manifest import FeatureSpec, Manifest
+from shardstore.merge import merge
 from shardstore.reader import Dataset
 from shardstore.registry import SourceInfo, available_sources, get_source, register_source
 from shardstore.writer import Writer
@@ -69,6 +70,7 @@ __all__ = [
     "convert",
     "get_source",
     "index_tfrecords",
+    "merge",
     "open",
     "register_source",
     "write",

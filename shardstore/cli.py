@@ -7,6 +7,7 @@ Usage::
     shardstore plugins [--json]
     shardstore ingest --tfrecord DEST FILES... --feature NAME:DTYPE:SHAPE[:ENCODING] ...
     shardstore convert SRC DST --format FORMAT [-o KEY=VALUE ...]
+    shardstore merge PARTS... DEST [--link auto|hardlink|copy] [--verify]
     shardstore demo [--records N] [--no-train]
     shardstore --version
 
@@ -483,6 +484,41 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     convert.set_defaults(func=_cmd_convert)
 
+    merge = sub.add_parser(
+        "merge",
+        parents=[common],
+        help="merge datasets with the same features into one, hard-linking their shards",
+        description="Merge the datasets PARTS (written independently, e.g. one per host, with "
+        "the same features) into one new dataset at DEST, records in the order of PARTS. Shard "
+        "files are hard-linked (copied when they cannot be); checksums are carried over, "
+        "copies are hashed and checked. The parts are left as they are.",
+    )
+    merge.add_argument("paths", metavar="PATH", nargs="+", help="the parts, then DEST")
+    merge.add_argument(
+        "--link",
+        choices=("auto", "hardlink", "copy"),
+        default="auto",
+        help="hard-link the files (hardlink), copy them (copy), or hard-link when possible "
+        "and copy otherwise (auto, the default)",
+    )
+    merge.add_argument(
+        "--verify", action="store_true", help="also re-hash hard-linked files (copies always are)"
+    )
+    merge.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
+    merge.add_argument(
+        "--fsync",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="flush to stable storage before committing (default: yes)",
+    )
+    merge.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: only on a terminal)",
+    )
+    merge.set_defaults(func=_cmd_merge)
+
     demo = sub.add_parser(
         "demo",
         parents=[common],
@@ -521,6 +557,43 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         train=not args.no_train,
         report=print,
+    )
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    """Merge ``args.paths[:-1]`` into ``args.paths[-1]`` (:func:`shardstore.merge`).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``paths`` (the parts, then DEST), ``link``, ``verify``, ``overwrite``,
+        ``fsync`` and ``progress``.
+
+    Returns
+    -------
+    int
+        0 once the merged dataset is committed.
+    """
+    from shardstore.errors import InvalidInputError
+    from shardstore.merge import merge
+
+    if len(args.paths) < 2:
+        raise InvalidInputError("give at least one part and the destination: merge PARTS... DEST")
+    *parts, dest = args.paths
+    ds = merge(
+        parts,
+        dest,
+        link=args.link,
+        verify=args.verify,
+        overwrite=args.overwrite,
+        fsync=args.fsync,
+        progress=args.progress,
+    )
+    print(
+        f"merged {_plural(len(parts), 'part')} into {ds.path}: "
+        f"{_plural(ds.num_records, 'record')}, {_plural(ds.num_shards, 'shard')}, "
+        f"{_human_bytes(ds.nbytes)}"
     )
     return 0
 
