@@ -27,6 +27,7 @@ from shardstore.errors import (
     SourceNotFoundError,
     UnsupportedDTypeError,
 )
+from shardstore.ingest import ingest
 from shardstore.manifest import FeatureSpec, Manifest
 from shardstore.merge import merge
 from shardstore.reader import Dataset
@@ -70,6 +71,7 @@ __all__ = [
     "convert",
     "get_source",
     "index_tfrecords",
+    "ingest",
     "merge",
     "open",
     "register_source",

@@ -1,0 +1,305 @@
+"""One-array-per-file ``.npy`` inputs: find them, check their headers, read them as records.
+
+Every file is checked from its header alone (magic, version, dtype, shape,
+memory order, and a size that holds the data) before anything is written,
+so a bad file is reported by name up front: not a ``.npy`` file, unreadable,
+truncated, holding Python objects (which would need pickle: never loaded),
+an unsupported dtype, or a shape/dtype other than the rest's.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import math
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from shardstore.errors import InvalidInputError
+from shardstore.manifest import SUPPORTED_DTYPES, FeatureSpec
+
+__all__ = [
+    "BadFile",
+    "FileStack",
+    "NpyFile",
+    "NpyHeader",
+    "check_npy_files",
+    "expand_inputs",
+    "has_magic",
+    "read_npy_header",
+]
+
+log = logging.getLogger(__name__)
+
+#: Largest ``.npy`` header read (NumPy's own default limit).
+MAX_HEADER_BYTES = 10_000
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    """What a ``.npy`` header says: dtype, shape, memory order, where the data starts."""
+
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    fortran_order: bool
+    offset: int
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of data the file must hold after its header."""
+        return int(self.dtype.itemsize * math.prod(self.shape))
+
+
+@dataclass(frozen=True)
+class NpyFile:
+    """An input file: its path, the name used in reports and labels, and its header."""
+
+    path: Path
+    name: str
+    header: NpyHeader
+
+
+@dataclass(frozen=True)
+class BadFile:
+    """An input file that cannot be ingested, and why."""
+
+    name: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        """``{"file": ..., "reason": ...}``."""
+        return {"file": self.name, "reason": self.reason}
+
+
+def has_magic(text: str) -> bool:
+    """Whether ``text`` is a glob pattern."""
+    return glob.has_magic(text)
+
+
+def expand_inputs(sources: Sequence[str | os.PathLike[str]]) -> list[tuple[Path, str]]:
+    """The ``.npy`` files named by ``sources``: ``(path, name)`` pairs, in record order.
+
+    A glob pattern (``**`` recurses) or a directory (searched recursively
+    for ``*.npy``) contributes its matches sorted by path; plain files keep
+    the order given. ``name`` is the path relative to the pattern's or
+    directory's base (``cat/001.npy``), or the file's path as given.
+    """
+    out: list[tuple[Path, str]] = []
+    seen: dict[tuple[int, int], str] = {}
+    for item in sources:
+        text = os.fspath(item)
+        if has_magic(text):
+            base = _glob_base(text)
+            matches = sorted(glob.glob(text, recursive=True))
+            if not matches:
+                raise InvalidInputError(f"{text!r} matches no file")
+            found = [(Path(m), os.path.relpath(m, base)) for m in matches if os.path.isfile(m)]
+        elif os.path.isdir(text):
+            matches = sorted(glob.glob(os.path.join(glob.escape(text), "**", "*.npy"),
+                                       recursive=True))  # fmt: skip
+            found = [(Path(m), os.path.relpath(m, text)) for m in matches if os.path.isfile(m)]
+            if not found:
+                raise InvalidInputError(f"directory {text!r} holds no .npy file")
+        elif os.path.exists(text):
+            found = [(Path(text), text)]
+        else:
+            raise InvalidInputError(f"{text!r}: no such file or directory")
+        for path, name in found:
+            name = name.replace(os.sep, "/")
+            try:
+                st = path.stat()
+            except OSError as exc:
+                raise InvalidInputError(f"{name!r} cannot be read: {exc.strerror}") from None
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                raise InvalidInputError(f"{name!r} is listed twice (also as {seen[key]!r})")
+            seen[key] = name
+            out.append((path, name))
+    if not out:
+        raise InvalidInputError("no input files")
+    return out
+
+
+def _glob_base(pattern: str) -> str:
+    """The directory part of ``pattern`` before its first wildcard."""
+    parts = Path(pattern).parts
+    fixed: list[str] = []
+    for part in parts[:-1]:
+        if has_magic(part):
+            break
+        fixed.append(part)
+    return os.path.join(*fixed) if fixed else "."
+
+
+def read_npy_header(f: BinaryIO) -> NpyHeader:
+    """Parse the header of the ``.npy`` file open as ``f``; ``ValueError`` says what is wrong."""
+    magic = f.read(6)
+    if magic != b"\x93NUMPY":
+        raise ValueError("not a .npy file (no NumPy magic)")
+    f.seek(0)
+    major, minor = np.lib.format.read_magic(f)
+    if (major, minor) == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(
+            f, max_header_size=MAX_HEADER_BYTES
+        )
+    elif (major, minor) == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(
+            f, max_header_size=MAX_HEADER_BYTES
+        )
+    else:
+        raise ValueError(f".npy format version {major}.{minor} is not supported (1.0 and 2.0 are)")
+    return NpyHeader(np.dtype(dtype), tuple(int(d) for d in shape), bool(fortran), f.tell())
+
+
+def _check_one(path: Path) -> NpyHeader:
+    try:
+        with open(path, "rb") as f:
+            header = read_npy_header(f)
+            size = os.fstat(f.fileno()).st_size
+    except OSError as exc:
+        raise ValueError(f"cannot be read: {exc.strerror or exc}") from None
+    except (ValueError, SyntaxError, TypeError) as exc:
+        raise ValueError(f"invalid .npy header: {exc}") from None
+    dtype = header.dtype
+    if dtype.hasobject:
+        raise ValueError(
+            "holds Python objects (dtype object): loading it would need pickle, which "
+            "shardstore never uses"
+        )
+    if dtype.newbyteorder("<").str not in SUPPORTED_DTYPES:
+        raise ValueError(f"dtype {dtype} is not supported (numeric and bool dtypes only)")
+    if size < header.offset + header.nbytes:
+        raise ValueError(
+            f"truncated: {size} bytes, a {dtype} array of shape {header.shape} needs "
+            f"{header.offset + header.nbytes}"
+        )
+    if math.prod(header.shape) == 0:
+        raise ValueError(f"is empty (shape {header.shape})")
+    return header
+
+
+def _signature(header: NpyHeader) -> tuple[str, tuple[int, ...]]:
+    return header.dtype.newbyteorder("<").str, header.shape
+
+
+def _describe(signature: tuple[str, tuple[int, ...]]) -> str:
+    return f"{np.dtype(signature[0]).name} {signature[1]}"
+
+
+def check_npy_files(
+    files: Sequence[tuple[Path, str]],
+    *,
+    on_error: str,
+    expected: FeatureSpec | None = None,
+) -> tuple[list[NpyFile], list[BadFile], FeatureSpec]:
+    """Check every file's header; return the good files, the bad ones, and the record spec.
+
+    The record spec is ``expected`` if given, else the dtype and shape most
+    files share (the first file's on a tie). With ``on_error="fail"`` the
+    first bad file raises ``InvalidInputError`` naming it.
+    """
+    good: list[NpyFile] = []
+    bad: list[BadFile] = []
+
+    def reject(name: str, reason: str) -> None:
+        if on_error == "fail":
+            raise InvalidInputError(
+                f"{name!r} {reason} (--on-error=skip / on_error='skip' ingests the other files)"
+            )
+        bad.append(BadFile(name, reason))
+
+    headers: list[tuple[Path, str, NpyHeader]] = []
+    for path, name in files:
+        try:
+            headers.append((path, name, _check_one(path)))
+        except ValueError as exc:
+            reject(name, str(exc))
+    if expected is not None:
+        want = (expected.dtype.str, tuple(int(d) for d in expected.shape if d is not None))
+        how = "the expected records"
+    elif headers:
+        counts = Counter(_signature(h) for _, _, h in headers)
+        top = max(counts.values())
+        want = next(_signature(h) for _, _, h in headers if counts[_signature(h)] == top)
+        how = f"the {top} other files" if top > 1 else "the first file"
+    else:
+        raise InvalidInputError(
+            f"none of the {len(files)} input files can be ingested; first: "
+            f"{bad[0].name!r} {bad[0].reason}"
+        )
+    for path, name, header in headers:
+        sig = _signature(header)
+        if sig == want:
+            good.append(NpyFile(path, name, header))
+            continue
+        what = "shape" if sig[1] != want[1] else "dtype"
+        reject(
+            name,
+            f"has {what} {_describe(sig)}, unlike {how} ({_describe(want)}); files "
+            "of varying shapes (ragged records) are not supported yet",
+        )
+    if not good:
+        raise InvalidInputError(f"none of the {len(files)} input files can be ingested")
+    spec = FeatureSpec(np.dtype(want[0]), want[1])
+    return good, bad, spec
+
+
+class FileStack:
+    """Records ``lo:hi`` of a list of one-array files, loaded only when sliced or converted.
+
+    An array-like (``shape``, ``dtype``, slicing on the first axis,
+    ``__array__``) over ``files[lo:hi]``; each slice reads just those files
+    (straight into the output for little-endian C-order files).
+    """
+
+    def __init__(self, files: Sequence[NpyFile], spec: FeatureSpec) -> None:
+        self._files = list(files)
+        self._spec = spec
+        self._record_shape = tuple(int(d) for d in spec.shape if d is not None)
+        self.dtype = spec.dtype
+        self.shape = (len(self._files), *self._record_shape)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice):
+            raise TypeError("a FileStack is sliced by ranges of records only")
+        files = self._files[key]
+        out = np.empty((len(files), *self._record_shape), self.dtype)
+        for i, item in enumerate(files):
+            _load_into(item, out[i])
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        arr = self[:]
+        return arr if dtype is None else arr.astype(dtype)
+
+
+def _load_into(item: NpyFile, out: np.ndarray) -> None:
+    header = item.header
+    direct = header.dtype == out.dtype and not header.fortran_order
+    buf = out if direct else np.empty(header.shape[::-1] if header.fortran_order else
+                                      header.shape, header.dtype)  # fmt: skip
+    view = buf.data.cast("B")
+    try:
+        with open(item.path, "rb", buffering=0) as f:
+            f.seek(header.offset)
+            got = 0
+            while got < len(view):
+                n = f.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+    except OSError as exc:
+        raise InvalidInputError(f"{item.name!r} cannot be read: {exc.strerror or exc}") from None
+    if got != len(view):
+        raise InvalidInputError(f"{item.name!r} changed since it was checked: it is now shorter")
+    if not direct:
+        out[...] = buf.T if header.fortran_order else buf
