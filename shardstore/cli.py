@@ -5,7 +5,8 @@ Usage::
     shardstore info PATH [--json]
     shardstore verify PATH [--progress | --no-progress]
     shardstore plugins [--json]
-    shardstore ingest --tfrecord DEST FILES... --feature NAME:DTYPE:SHAPE[:ENCODING] ...
+    shardstore ingest SRC... DEST [--kind files|npy|npz|zarr|tfrecord] [--labels CSV] ...
+    shardstore ingest --tfrecord FILES... DEST --feature NAME:DTYPE:SHAPE[:ENCODING] ...
     shardstore convert SRC DST --format FORMAT [-o KEY=VALUE ...]
     shardstore merge PARTS... DEST [--link auto|hardlink|copy] [--verify]
     shardstore demo [--records N] [--no-train]
@@ -283,25 +284,32 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_ingest(args: argparse.Namespace) -> int:
-    """Adopt existing TFRecord files as a dataset (:func:`shardstore.adopt.index_tfrecords`).
+def _ingest_tfrecords(args: argparse.Namespace, paths: list[str]) -> int:
+    """Adopt TFRecord files (:func:`shardstore.adopt.index_tfrecords`): ``paths`` is FILES... DEST.
 
-    Parameters
-    ----------
-    args : argparse.Namespace
-        ``dest``, ``files``, ``feature`` (``NAME:DTYPE:SHAPE[:ENCODING]``
-        strings), ``link``, ``overwrite``, ``fsync`` and ``progress``.
-
-    Returns
-    -------
-    int
-        0 once the dataset is committed.
+    The old argument order ``--tfrecord DEST FILES...`` is still understood
+    (the last path is then an existing file, which a destination never is).
     """
-    import os
-
     from shardstore.adopt import index_tfrecords, parse_feature_arg
     from shardstore.errors import InvalidInputError
 
+    if os.path.isfile(paths[-1]) and not os.path.isfile(paths[0]):
+        print(
+            f"{PROG}: note: 'ingest --tfrecord DEST FILES...' is the old argument order; "
+            "write 'ingest --tfrecord FILES... DEST'",
+            file=sys.stderr,
+        )
+        dest, files = paths[0], paths[1:]
+    else:
+        *files, dest = paths
+    if not args.feature:
+        raise InvalidInputError(
+            "TFRecord files need --feature NAME:DTYPE:SHAPE[:ENCODING] for each feature"
+        )
+    for flag, value in (("--labels", args.labels), ("--label-from", args.label_from),
+                        ("--member", args.member)):  # fmt: skip
+        if value:
+            raise InvalidInputError(f"{flag} does not apply to TFRecord files")
     features: dict[str, Any] = {}
     for text in args.feature:
         name, decl = parse_feature_arg(text)
@@ -309,10 +317,10 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             raise InvalidInputError(f"feature {name!r} is declared twice")
         features[name] = decl
     ds = index_tfrecords(
-        args.dest,
-        args.files,
+        dest,
+        files,
         features,
-        link=args.link,
+        link=args.link or "auto",
         overwrite=args.overwrite,
         progress=args.progress,
         fsync=args.fsync,
@@ -325,8 +333,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             return False
 
     linked = sum(
-        same_file(src, shard.files[0].path)
-        for src, shard in zip(args.files, ds.shards, strict=True)
+        same_file(src, shard.files[0].path) for src, shard in zip(files, ds.shards, strict=True)
     )
     print(
         f"ingested {_plural(ds.num_shards, 'TFRecord file')} into {ds.path}: "
@@ -334,6 +341,103 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         f"{_plural(len(ds.features), 'feature')} ({linked} hard-linked, "
         f"{ds.num_shards - linked} copied)"
     )
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    """Ingest existing files: ``args.paths`` is SRC... DEST (:func:`shardstore.ingest`).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``paths``, ``kind``, ``feature``, the label options, ``member``,
+        ``on_error``, ``resume``, the write options, ``link`` (TFRecord only),
+        ``overwrite``, ``fsync`` and ``progress``.
+
+    Returns
+    -------
+    int
+        0 once the dataset is committed.
+    """
+    from shardstore.errors import InvalidInputError
+    from shardstore.ingest import ingest
+
+    paths: list[str] = args.paths
+    if len(paths) < 2:
+        raise InvalidInputError("give the input(s) and the destination: ingest SRC... DEST")
+    kind = args.kind
+    if kind is None and all(p.endswith((".tfrecord", ".tfrecords")) for p in paths[:-1]):
+        kind = "tfrecord"
+    if kind == "tfrecord":
+        return _ingest_tfrecords(args, paths)
+    if args.link is not None:
+        raise InvalidInputError("--link applies to TFRecord files only")
+    feature = "x"
+    if args.feature:
+        if len(args.feature) > 1 or ":" in args.feature[0]:
+            raise InvalidInputError(
+                "--feature NAME names the data feature (once); NAME:DTYPE:SHAPE declarations "
+                "are for --tfrecord"
+            )
+        feature = args.feature[0]
+    options: dict[str, Any] = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInputError(f"option {item!r} is not KEY=VALUE")
+        options[key] = _option_value(value)
+    if args.workers is not None and args.workers < 0:
+        raise InvalidInputError(f"--workers must be >= 0, got {args.workers}")
+    executor: Any = "threads"
+    pool = None
+    if args.workers is not None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if args.workers <= 1:
+            executor = "serial"
+        else:
+            executor = pool = ThreadPoolExecutor(args.workers)
+    *srcs, dest = paths
+    try:
+        ds = ingest(
+            srcs if len(srcs) > 1 else srcs[0],
+            dest,
+            kind=kind,
+            feature=feature,
+            labels=args.labels,
+            label_columns=args.label_column or None,
+            filename_column=args.filename_column,
+            label_from=args.label_from,
+            label_feature=args.label_feature,
+            members=args.member or None,
+            on_error=args.on_error,
+            resume=args.resume,
+            format=args.format,
+            shard_size=args.shard_size,
+            records_per_shard=args.records_per_shard,
+            overwrite=args.overwrite,
+            fsync=args.fsync,
+            progress=args.progress,
+            executor=executor,
+            **options,
+        )
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    report = ds.metadata.get("ingest", {})
+    skipped = report.get("skipped", [])
+    count = report.get("skipped_count", 0)
+    what = _plural(report["files"], "file") if "files" in report else srcs[0]
+    print(
+        f"ingested {what} into {ds.path}: {_plural(ds.num_records, 'record')}, "
+        f"{_plural(ds.num_shards, 'shard')}, {_human_bytes(ds.nbytes)}, "
+        f"{_plural(len(ds.features), 'feature')}"
+        + (f"; skipped {_plural(count, 'bad file')}" if count else "")
+    )
+    for item in skipped:
+        print(f"  skipped {item['file']}: {item['reason']}", file=sys.stderr)
+    if count > len(skipped):
+        print(f"  ... and {count - len(skipped)} more (see the log)", file=sys.stderr)
     return 0
 
 
@@ -407,34 +511,108 @@ def _build_parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser(
         "ingest",
         parents=[common],
-        help="adopt existing TFRecord files as a dataset, without re-encoding",
-        description="Build a dataset at DEST over existing TFRecord files of tf.train.Example, "
-        "one shard per file, without re-encoding: records are counted and CRC-checked, "
-        "checksums computed, and each file hard-linked into DEST (copied when it cannot be).",
+        help="ingest existing files: .npy files, a big .npy/.npz, Zarr, TFRecords",
+        description="Turn existing files into a dataset at DEST (the last path). SRC is a "
+        "glob of one-array-per-file .npy files ('raw/*.npy', quoted; or a directory, or "
+        "several files): one record per file, labels from --labels CSV or --label-from; or one "
+        "big .npy (memory-mapped); or an .npz (its arrays as features); or a Zarr array or "
+        "group; or TFRecord files of tf.train.Example (--tfrecord, adopted without "
+        "re-encoding: hard-linked, or copied when they cannot be). The kind is detected "
+        "unless --kind says it. An interrupted ingest resumes when run again.",
+    )
+    ingest.add_argument("paths", metavar="SRC... DEST", nargs="+", help="the inputs, then DEST")
+    ingest.add_argument(
+        "--kind",
+        choices=("files", "npy", "npz", "zarr", "tfrecord"),
+        default=None,
+        help="the input kind (default: detected from SRC)",
     )
     ingest.add_argument(
         "--tfrecord",
-        action="store_true",
-        required=True,
-        help="the FILES are TFRecord files of tf.train.Example (the supported input format)",
+        dest="kind",
+        action="store_const",
+        const="tfrecord",
+        help="the inputs are TFRecord files of tf.train.Example (same as --kind tfrecord)",
     )
-    ingest.add_argument("dest", metavar="DEST", help="the dataset directory to create")
-    ingest.add_argument("files", metavar="FILES", nargs="+", help="the TFRecord files, in order")
     ingest.add_argument(
         "--feature",
         action="append",
-        required=True,
-        metavar="NAME:DTYPE:SHAPE[:ENCODING]",
-        help="a feature to read, e.g. image:uint8:64x64x3 or label:int64:scalar:int64_list; "
-        "SHAPE is dimensions joined by 'x' or 'scalar'; ENCODING is raw (default: the "
-        "record's bytes in a bytes_list), int64_list or float_list. Repeat for each feature",
+        default=[],
+        metavar="NAME:DTYPE:SHAPE[:ENCODING] | NAME",
+        help="TFRecord inputs: a feature to read, e.g. image:uint8:64x64x3 or "
+        "label:int64:scalar:int64_list (SHAPE is dimensions joined by 'x' or 'scalar'; "
+        "ENCODING is raw (default: the record's bytes in a bytes_list), int64_list or "
+        "float_list); repeat for each feature. Other inputs: the data feature's name "
+        "(default: x)",
+    )
+    labels = ingest.add_argument_group("labels (one-array-per-file inputs)")
+    labels.add_argument("--labels", metavar="CSV", help="a CSV with a file-name column and labels")
+    labels.add_argument(
+        "--label-column",
+        action="append",
+        default=[],
+        metavar="COL",
+        help="a label column of the CSV (repeatable; default: every column but the file name)",
+    )
+    labels.add_argument(
+        "--filename-column",
+        metavar="COL",
+        help="the CSV's file-name column (default: filename, file, path, name, fname or image, "
+        "else the first)",
+    )
+    labels.add_argument(
+        "--label-from",
+        metavar="parent|REGEX",
+        help="take the label from the file name: 'parent' (the directory name is the class) "
+        "or a regex over the path relative to SRC (group 'label', else group 1)",
+    )
+    labels.add_argument(
+        "--label-feature", default="label", help="the label feature's name (default: label)"
+    )
+    ingest.add_argument(
+        "--member",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="an array of the .npz or Zarr group to ingest (repeatable; default: all)",
+    )
+    ingest.add_argument(
+        "--on-error",
+        choices=("fail", "skip"),
+        default="fail",
+        help="a bad input file (unreadable, object dtype, another shape...): fail and write "
+        "nothing (default), or skip it and list it",
+    )
+    ingest.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue an interrupted ingest of the same inputs (default: yes)",
+    )
+    ingest.add_argument("--format", default="npy", help="the source that writes DEST (npy)")
+    ingest_size = ingest.add_mutually_exclusive_group()
+    ingest_size.add_argument("--shard-size", help="target bytes per shard, e.g. 64MiB")
+    ingest_size.add_argument("--records-per-shard", type=int, help="records per shard")
+    ingest.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a source option, e.g. -o compression=lz4 (repeatable)",
+    )
+    ingest.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="threads writing shards (default: min(4, CPUs); 0 or 1: one at a time)",
     )
     ingest.add_argument(
         "--link",
         choices=("auto", "hardlink", "copy"),
-        default="auto",
-        help="hard-link the files into DEST (hardlink), copy them (copy), or hard-link when "
-        "possible and copy otherwise (auto, the default)",
+        default=None,
+        help="TFRecord inputs: hard-link the files into DEST (hardlink), copy them (copy), or "
+        "hard-link when possible and copy otherwise (auto, the default)",
     )
     ingest.add_argument(
         "--overwrite", action="store_true", help="replace an existing dataset at DEST"

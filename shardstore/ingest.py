@@ -96,6 +96,11 @@ def detect_kind(paths: Sequence[str]) -> str:
             )
         return "files"
     path = Path(paths[0])
+    if path.suffix.lower() in (".tfrecord", ".tfrecords"):
+        raise InvalidInputError(
+            "TFRecord files are adopted with shardstore.index_tfrecords "
+            "(shardstore ingest --tfrecord FILES... DEST --feature ...)"
+        )
     if path.is_dir():
         return "zarr" if any((path / m).exists() for m in _ZARR_MARKERS) else "files"
     if not path.exists():
@@ -105,11 +110,6 @@ def detect_kind(paths: Sequence[str]) -> str:
         return "npz"
     if suffix == ".npy":
         return "npy"
-    if suffix in (".tfrecord", ".tfrecords"):
-        raise InvalidInputError(
-            "TFRecord files are adopted with shardstore.index_tfrecords "
-            "(shardstore ingest --tfrecord FILES... DEST --feature ...)"
-        )
     raise InvalidInputError(f"cannot tell what {paths[0]!r} is; name the kind ({', '.join(KINDS)})")
 
 

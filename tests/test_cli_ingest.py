@@ -1,4 +1,4 @@
-"""``shardstore ingest --tfrecord``: adopt TFRecord files from the command line."""
+"""``shardstore ingest --tfrecord FILES... DEST``: adopt TFRecord files from the command line."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def test_ingest_builds_a_readable_dataset(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     dest = tmp_path / "ds"
-    assert main(["ingest", "--tfrecord", str(dest), *files, *FEATURES, "--no-progress"]) == 0
+    assert main(["ingest", "--tfrecord", *files, str(dest), *FEATURES, "--no-progress"]) == 0
     out = capsys.readouterr().out.strip()
     assert out.count("\n") == 0  # one line
     assert out.startswith(f"ingested 2 TFRecord files into {dest}: 12 records, ")
@@ -72,7 +72,7 @@ def test_ingest_builds_a_readable_dataset(
 
 def test_ingest_copy(tmp_path: Path, files: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     dest = tmp_path / "ds"
-    assert main(["ingest", "--tfrecord", str(dest), *files, *FEATURES, "--link", "copy"]) == 0
+    assert main(["ingest", "--tfrecord", *files, str(dest), *FEATURES, "--link", "copy"]) == 0
     assert "(0 hard-linked, 2 copied)" in capsys.readouterr().out
     ds = shardstore.open(dest)
     for src, shard in zip(files, ds.shards, strict=True):
@@ -83,10 +83,10 @@ def test_ingest_refuses_an_existing_dataset_unless_overwrite(
     tmp_path: Path, files: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     dest = str(tmp_path / "ds")
-    assert main(["ingest", "--tfrecord", dest, files[0], *FEATURES]) == 0
-    assert main(["ingest", "--tfrecord", dest, *files, *FEATURES]) == 2
+    assert main(["ingest", "--tfrecord", files[0], dest, *FEATURES]) == 0
+    assert main(["ingest", "--tfrecord", *files, dest, *FEATURES]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert main(["ingest", "--tfrecord", dest, *files, *FEATURES, "--overwrite"]) == 0
+    assert main(["ingest", "--tfrecord", *files, dest, *FEATURES, "--overwrite"]) == 0
     assert shardstore.open(dest).num_records == N
 
 
@@ -110,7 +110,7 @@ def test_ingest_reports_bad_features(
     message: str,
 ) -> None:
     dest = tmp_path / "ds"
-    assert main(["ingest", "--tfrecord", str(dest), *files, *extra]) == 2
+    assert main(["ingest", "--tfrecord", *files, str(dest), *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("shardstore: error: ")
     assert message in err
@@ -122,17 +122,17 @@ def test_ingest_reports_a_missing_file(
     tmp_path: Path, files: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     missing = str(tmp_path / "nope.tfrecord")
-    assert main(["ingest", "--tfrecord", str(tmp_path / "ds"), files[0], missing, *FEATURES]) == 2
+    assert main(["ingest", "--tfrecord", files[0], missing, str(tmp_path / "ds"), *FEATURES]) == 2
     assert "nope.tfrecord" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
     "argv",
     [
-        ["ingest", "DEST", "f.tfrecord", "--feature", "x:int64:scalar"],  # no --tfrecord
-        ["ingest", "--tfrecord", "DEST", "--feature", "x:int64:scalar"],  # no files
-        ["ingest", "--tfrecord", "DEST", "f.tfrecord"],  # no --feature
-        ["ingest", "--tfrecord", "D", "f", "--feature", "x:int64:scalar", "--link", "soft"],
+        ["ingest", "--tfrecord", "--feature", "x:int64:scalar"],  # no paths
+        ["ingest", "a.tfrecord", "D", "--feature", "x:int64:scalar", "--link", "soft"],
+        ["ingest", "a.npy", "D", "--kind", "csv"],
+        ["ingest", "a.npy", "D", "--on-error", "ignore"],
     ],
 )
 def test_ingest_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -140,8 +140,41 @@ def test_ingest_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]
     assert "usage:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["ingest", "--tfrecord", "DEST"], "the input(s) and the destination"),
+        (["ingest", "--tfrecord", "f.tfrecord", "DEST"], "need --feature"),
+        (["ingest", "a.tfrecord", "DEST"], "need --feature"),  # detected from the suffix
+        (["ingest", "x.npy", "DEST", "--link", "copy"], "TFRecord files only"),
+        (["ingest", "x.npy", "DEST", "--feature", "image:uint8:4"], "are for --tfrecord"),
+    ],
+)
+def test_ingest_argument_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("shardstore: error: ")
+    assert message in err
+
+
+def test_ingest_old_argument_order_still_works(
+    tmp_path: Path, files: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ingest --tfrecord DEST FILES...`` (before SRC... DEST) keeps working, with a note."""
+    dest = tmp_path / "ds"
+    assert main(["ingest", "--tfrecord", str(dest), *files, *FEATURES]) == 0
+    captured = capsys.readouterr()
+    assert "old argument order" in captured.err
+    assert captured.out.startswith(f"ingested 2 TFRecord files into {dest}")
+    assert shardstore.open(dest).num_records == N
+
+
 def test_ingest_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ingest", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--tfrecord" in out
     assert "NAME:DTYPE:SHAPE[:ENCODING]" in out
+    assert "SRC... DEST" in out
+    assert "--on-error" in out
