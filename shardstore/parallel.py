@@ -109,6 +109,19 @@ def _materialize(value: ArrayLike) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(value))
 
 
+def _materialize_all(values: list[ArrayLike]) -> list[np.ndarray]:
+    """:func:`_materialize` each value; Dask values in one computation (shared tasks once)."""
+    lazy = [i for i, v in enumerate(values) if is_dask_collection(v)]
+    if len(lazy) > 1:
+        from dask.base import compute
+
+        computed = compute(*(values[i] for i in lazy), scheduler="sync")  # type: ignore[no-untyped-call]
+        values = list(values)
+        for i, v in zip(lazy, computed, strict=True):
+            values[i] = v
+    return [_materialize(v) for v in values]
+
+
 def _task_spec(ctx: ShardWriteContext, source: str) -> dict[str, Any]:
     """Everything a remote task needs to write ``ctx``'s shard, as plain values."""
     return {
@@ -162,7 +175,7 @@ def write_shard_task(spec: Mapping[str, Any], arrays: list[Any]) -> dict[str, An
         options=dict(spec["options"]),
         fsync=bool(spec["fsync"]),
     )
-    data = {name: _materialize(a) for name, a in zip(features, arrays, strict=True)}
+    data = dict(zip(features, _materialize_all(arrays), strict=True))
     return _write_in_context(source, ctx, data).to_json()
 
 
@@ -294,21 +307,29 @@ class ShardDispatcher:
         assert self._executor is not None
         spec = _task_spec(ctx, self._source.name)
         if self.mode == "dask":
-            data = [self._to_cluster(arrays[name]) for name in ctx.features]
+            data = self._to_cluster([arrays[name] for name in ctx.features])
         else:
-            data = [_materialize(arrays[name]) for name in ctx.features]
+            data = _materialize_all([arrays[name] for name in ctx.features])
         return self._executor.submit(write_shard_task, spec, data)
 
     def _write_local(self, ctx: ShardWriteContext, arrays: Mapping[str, ArrayLike]) -> ShardEntry:
         if any(is_dask_collection(a) for a in arrays.values()):
-            arrays = {name: _materialize(a) for name, a in arrays.items()}
+            arrays = dict(zip(arrays, _materialize_all(list(arrays.values())), strict=True))
         return _write_in_context(self._source, ctx, arrays)
 
-    def _to_cluster(self, value: ArrayLike) -> Any:
-        """A future of ``value`` on the cluster: computed there, or scattered from here."""
-        if is_dask_collection(value):
-            return self._client.compute(value)
-        return self._client.scatter(_materialize(value), hash=False)
+    def _to_cluster(self, values: list[ArrayLike]) -> list[Any]:
+        """Futures of ``values`` on the cluster: Dask values computed there (in one
+        graph, so shared tasks run once), others scattered from here."""
+        lazy = [i for i, v in enumerate(values) if is_dask_collection(v)]
+        futures: list[Any] = list(values)
+        if lazy:
+            for i, future in zip(lazy, self._client.compute([values[i] for i in lazy]),
+                                 strict=True):  # fmt: skip
+                futures[i] = future
+        for i, v in enumerate(values):
+            if i not in lazy:
+                futures[i] = self._client.scatter(_materialize(v), hash=False)
+        return futures
 
     def _collect(self, return_when: str) -> None:
         done, _ = cf.wait(list(self._pending), return_when=return_when)
