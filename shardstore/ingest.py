@@ -71,7 +71,7 @@ log = logging.getLogger(__name__)
 KINDS: Final = ("files", "npy", "npz", "zarr")
 #: Accepted values of ``on_error``.
 ON_ERROR: Final = ("fail", "skip")
-#: Skipped files listed in the metadata (all of them are logged).
+#: Skipped files listed in the metadata (all of them are logged at INFO).
 MAX_LISTED_SKIPS: Final = 1000
 _ZARR_MARKERS: Final = ("zarr.json", ".zarray", ".zgroup")
 
@@ -350,7 +350,15 @@ def ingest(
         shard_bytes = parse_size(shard_size if shard_size is not None else DEFAULT_SHARD_SIZE)
         rps = max(1, shard_bytes // record_bytes)
     for bad in inputs.skipped:
-        log.warning("skipped %s: %s", bad.name, bad.reason)
+        log.info("skipped %s: %s", bad.name, bad.reason)
+    if inputs.skipped:
+        log.warning(
+            "skipped %d bad input file(s), listed in the dataset's metadata['ingest']['skipped']"
+            " (first: %s: %s)",
+            len(inputs.skipped),
+            inputs.skipped[0].name,
+            inputs.skipped[0].reason,
+        )
     report: dict[str, Any] = {"kind": kind, "source": paths if len(paths) > 1 else paths[0]}
     report.update(inputs.info)
     if inputs.skipped:

@@ -321,15 +321,11 @@ class ShardDispatcher:
         """Futures of ``values`` on the cluster: Dask values computed there (in one
         graph, so shared tasks run once), others scattered from here."""
         lazy = [i for i, v in enumerate(values) if is_dask_collection(v)]
-        futures: list[Any] = list(values)
-        if lazy:
-            for i, future in zip(lazy, self._client.compute([values[i] for i in lazy]),
-                                 strict=True):  # fmt: skip
-                futures[i] = future
-        for i, v in enumerate(values):
-            if i not in lazy:
-                futures[i] = self._client.scatter(_materialize(v), hash=False)
-        return futures
+        computed = iter(self._client.compute([values[i] for i in lazy]) if lazy else [])
+        return [
+            next(computed) if i in lazy else self._client.scatter(_materialize(v), hash=False)
+            for i, v in enumerate(values)
+        ]
 
     def _collect(self, return_when: str) -> None:
         done, _ = cf.wait(list(self._pending), return_when=return_when)

@@ -53,7 +53,7 @@ from shardstore.manifest import (
     check_feature_name,
     feature_specs_from_arrays,
 )
-from shardstore.parallel import ShardDispatcher
+from shardstore.parallel import ShardDispatcher, is_dask_collection
 from shardstore.registry import get_source
 from shardstore.sources.base import ArrayLike, ShardWriteContext
 
@@ -340,14 +340,20 @@ class Writer:
                 continue
             take = min(self._rps - self._pending_count, n - pos)
             for k, v in arrays.items():
-                self._pending.setdefault(k, []).append(np.array(v[pos : pos + take]))
+                part = v[pos : pos + take]  # copied, unless immutable and lazy (Dask)
+                self._pending.setdefault(k, []).append(
+                    part if is_dask_collection(part) else np.array(part)
+                )
             self._pending_count += take
             pos += take
             if self._pending_count == self._rps:
                 self._flush_pending()
 
     def _flush_pending(self) -> None:
-        arrays = {k: np.concatenate(parts) for k, parts in self._pending.items()}
+        arrays = {
+            k: parts[0] if len(parts) == 1 else np.concatenate([np.asarray(p) for p in parts])
+            for k, parts in self._pending.items()
+        }
         self._pending = {}
         self._pending_count = 0
         self._write_shard(arrays)

@@ -138,3 +138,32 @@ def test_unknown_chunk_sizes_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="compute_chunk_sizes"):
         shardstore.write(tmp_path / "ds", unknown)
     assert not (tmp_path / "ds").exists()
+
+
+def _generate(block: int, n: int, log: str) -> dict[str, np.ndarray]:
+    with open(log, "a") as f:  # runs in a worker process: count calls through a file
+        f.write(f"{block}\n")
+    rng = np.random.default_rng(block)
+    return {"image": rng.random((n, 4), dtype=np.float32), "label": np.full(n, block)}
+
+
+def test_each_input_block_is_computed_once_on_the_workers(tmp_path: Path, client: Any) -> None:
+    """Features sharing a task are computed together, and the partial last shard is not
+    computed on the driver: every block once, on the cluster."""
+    import dask
+
+    log = tmp_path / "calls.log"
+    images, labels = [], []
+    sizes = [RPS] * 5 + [3]
+    for block, n in enumerate(sizes):
+        batch = dask.delayed(_generate)(block, n, str(log))
+        images.append(da.from_delayed(batch["image"], (n, 4), np.float32))
+        labels.append(da.from_delayed(batch["label"], (n,), np.int64))
+    inputs = {"image": da.concatenate(images), "label": da.concatenate(labels)}
+    with distributed.get_task_stream(client) as stream:
+        ds = shardstore.write(tmp_path / "ds", inputs, records_per_shard=RPS, executor=client)
+    assert sorted(int(b) for b in log.read_text().split()) == list(range(len(sizes)))
+    assert sum("write_shard_task" in str(t["key"]) for t in stream.data) == len(sizes)
+    assert ds[0 : sum(sizes)]["label"].tolist() == [
+        b for b, n in enumerate(sizes) for _ in range(n)
+    ]
