@@ -9,7 +9,9 @@ batching. That split keeps a plugin small:
     Write the records ``arrays`` (a mapping ``feature -> array-like`` with one
     shared leading length) as one shard. Create every file through
     ``shard.create(...)``: the core names it, hashes it while it is written,
-    records it in the manifest and removes it if anything fails.
+    records it in the manifest and removes it if anything fails. Several
+    shards may be written at once, from threads sharing the instance or from
+    other processes (:mod:`shardstore.parallel`): keep no per-shard state.
 
 ``tf_reader(ctx)``
     Return a function mapping a scalar ``int64`` tensor (a position in
