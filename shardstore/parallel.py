@@ -122,6 +122,14 @@ def _materialize_all(values: list[ArrayLike]) -> list[np.ndarray]:
     return [_materialize(v) for v in values]
 
 
+def _one_chunk(value: Any) -> Any:
+    """A Dask array as the ``Delayed`` of its single chunk (rechunked to one if need be)."""
+    if not hasattr(value, "to_delayed") or not hasattr(value, "rechunk"):
+        return value
+    # Unoptimised: fusing would give tasks shared by several features new names (run twice).
+    return value.rechunk(value.shape).to_delayed(optimize_graph=False).ravel()[0]
+
+
 def _task_spec(ctx: ShardWriteContext, source: str) -> dict[str, Any]:
     """Everything a remote task needs to write ``ctx``'s shard, as plain values."""
     return {
@@ -280,8 +288,17 @@ class ShardDispatcher:
         return [self._entries[i] for i in sorted(self._entries)]
 
     def close(self) -> None:
-        """Cancel shards not started, wait for those running; never raises."""
-        running = [f for f in self._pending if not f.cancel()]
+        """Cancel shards not started, wait for those running; never raises.
+
+        On Dask nothing is cancelled: a cancelled Dask future whose task is
+        already running on a worker does not stop it, and nothing tells when
+        it has stopped, so every shard in flight (at most ``max_in_flight``)
+        is waited for instead.
+        """
+        if self.mode == "dask":
+            running = list(self._pending)
+        else:
+            running = [f for f in self._pending if not f.cancel()]
         if running:
             cf.wait(running)
         self._pending.clear()
@@ -321,7 +338,10 @@ class ShardDispatcher:
         """Futures of ``values`` on the cluster: Dask values computed there (in one
         graph, so shared tasks run once), others scattered from here."""
         lazy = [i for i, v in enumerate(values) if is_dask_collection(v)]
-        computed = iter(self._client.compute([values[i] for i in lazy]) if lazy else [])
+        # One chunk per value, computed as that chunk's task: no extra
+        # "finalize" step that could run (and pull the data) on another worker.
+        chunks = [_one_chunk(values[i]) for i in lazy]
+        computed = iter(self._client.compute(chunks) if lazy else [])
         return [
             next(computed) if i in lazy else self._client.scatter(_materialize(v), hash=False)
             for i, v in enumerate(values)

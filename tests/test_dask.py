@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import dask.array as da
 import distributed
@@ -13,6 +15,8 @@ import pytest
 
 import shardstore
 from shardstore.errors import InvalidInputError
+from shardstore.sources.base import ShardWriteContext
+from shardstore.sources.npy import NpySource
 from shardstore.testing import assert_bitwise_equal, assert_same_dataset
 
 N = 300
@@ -167,3 +171,34 @@ def test_each_input_block_is_computed_once_on_the_workers(tmp_path: Path, client
     assert ds[0 : sum(sizes)]["label"].tolist() == [
         b for b, n in enumerate(sizes) for _ in range(n)
     ]
+
+
+class _SlowFailing(NpySource):
+    """Shard 3 fails once shard 4 is being written; shard 4 then finishes its files late."""
+
+    name: ClassVar[str] = "test-dask-slow-failing"
+    started_4 = threading.Event()
+
+    def write_shard(self, shard: ShardWriteContext, arrays: Mapping[str, Any]) -> None:
+        if shard.index == 3:
+            _SlowFailing.started_4.wait(60)
+            raise OSError(28, "No space left on device (injected)")
+        if shard.index == 4:
+            _SlowFailing.started_4.set()
+            time.sleep(0.5)  # still running on its worker when the driver cleans up
+        super().write_shard(shard, arrays)
+
+
+def test_failure_waits_for_running_tasks_before_cleaning_up(tmp_path: Path) -> None:
+    """Dask cannot stop a running task: the writer waits for it, then removes its files."""
+    shardstore.register_source(_SlowFailing)  # in-process workers (threads) see it
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                 dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):  # fmt: skip
+        with pytest.raises(OSError, match="injected"):
+            shardstore.write(tmp_path / "ds", np.arange(100), records_per_shard=10,
+                             format=_SlowFailing.name, executor=client)  # fmt: skip
+        time.sleep(1.0)  # had shard 4 not been waited for, its files would appear now
+    assert not (tmp_path / "ds").exists()
