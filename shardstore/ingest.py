@@ -193,17 +193,12 @@ def _file_inputs(
         info["labels"] = str(labels) if labels is not None else {"from_name": label_from}
     order = {name: i for i, (_, name) in enumerate(files)}
     bad.sort(key=lambda b: order.get(b.name, len(order)))
-    plan = {
-        "kind": "files",
-        "files": [[f.name, os.fspath(f.path), *_stat(f.path)] for f in good],
-        "labels": label_plan,
-    }
+    listing = new_hasher()  # the inputs as checked, without keeping a second list of them
+    for f in good:
+        entry = f"{f.name}\0{os.fspath(f.path)}\0{f.size}\0{f.mtime_ns}\n"
+        listing.update(entry.encode("utf-8", "surrogateescape"))
+    plan = {"kind": "files", "files": listing.hexdigest(), "labels": label_plan}
     return _Inputs(out, len(good), plan, info, bad)
-
-
-def _stat(path: Path) -> list[int]:
-    st = path.stat()
-    return [st.st_size, st.st_mtime_ns]
 
 
 def _array_inputs(kind: str, path: Path, *, feature: str, members: Sequence[str] | None) -> _Inputs:

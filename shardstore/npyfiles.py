@@ -15,6 +15,7 @@ import math
 import os
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: Largest ``.npy`` header read (NumPy's own default limit).
 MAX_HEADER_BYTES = 10_000
+#: Threads reading the headers of the input files.
+CHECK_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -58,11 +61,14 @@ class NpyHeader:
 
 @dataclass(frozen=True)
 class NpyFile:
-    """An input file: its path, the name used in reports and labels, and its header."""
+    """An input file: its path, the name used in reports and labels, its header, and
+    the size and modification time it had when checked."""
 
     path: Path
     name: str
     header: NpyHeader
+    size: int
+    mtime_ns: int
 
 
 @dataclass(frozen=True)
@@ -157,11 +163,12 @@ def read_npy_header(f: BinaryIO) -> NpyHeader:
     return NpyHeader(np.dtype(dtype), tuple(int(d) for d in shape), bool(fortran), f.tell())
 
 
-def _check_one(path: Path) -> NpyHeader:
+def _check_one(path: Path) -> tuple[NpyHeader, os.stat_result]:
     try:
         with open(path, "rb") as f:
             header = read_npy_header(f)
-            size = os.fstat(f.fileno()).st_size
+            st = os.fstat(f.fileno())
+            size = st.st_size
     except OSError as exc:
         raise ValueError(f"cannot be read: {exc.strerror or exc}") from None
     except (ValueError, SyntaxError, TypeError) as exc:
@@ -181,7 +188,14 @@ def _check_one(path: Path) -> NpyHeader:
         )
     if math.prod(header.shape) == 0:
         raise ValueError(f"is empty (shape {header.shape})")
-    return header
+    return header, st
+
+
+def _try_check(path: Path) -> tuple[NpyHeader, os.stat_result] | str:
+    try:
+        return _check_one(path)
+    except ValueError as exc:
+        return str(exc)
 
 
 def _signature(header: NpyHeader) -> tuple[str, tuple[int, ...]]:
@@ -214,29 +228,32 @@ def check_npy_files(
             )
         bad.append(BadFile(name, reason))
 
-    headers: list[tuple[Path, str, NpyHeader]] = []
-    for path, name in files:
-        try:
-            headers.append((path, name, _check_one(path)))
-        except ValueError as exc:
-            reject(name, str(exc))
+    headers: list[tuple[Path, str, NpyHeader, os.stat_result]] = []
+    # Small reads, one per file: threads overlap them (it matters on network filesystems).
+    with ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="shardstore-check") as pool:
+        results = pool.map(_try_check, [path for path, _ in files])
+        for (path, name), result in zip(files, results, strict=True):
+            if isinstance(result, str):
+                reject(name, result)
+            else:
+                headers.append((path, name, *result))
     if expected is not None:
         want = (expected.dtype.str, tuple(int(d) for d in expected.shape if d is not None))
         how = "the expected records"
     elif headers:
-        counts = Counter(_signature(h) for _, _, h in headers)
+        counts = Counter(_signature(h) for _, _, h, _ in headers)
         top = max(counts.values())
-        want = next(_signature(h) for _, _, h in headers if counts[_signature(h)] == top)
+        want = next(_signature(h) for _, _, h, _ in headers if counts[_signature(h)] == top)
         how = f"the {top} other files" if top > 1 else "the first file"
     else:
         raise InvalidInputError(
             f"none of the {len(files)} input files can be ingested; first: "
             f"{bad[0].name!r} {bad[0].reason}"
         )
-    for path, name, header in headers:
+    for path, name, header, st in headers:
         sig = _signature(header)
         if sig == want:
-            good.append(NpyFile(path, name, header))
+            good.append(NpyFile(path, name, header, st.st_size, st.st_mtime_ns))
             continue
         what = "shape" if sig[1] != want[1] else "dtype"
         reject(

@@ -79,7 +79,8 @@ class Column(Protocol):
 def plan_digest(plan: Mapping[str, Any]) -> str:
     """A stable digest of a JSON-ready plan description."""
     hasher = new_hasher()
-    hasher.update(json.dumps(plan, sort_keys=True, separators=(",", ":")).encode())
+    text = json.dumps(plan, sort_keys=True, separators=(",", ":"), default=repr)
+    hasher.update(text.encode("utf-8", "surrogateescape"))
     return hasher.hexdigest()
 
 
