@@ -15,6 +15,8 @@ hands each shard to the chosen source, and commits the manifest last:
 Full shards are written straight from views of the input, so a memory-mapped
 array is copied record range by record range, never loaded whole; only the
 records of one incomplete shard are buffered between calls to ``write``.
+Shards may be written in parallel (``executor=``, see :mod:`shardstore.parallel`);
+the manifest lists them in index order either way.
 """
 
 from __future__ import annotations
