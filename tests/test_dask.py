@@ -30,7 +30,7 @@ def client() -> Iterator[Any]:
         n_workers=2,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",
         host="127.0.0.1",
     )
     with distributed.Client(cluster) as c:
@@ -194,7 +194,7 @@ def test_failure_waits_for_running_tasks_before_cleaning_up(tmp_path: Path) -> N
     shardstore.register_source(_SlowFailing)  # in-process workers (threads) see it
     with (
         distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                 dashboard_address=None) as cluster,
+                                 dashboard_address=":0") as cluster,
         distributed.Client(cluster) as client,
     ):  # fmt: skip
         with pytest.raises(OSError, match="injected"):
