@@ -25,7 +25,7 @@ RPS = 16  # 19 shards, the last one partial; input chunks of 37 and 50 straddle 
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
-    """Two worker processes, one thread each, on loopback; no dashboard."""
+    """Two worker processes, one thread each, on loopback (dashboard on a free port)."""
     cluster = distributed.LocalCluster(
         n_workers=2,
         threads_per_worker=1,
