@@ -16,6 +16,7 @@ per-element cost (microseconds) away from every record.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import tensorflow as tf
 
-from shardstore.errors import InvalidInputError
+from shardstore.errors import CapabilityError, InvalidInputError
 from shardstore.manifest import FeatureSpec
 from shardstore.sources.base import ReadContext, Source
 
@@ -51,6 +52,12 @@ def _positive_int(value: object, what: str, *, allow_none: bool = False, minimum
     return int(value)
 
 
+def _flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise InvalidInputError(f"{what} must be True or False, got {value!r}")
+    return bool(value)
+
+
 @dataclass(frozen=True)
 class ReadConfig:
     """The validated options of one ``to_tf`` call (see its docstring)."""
@@ -66,6 +73,7 @@ class ReadConfig:
     deterministic: bool
     prefetch: bool | int
     shuffle_buffer: int | None
+    tf_native: bool = False
 
     @classmethod
     def create(
@@ -82,6 +90,7 @@ class ReadConfig:
         deterministic: bool | None,
         prefetch: bool | int,
         shuffle_buffer: int | None,
+        tf_native: bool = False,
     ) -> ReadConfig:
         """Validate ``to_tf`` arguments; raise ``InvalidInputError`` naming the bad one."""
         batch_size = _positive_int(batch_size, "batch_size", allow_none=True)
@@ -130,6 +139,7 @@ class ReadConfig:
             deterministic=bool(deterministic),
             prefetch=prefetch,
             shuffle_buffer=_positive_int(shuffle_buffer, "shuffle_buffer", allow_none=True),
+            tf_native=_flag(tf_native, "tf_native"),
         )
 
 
@@ -146,10 +156,40 @@ def _seeds(seed: int | None, n: int) -> list[int | None]:
     return [int(s) for s in np.random.SeedSequence(seed).generate_state(n, dtype=np.uint32)]
 
 
+def _choose_source(dataset: Dataset, config: ReadConfig) -> tuple[Source, bool]:
+    """The source to read with, and whether batches are gathered from it by index.
+
+    Gathering by index is the fast path when the source's scattered reads are
+    cheap (``gather_batches``; ``npy`` datasets read through ``memmap``): one
+    ``numpy_function`` per batch reads the batch's records straight into its
+    tensors. ``shuffle="global"`` always gathers (it needs random access).
+    Otherwise the source's block reader (:meth:`~Source.tf_reader`) is
+    interleaved; ``tf_native=True`` asks for that path with TensorFlow ops
+    only (serialisable, for tf.data service).
+    """
+    if config.tf_native:
+        source = dataset.source
+        source.require("tf_native")
+        if config.shuffle == "global":
+            raise CapabilityError(
+                "shuffle='global' gathers records by index with a random_access source, "
+                "which a tf_native pipeline cannot do; use shuffle=True"
+            )
+        return source, False
+    if config.shuffle == "global":
+        return dataset.source_for("random_access"), True
+    try:
+        gatherer = dataset.source_for("random_access")
+    except CapabilityError:
+        return dataset.source, False
+    if gatherer.gather_batches:
+        return gatherer, True
+    return dataset.source, False
+
+
 def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
     """The ``tf.data.Dataset`` for ``dataset`` read with ``config``."""
-    global_shuffle = config.shuffle == "global"
-    source = dataset.source_for("random_access") if global_shuffle else dataset.source
+    source, by_index = _choose_source(dataset, config)
     specs = {name: dataset.features[name] for name in config.read_features}
     shards = tuple(s for s in dataset.shards if s.num_records > 0)
     if config.shard is not None:
@@ -166,6 +206,7 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
     longest = max((s.num_records for s in shards), default=1)
     block = _block_records(record_bytes, config.batch_size, longest)
     ctx = ReadContext(dataset.path, shards, specs, block)
+    source.check_shards(ctx)
     shard_seed, block_seed, window_seed = _seeds(config.seed, 3)
 
     if not shards:
@@ -173,8 +214,9 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
             n: np.zeros((0, *(int(d or 0) for d in s.shape)), s.dtype) for n, s in specs.items()
         }
         blocks = tf.data.Dataset.from_tensors(empty).take(0)
-    elif global_shuffle:
-        blocks = _global_batches(source, ctx, config, num_records, window_seed)
+    elif by_index:
+        order = _record_order(ctx, config, num_records, record_bytes, block, window_seed)
+        blocks = _gather_batches(source, ctx, config, order)
     else:
         read_shard = source.tf_reader(ctx)
         positions = tf.data.Dataset.range(len(shards))
@@ -194,13 +236,13 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
         )
         if config.shuffle:
             blocks = _shuffle_records(blocks, config, block, record_bytes, block_seed, window_seed)
+        if config.batch_size is not None:
+            blocks = blocks.rebatch(config.batch_size, drop_remainder=config.drop_remainder)
 
     if config.batch_size is None:
         out = blocks.unbatch()
         cardinality = num_records
     else:
-        if not global_shuffle:  # global batches are already cut to size
-            blocks = blocks.rebatch(config.batch_size, drop_remainder=config.drop_remainder)
         out = blocks
         full, rest = divmod(num_records, config.batch_size)
         cardinality = full + (1 if rest and not config.drop_remainder else 0)
@@ -223,43 +265,94 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
     return out
 
 
-def _global_batches(
-    source: Source,
+def _record_order(
     ctx: ReadContext,
     config: ReadConfig,
     num_records: int,
+    record_bytes: int,
+    block: int,
     seed: int | None,
 ) -> tf.data.Dataset:
-    """Exact global shuffle: a seeded permutation per epoch, one gather per batch.
+    """Record numbers (``int64`` vectors, one per batch) in the order they are read.
 
-    The permutation is drawn in the graph (``stateless_shuffle`` seeded by
-    ``Dataset.random``, which rerandomises every epoch); each batch's indices
-    are sorted, so the source reads each shard's rows in file order, and
-    handed to the source in ONE ``numpy_function`` call per batch.
+    * ``shuffle=False``: consecutive ranges, in record order.
+    * ``shuffle=True``: blocks of ``block`` consecutive records in a random
+      order (across every shard), records permuted within windows of about
+      ``shuffle_buffer`` records. Each batch reads a few contiguous runs.
+    * ``shuffle="global"``: an exact permutation of all records.
+
+    The shuffled orders are drawn in the graph from ``Dataset.random``, which
+    rerandomises every epoch. Each batch's numbers are sorted, so the source
+    reads every shard front to back; with ``batch_size=None`` they are not
+    (the records come out one by one, in the shuffled order).
     """
+    batch = config.batch_size or block
+    drop = config.drop_remainder and config.batch_size is not None
+    n = tf.constant(num_records, tf.int64)
+    num_batches = num_records // batch if drop else -(-num_records // batch)
+    if not config.shuffle:
+        return tf.data.Dataset.range(num_batches).map(
+            lambda j: tf.range(j * batch, tf.minimum((j + 1) * batch, n))
+        )
+
+    if config.shuffle == "global":
+
+        def epoch(r: tf.Tensor) -> tf.data.Dataset:
+            perm = tf.random.experimental.stateless_shuffle(
+                tf.range(n), seed=tf.stack([r, tf.constant(0x610BA1, tf.int64)])
+            )
+            return tf.data.Dataset.range(num_batches).map(
+                lambda j: perm[j * batch : tf.minimum((j + 1) * batch, n)]
+            )
+
+    else:
+        starts = ctx.record_starts.tolist()
+        lo = np.concatenate([np.arange(a, b, block) for a, b in itertools.pairwise(starts)])
+        hi = np.concatenate(
+            [np.minimum(np.arange(a, b, block) + block, b) for a, b in itertools.pairwise(starts)]
+        )
+        block_lo, block_hi = tf.constant(lo, tf.int64), tf.constant(hi, tf.int64)
+        window = config.shuffle_buffer or max(2 * block, WINDOW_BYTES // max(1, record_bytes))
+        per_window = max(1, -(-max(window, batch) // block))
+        num_windows = -(-len(lo) // per_window)
+
+        def epoch(r: tf.Tensor) -> tf.data.Dataset:
+            perm = tf.random.experimental.stateless_shuffle(
+                tf.range(len(lo), dtype=tf.int64), seed=tf.stack([r, tf.constant(0xB10C, tf.int64)])
+            )
+
+            def window_records(j: tf.Tensor) -> tf.Tensor:
+                picked = perm[j * per_window : (j + 1) * per_window]
+                records = tf.ragged.range(
+                    tf.gather(block_lo, picked), tf.gather(block_hi, picked)
+                ).flat_values
+                return tf.random.experimental.stateless_shuffle(records, seed=tf.stack([r, j]))
+
+            return tf.data.Dataset.range(num_windows).map(window_records)
+
+    epochs = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+    order = epochs.flat_map(epoch)
+    if config.shuffle is True:
+        order = order.rebatch(batch, drop_remainder=drop)
+    if config.batch_size is None:
+        return order
+    return order.map(tf.sort)
+
+
+def _gather_batches(
+    source: Source, ctx: ReadContext, config: ReadConfig, order: tf.data.Dataset
+) -> tf.data.Dataset:
+    """One batch per element of ``order``, each gathered by one ``numpy_function`` call."""
     from shardstore.random_access import gather_records
 
-    batch = config.batch_size or min(256, num_records)
-    drop = config.drop_remainder and config.batch_size is not None
-    num_batches = num_records // batch if drop else -(-num_records // batch)
     names = list(ctx.features)
     dtypes = [tf.as_dtype(ctx.features[n].dtype) for n in names]
-    shapes = [[batch if drop else None, *ctx.features[n].shape] for n in names]
-    n = tf.constant(num_records, tf.int64)
+    fixed = config.drop_remainder and config.batch_size is not None
+    shapes = [[config.batch_size if fixed else None, *ctx.features[n].shape] for n in names]
 
     def gather(indices: np.ndarray) -> list[np.ndarray]:
         got = gather_records(source, ctx, indices)
         return [got[name] for name in names]
-
-    def epoch(r: tf.Tensor) -> tf.data.Dataset:
-        perm = tf.random.experimental.stateless_shuffle(
-            tf.range(n, dtype=tf.int64), seed=tf.stack([r, tf.constant(0x610BA1, tf.int64)])
-        )
-
-        def batch_indices(j: tf.Tensor) -> tf.Tensor:
-            return tf.sort(perm[j * batch : tf.minimum((j + 1) * batch, n)])
-
-        return tf.data.Dataset.range(num_batches).map(batch_indices)
 
     def fetch(indices: tf.Tensor) -> dict[str, tf.Tensor]:
         parts = tf.numpy_function(gather, [indices], dtypes, stateful=False)
@@ -268,9 +361,10 @@ def _global_batches(
             for name, part, shape in zip(names, parts, shapes, strict=True)
         }
 
-    epochs = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
-    return epochs.flat_map(epoch).map(
-        fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=config.deterministic
+    return order.map(
+        fetch,
+        num_parallel_calls=config.num_parallel_reads or tf.data.AUTOTUNE,
+        deterministic=config.deterministic,
     )
 
 

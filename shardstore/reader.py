@@ -183,6 +183,7 @@ class Dataset:
         deterministic: bool | None = None,
         prefetch: bool | int = True,
         shuffle_buffer: int | None = None,
+        tf_native: bool = False,
     ) -> tf.data.Dataset:
         """A ``tf.data.Dataset`` of batches read from this dataset.
 
@@ -191,12 +192,12 @@ class Dataset:
         batch_size : records per batch; ``None`` yields single records.
         features : ``None`` for a dict of every feature; a tuple of names for
             tuples in that order (Keras-ready ``(x, y)``); one name for bare tensors.
-        shuffle : ``False`` reads in record order. ``True`` shuffles shard order,
-            then blocks (a buffer of blocks), then records within a window of
-            ``shuffle_buffer`` records. ``"global"`` draws an exact seeded
-            permutation of all records each epoch and gathers every batch in one
-            call (needs random access; records inside a batch come sorted).
-            Every record appears once per epoch in all modes.
+        shuffle : ``False`` reads in record order. ``True`` reads blocks of
+            consecutive records (about 1 MiB each) in a random order and permutes
+            the records within windows of ``shuffle_buffer`` records.
+            ``"global"`` draws an exact seeded permutation of all records each
+            epoch (needs random access). Every record appears once per epoch in
+            all modes; records inside a batch come sorted by record number.
         seed : makes the shuffled order reproducible run to run; each
             iteration over the returned dataset (each epoch) reshuffles. As with
             tf.data's own ``shuffle(seed=...)``, TensorFlow's global seed
@@ -209,7 +210,14 @@ class Dataset:
         deterministic : keep a reproducible order (default: True unless
             shuffling without a seed).
         prefetch : ``True`` for an autotuned prefetch, an int for a fixed one.
-        shuffle_buffer : records mixed together by the record shuffle.
+        shuffle_buffer : records mixed together by ``shuffle=True`` (default:
+            about 32 MiB of records).
+        tf_native : build the pipeline from TensorFlow ops only (serialisable;
+            what tf.data service needs), from the source's block reader. The
+            default reads each batch with one ``numpy_function`` call from a
+            random-access source when the dataset has one (``npy`` datasets:
+            ``memmap``), the fastest path. Raises ``CapabilityError`` when the
+            source is not ``tf_native``.
         """
         from shardstore.pipeline import ReadConfig, build_pipeline
 
@@ -225,6 +233,7 @@ class Dataset:
             deterministic=deterministic,
             prefetch=prefetch,
             shuffle_buffer=shuffle_buffer,
+            tf_native=tf_native,
         )
         return build_pipeline(self, config)
 
