@@ -157,7 +157,7 @@ class MemmapSource(Source):
     ) -> dict[str, np.ndarray]:
         """Gather ``rows`` (sorted) of one shard."""
         out = {
-            name: aligned_empty((len(rows), *spec.shape), spec.dtype)
+            name: aligned_empty((len(rows), *(int(d or 0) for d in spec.shape)), spec.dtype)
             for name, spec in ctx.features.items()
         }
         self.read_records_into(ctx, position, rows, out)
@@ -185,7 +185,7 @@ class MemmapSource(Source):
                 np.take(self._map(ctx, position, feature), rows, axis=0, out=dest)
                 continue
             fd, header = self._file(ctx, position, feature)
-            buf = memoryview(dest.reshape(-1).view(np.uint8))
+            buf = dest.reshape(-1).view(np.uint8).data
             for lo, hi in zip(run_starts, run_ends, strict=True):
                 offset = header + int(rows[lo]) * record_bytes
                 self._pread(
