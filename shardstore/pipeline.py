@@ -38,6 +38,8 @@ __all__ = ["BLOCK_BYTES", "WINDOW_BYTES", "ReadConfig", "build_pipeline"]
 #: Target bytes per block a source yields (measured: ~1 MiB is the sweet spot
 #: between per-element overhead and cache-friendly copies).
 BLOCK_BYTES = 1 << 20
+#: Bytes of records one gather call reads (small records: many batches per call).
+GATHER_BYTES = 4 << 20
 #: Default bytes of records mixed together by the record shuffle.
 WINDOW_BYTES = 32 << 20
 #: Blocks held in the block shuffle buffer.
@@ -265,6 +267,18 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
     return out
 
 
+def _gather_group(batch: int | None, block: int, record_bytes: int) -> int:
+    """Records gathered by one ``numpy_function`` call: whole batches, about ``GATHER_BYTES``.
+
+    Small records are gathered many batches at a time (then cut with
+    ``rebatch``), so the per-call cost (microseconds of Python) is spread
+    over megabytes; large ones one batch at a time.
+    """
+    if batch is None:
+        return block
+    return batch * max(1, GATHER_BYTES // max(1, batch * record_bytes))
+
+
 def _record_order(
     ctx: ReadContext,
     config: ReadConfig,
@@ -273,7 +287,7 @@ def _record_order(
     block: int,
     seed: int | None,
 ) -> tf.data.Dataset:
-    """Record numbers (``int64`` vectors, one per batch) in the order they are read.
+    """Record numbers (``int64`` vectors of one gather group each) in reading order.
 
     * ``shuffle=False``: consecutive ranges, in record order.
     * ``shuffle=True``: blocks of ``block`` consecutive records in a random
@@ -282,27 +296,30 @@ def _record_order(
     * ``shuffle="global"``: an exact permutation of all records.
 
     The shuffled orders are drawn in the graph from ``Dataset.random``, which
-    rerandomises every epoch. Each batch's numbers are sorted, so the source
-    reads every shard front to back; with ``batch_size=None`` they are not
-    (the records come out one by one, in the shuffled order).
+    rerandomises every epoch. When a group is one batch, its numbers are
+    sorted, so the source reads each shard front to back straight into the
+    batch (records inside a batch come sorted); bigger groups keep the
+    shuffled order (the gather sorts, reads, then puts records in place).
     """
-    batch = config.batch_size or block
+    group = _gather_group(config.batch_size, block, record_bytes)
     drop = config.drop_remainder and config.batch_size is not None
-    n = tf.constant(num_records, tf.int64)
-    num_batches = num_records // batch if drop else -(-num_records // batch)
+    used = num_records // group * group if drop and group == config.batch_size else num_records
+    num_groups = -(-used // group)
+    n = tf.constant(used, tf.int64)
     if not config.shuffle:
-        return tf.data.Dataset.range(num_batches).map(
-            lambda j: tf.range(j * batch, tf.minimum((j + 1) * batch, n))
+        return tf.data.Dataset.range(num_groups).map(
+            lambda j: tf.range(j * group, tf.minimum((j + 1) * group, n))
         )
 
     if config.shuffle == "global":
 
         def epoch(r: tf.Tensor) -> tf.data.Dataset:
             perm = tf.random.experimental.stateless_shuffle(
-                tf.range(n), seed=tf.stack([r, tf.constant(0x610BA1, tf.int64)])
+                tf.range(num_records, dtype=tf.int64),
+                seed=tf.stack([r, tf.constant(0x610BA1, tf.int64)]),
             )
-            return tf.data.Dataset.range(num_batches).map(
-                lambda j: perm[j * batch : tf.minimum((j + 1) * batch, n)]
+            return tf.data.Dataset.range(num_groups).map(
+                lambda j: perm[j * group : tf.minimum((j + 1) * group, n)]
             )
 
     else:
@@ -313,7 +330,7 @@ def _record_order(
         )
         block_lo, block_hi = tf.constant(lo, tf.int64), tf.constant(hi, tf.int64)
         window = config.shuffle_buffer or max(2 * block, WINDOW_BYTES // max(1, record_bytes))
-        per_window = max(1, -(-max(window, batch) // block))
+        per_window = max(1, -(-max(window, group) // block))
         num_windows = -(-len(lo) // per_window)
 
         def epoch(r: tf.Tensor) -> tf.data.Dataset:
@@ -328,27 +345,24 @@ def _record_order(
                 ).flat_values
                 return tf.random.experimental.stateless_shuffle(records, seed=tf.stack([r, j]))
 
-            return tf.data.Dataset.range(num_windows).map(window_records)
+            return tf.data.Dataset.range(num_windows).map(window_records).rebatch(group)
 
     epochs = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
     order = epochs.flat_map(epoch)
-    if config.shuffle is True:
-        order = order.rebatch(batch, drop_remainder=drop)
-    if config.batch_size is None:
-        return order
-    return order.map(tf.sort)
+    if group == config.batch_size:
+        order = order.map(tf.sort)
+    return order
 
 
 def _gather_batches(
     source: Source, ctx: ReadContext, config: ReadConfig, order: tf.data.Dataset
 ) -> tf.data.Dataset:
-    """One batch per element of ``order``, each gathered by one ``numpy_function`` call."""
+    """Batches of the records ``order`` names: one ``numpy_function`` call per group."""
     from shardstore.random_access import gather_records
 
     names = list(ctx.features)
     dtypes = [tf.as_dtype(ctx.features[n].dtype) for n in names]
-    fixed = config.drop_remainder and config.batch_size is not None
-    shapes = [[config.batch_size if fixed else None, *ctx.features[n].shape] for n in names]
+    shapes = [[None, *ctx.features[n].shape] for n in names]
 
     def gather(indices: np.ndarray) -> list[np.ndarray]:
         got = gather_records(source, ctx, indices)
@@ -361,11 +375,14 @@ def _gather_batches(
             for name, part, shape in zip(names, parts, shapes, strict=True)
         }
 
-    return order.map(
+    groups = order.map(
         fetch,
         num_parallel_calls=config.num_parallel_reads or tf.data.AUTOTUNE,
         deterministic=config.deterministic,
     )
+    if config.batch_size is None:
+        return groups
+    return groups.rebatch(config.batch_size, drop_remainder=config.drop_remainder)
 
 
 def _shuffle_records(

@@ -197,7 +197,8 @@ class Dataset:
             the records within windows of ``shuffle_buffer`` records.
             ``"global"`` draws an exact seeded permutation of all records each
             epoch (needs random access). Every record appears once per epoch in
-            all modes; records inside a batch come sorted by record number.
+            all modes. A shuffled batch of 4 MiB or more is read in file order,
+            so its records come sorted by record number.
         seed : makes the shuffled order reproducible run to run; each
             iteration over the returned dataset (each epoch) reshuffles. As with
             tf.data's own ``shuffle(seed=...)``, TensorFlow's global seed

@@ -196,7 +196,6 @@ def test_global_shuffle_batches_mix_the_whole_dataset(ds: shardstore.Dataset) ->
     tfds = ds.to_tf(batch_size=20, features="label", shuffle="global", seed=9)
     epochs = [labels(tfds).tolist() for _ in range(2)]
     first = epochs[0][:20]
-    assert first == sorted(first)  # one sorted gather per batch
     assert max(first) - min(first) > N // 2  # drawn from the whole dataset, not a window
     assert epochs[0] != epochs[1]  # a new permutation every epoch
     again = labels(ds.to_tf(batch_size=20, features="label", shuffle="global", seed=9))
