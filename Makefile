@@ -33,8 +33,8 @@ docs: install
 	$(BIN)/mkdocs build --strict --site-dir site
 
 lint: install
-	$(BIN)/ruff check shardstore tests plugins
-	$(BIN)/ruff format --check shardstore tests plugins
+	$(BIN)/ruff check shardstore tests plugins tools
+	$(BIN)/ruff format --check shardstore tests plugins tools
 	$(BIN)/mypy
 	$(BIN)/mypy --strict --ignore-missing-imports $(HDF5)/shardstore_hdf5
 

@@ -147,17 +147,18 @@ def _error(message: str) -> None:
 
 # -- subcommands --------------------------------------------------------------------------
 def _cmd_info(args: argparse.Namespace) -> int:
-    """Print a summary of the dataset at ``args.path``.
+    """Print a summary of the dataset at ``args.path`` (and plot its shards).
 
     Parameters
     ----------
     args : argparse.Namespace
-        ``path`` and ``json``.
+        ``path``, ``json`` and ``plot`` (a PNG path, or ``None``).
 
     Returns
     -------
     int
-        0.
+        0, or 1 when a file is missing or has the wrong size (the summary is
+        still printed, and one line on stderr names the file).
     """
     ds = open_dataset(args.path)
     summary = summarize(ds)

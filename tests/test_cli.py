@@ -149,6 +149,21 @@ def test_info_json(dataset: Dataset, capsys: pytest.CaptureFixture[str]) -> None
     assert "plot" not in info
 
 
+def test_info_of_an_empty_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ds = shardstore.write(tmp_path / "e", {"x": np.zeros((0, 3), np.float32)}, fsync=False)
+    png = tmp_path / "e.png"
+    assert cli.main(["info", str(ds.path), "--plot", str(png)]) == 0
+    rows = _info_rows(capsys.readouterr().out)
+    assert (rows["records"], rows["shards"], rows["sources"]) == ("0", "0", "-")
+    assert rows["on disk"] == "0 B (0 bytes) in 0 files"
+    assert "decoded" not in rows  # no ratio of nothing to nothing
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert cli.main(["info", str(ds.path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["shard_records"] == {"min": None, "max": None, "mean": None}
+    assert info["compression_ratio"] is None
+
+
 @pytest.mark.parametrize("damage", ["truncate", "delete"])
 @pytest.mark.parametrize("as_json", [False, True], ids=["human", "json"])
 def test_info_reports_a_damaged_dataset_and_exits_1(
