@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from shardstore.checksum import hash_file
 from shardstore.errors import CapabilityError, ChecksumError
 from shardstore.fsutil import resolve_inside
 from shardstore.manifest import FeatureSpec, Manifest, ShardEntry
+from shardstore.progress import progress_bar
 from shardstore.registry import get_source
 from shardstore.sources.base import ReadContext
 
@@ -261,13 +261,7 @@ class Dataset:
             Naming the dataset, the shard and the file that does not match.
         """
         total = self.nbytes
-        with tqdm(
-            total=total,
-            unit="B",
-            unit_scale=True,
-            desc="verify",
-            disable=None if progress is None else not progress,
-        ) as bar:
+        with progress_bar(total=total, desc="verify", unit="B", enabled=progress) as bar:
             for shard in self.shards:
                 self.check_files([shard])
                 for f in shard.files:
