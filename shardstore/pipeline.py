@@ -38,6 +38,8 @@ __all__ = ["BLOCK_BYTES", "WINDOW_BYTES", "ReadConfig", "build_pipeline"]
 #: Target bytes per block a source yields (measured: ~1 MiB is the sweet spot
 #: between per-element overhead and cache-friendly copies).
 BLOCK_BYTES = 1 << 20
+#: The largest block: a batch up to this size is read as one block.
+MAX_BLOCK_BYTES = 16 << 20
 #: Bytes of records one gather call reads (small records: many batches per call).
 GATHER_BYTES = 4 << 20
 #: Default bytes of records mixed together by the record shuffle.
@@ -146,9 +148,17 @@ class ReadConfig:
 
 
 def _block_records(record_bytes: int, batch_size: int | None, longest_shard: int) -> int:
+    """Records per block: about ``BLOCK_BYTES``, made of whole batches where possible.
+
+    Blocks of whole batches rebatch by slicing only; a batch bigger than a
+    block (but at most ``MAX_BLOCK_BYTES``) becomes one block, so it is never
+    glued together from pieces.
+    """
     block = max(1, BLOCK_BYTES // max(1, record_bytes))
     if batch_size and batch_size <= block:
-        block -= block % batch_size  # blocks made of whole batches rebatch by slicing only
+        block -= block % batch_size
+    elif batch_size and batch_size * record_bytes <= MAX_BLOCK_BYTES:
+        block = batch_size
     return max(1, min(block, longest_shard))
 
 
