@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from shardstore.errors import CapabilityError, InvalidInputError
-from shardstore.manifest import FeatureSpec
+from shardstore.manifest import FeatureSpec, ShardEntry
 from shardstore.sources.base import ReadContext, Source
 
 if TYPE_CHECKING:
@@ -44,6 +44,10 @@ MAX_BLOCK_BYTES = 16 << 20
 GATHER_BYTES = 4 << 20
 #: Default bytes of records mixed together by the record shuffle.
 WINDOW_BYTES = 32 << 20
+#: How workers reading disjoint shares (``shard=`` / ``input_context=``) are
+#: given the same number of steps: drop the batches beyond the smallest
+#: share, repeat the smaller shares up to the largest, or not at all (None).
+BALANCE_POLICIES: tuple[str | None, ...] = ("drop", "repeat", None)
 #: Blocks held in the block shuffle buffer.
 BLOCK_SHUFFLE_BLOCKS = 16
 
@@ -62,6 +66,18 @@ def _flag(value: object, what: str) -> bool:
     return bool(value)
 
 
+def _choice(value: Any, what: str, allowed: tuple[Any, ...]) -> Any:
+    if value not in allowed:
+        raise InvalidInputError(f"{what} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def _callable(value: Any, what: str) -> Any:
+    if value is not None and not callable(value):
+        raise InvalidInputError(f"{what} must be a callable or None, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class ReadConfig:
     """The validated options of one ``to_tf`` call (see its docstring)."""
@@ -78,6 +94,9 @@ class ReadConfig:
     prefetch: bool | int
     shuffle_buffer: int | None
     tf_native: bool = False
+    start_step: int = 0
+    balance: str | None = "drop"
+    map_fn: Callable[..., Any] | None = None
 
     @classmethod
     def create(
@@ -95,6 +114,9 @@ class ReadConfig:
         prefetch: bool | int,
         shuffle_buffer: int | None,
         tf_native: bool = False,
+        start_step: int = 0,
+        balance: str | None = "drop",
+        map_fn: Callable[..., Any] | None = None,
     ) -> ReadConfig:
         """Validate ``to_tf`` arguments; raise ``InvalidInputError`` naming the bad one."""
         batch_size = _positive_int(batch_size, "batch_size", allow_none=True)
@@ -144,6 +166,9 @@ class ReadConfig:
             prefetch=prefetch,
             shuffle_buffer=_positive_int(shuffle_buffer, "shuffle_buffer", allow_none=True),
             tf_native=_flag(tf_native, "tf_native"),
+            start_step=_positive_int(start_step, "start_step", minimum=0),
+            balance=_choice(balance, "balance", BALANCE_POLICIES),
+            map_fn=_callable(map_fn, "map_fn"),
         )
 
 
@@ -199,66 +224,89 @@ def _choose_source(dataset: Dataset, config: ReadConfig) -> tuple[Source, bool]:
     return dataset.source, False
 
 
-def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
-    """The ``tf.data.Dataset`` for ``dataset`` read with ``config``."""
-    source, by_index = _choose_source(dataset, config)
-    specs = {name: dataset.features[name] for name in config.read_features}
-    shards = tuple(s for s in dataset.shards if s.num_records > 0)
-    if config.shard is not None:
+@dataclass(frozen=True)
+class _Plan:
+    """What one worker reads: its shards, and the batches it delivers per epoch."""
+
+    shards: tuple[ShardEntry, ...]
+    num_records: int
+    steps: int | None  # batches (records if unbatched) per epoch when balanced, else None
+
+    @classmethod
+    def create(cls, dataset: Dataset, config: ReadConfig) -> _Plan:
+        shards = tuple(s for s in dataset.shards if s.num_records > 0)
+        if config.shard is None:
+            return cls(shards, sum(s.num_records for s in shards), None)
         index, count = config.shard
         if len(shards) < count:
             raise InvalidInputError(
                 f"{len(shards)} shard(s) cannot be split among {count} workers; "
                 "write the dataset with smaller shards"
             )
-        shards = shards[index::count]
+        shares = [sum(s.num_records for s in shards[i::count]) for i in range(count)]
+        unit = config.batch_size or 1
+        steps = None
+        if count == 1:
+            pass
+        elif config.balance == "drop":
+            steps = min(shares) // unit
+        elif config.balance == "repeat":
+            steps = max(-(-n // unit) for n in shares)
+        return cls(shards[index::count], shares[index], steps)
+
+
+def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
+    """The ``tf.data.Dataset`` for ``dataset`` read with ``config``."""
+    source, by_index = _choose_source(dataset, config)
+    if config.start_step and not by_index:
+        raise CapabilityError(
+            f"start_step needs a source whose batches are gathered by index (random_access, "
+            f"e.g. npy datasets); the {source.name!r} pipeline resumes through "
+            "tf.train.Checkpoint of its iterator instead"
+        )
+    specs = {name: dataset.features[name] for name in config.read_features}
+    plan = _Plan.create(dataset, config)
+    shards, num_records = plan.shards, plan.num_records
     dataset.check_files(shards)
-    num_records = sum(s.num_records for s in shards)
     record_bytes = sum(s.record_nbytes for s in specs.values())
     longest = max((s.num_records for s in shards), default=1)
     block = _block_records(record_bytes, config.batch_size, longest)
     ctx = ReadContext(dataset.path, shards, specs, block)
     source.check_shards(ctx)
-    shard_seed, block_seed, window_seed = _seeds(config.seed, 3)
+    batch = config.batch_size
+    if plan.steps is not None:
+        cardinality = plan.steps
+    elif batch is None:
+        cardinality = num_records
+    else:
+        full, rest = divmod(num_records, batch)
+        cardinality = full + (1 if rest and not config.drop_remainder else 0)
 
-    if not shards:
+    if not shards or cardinality == 0:
         empty = {
             n: np.zeros((0, *(int(d or 0) for d in s.shape)), s.dtype) for n, s in specs.items()
         }
-        blocks = tf.data.Dataset.from_tensors(empty).take(0)
+        out = tf.data.Dataset.from_tensors(empty).take(0)
     elif by_index:
-        order = _record_order(ctx, config, num_records, record_bytes, block, window_seed)
-        blocks = _gather_batches(source, ctx, config, order)
+        order = _record_order(ctx, config, plan, record_bytes, block)
+        one_batch = _gather_group(batch, block, record_bytes) == batch
+        out = _gather_batches(source, ctx, config, order, in_file_order=one_batch)
+        if batch is not None:
+            out = out.rebatch(batch, drop_remainder=config.drop_remainder or plan.steps is not None)
+        else:
+            out = out.unbatch()
     else:
-        read_shard = source.tf_reader(ctx)
-        positions = tf.data.Dataset.range(len(shards))
-        if config.shuffle:
-            positions = positions.shuffle(
-                len(shards), seed=shard_seed, reshuffle_each_iteration=True
-            )
-        parallel = min(len(shards), config.num_parallel_reads or os.cpu_count() or 2)
-        blocks = positions.interleave(
-            read_shard,
-            cycle_length=parallel,
-            # ordered: drain a shard before moving on (others are read ahead meanwhile);
-            # sources yield ceil(n / block) blocks per shard (the contract in base.py)
-            block_length=1 if config.shuffle else math.ceil(longest / block),
-            num_parallel_calls=parallel,
-            deterministic=config.deterministic,
-        )
-        if config.shuffle:
-            blocks = _shuffle_records(blocks, config, block, record_bytes, block_seed, window_seed)
-        if config.batch_size is not None:
-            blocks = blocks.rebatch(config.batch_size, drop_remainder=config.drop_remainder)
-
-    if config.batch_size is None:
-        out = blocks.unbatch()
-        cardinality = num_records
-    else:
-        out = blocks
-        full, rest = divmod(num_records, config.batch_size)
-        cardinality = full + (1 if rest and not config.drop_remainder else 0)
-    out = out.apply(tf.data.experimental.assert_cardinality(cardinality))
+        out = _block_pipeline(source, ctx, config, record_bytes)
+        if plan.steps is not None and config.balance == "repeat":
+            out = out.repeat()
+        if batch is not None:
+            out = out.rebatch(batch, drop_remainder=config.drop_remainder or plan.steps is not None)
+        else:
+            out = out.unbatch()
+        if plan.steps is not None:
+            out = out.take(plan.steps)
+    if not config.start_step:  # a resumed first epoch is shorter than the next ones
+        out = out.apply(tf.data.experimental.assert_cardinality(cardinality))
 
     if isinstance(config.output, str):
         name = config.output
@@ -269,12 +317,47 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
     else:
         names = tuple(dataset.features)  # manifest order, all features
         out = out.map(lambda e: {n: e[n] for n in names})
+    if config.map_fn is not None:
+        out = out.map(
+            config.map_fn,
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=config.deterministic,
+        )
 
     if config.prefetch is True:
         out = out.prefetch(tf.data.AUTOTUNE)
     elif config.prefetch:
         out = out.prefetch(int(config.prefetch))
     return out
+
+
+def _block_pipeline(
+    source: Source, ctx: ReadContext, config: ReadConfig, record_bytes: int
+) -> tf.data.Dataset:
+    """Blocks of records from the source's block reader, interleaved (and shuffled)."""
+    shard_seed, block_seed, window_seed = _seeds(config.seed, 3)
+    read_shard = source.tf_reader(ctx)
+    positions = tf.data.Dataset.range(len(ctx.shards))
+    if config.shuffle:
+        positions = positions.shuffle(
+            len(ctx.shards), seed=shard_seed, reshuffle_each_iteration=True
+        )
+    longest = max(s.num_records for s in ctx.shards)
+    parallel = min(len(ctx.shards), config.num_parallel_reads or os.cpu_count() or 2)
+    blocks = positions.interleave(
+        read_shard,
+        cycle_length=parallel,
+        # ordered: drain a shard before moving on (others are read ahead meanwhile);
+        # sources yield ceil(n / block) blocks per shard (the contract in base.py)
+        block_length=1 if config.shuffle else math.ceil(longest / ctx.block_records),
+        num_parallel_calls=parallel,
+        deterministic=config.deterministic,
+    )
+    if config.shuffle:
+        blocks = _shuffle_records(
+            blocks, config, ctx.block_records, record_bytes, block_seed, window_seed
+        )
+    return blocks
 
 
 def _gather_group(batch: int | None, block: int, record_bytes: int) -> int:
@@ -289,13 +372,38 @@ def _gather_group(batch: int | None, block: int, record_bytes: int) -> int:
     return batch * max(1, GATHER_BYTES // max(1, batch * record_bytes))
 
 
+def _seed_key(seed: int | None) -> tf.Tensor:
+    """A stateless seed (``int64[2]``) from ``seed``, or from fresh entropy when ``None``."""
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy)  # type: ignore[arg-type]
+    words = np.random.SeedSequence(seed).generate_state(2, dtype=np.uint64).view(np.int64)
+    return tf.constant(words, tf.int64)
+
+
+def _epoch_counter(first: int) -> tf.data.Dataset:
+    """One element per iteration: the epoch number, ``first`` then ``first + 1``, ...
+
+    A Python counter behind a stateful ``numpy_function``: every iteration
+    over the pipeline (every epoch) asks for the next number, so the order of
+    epoch ``e`` is a pure function of ``(seed, e)`` and a job can resume at
+    any epoch.
+    """
+    counter = itertools.count(first)
+
+    def next_epoch() -> np.int64:
+        return np.int64(next(counter))
+
+    return tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).map(
+        lambda _: tf.reshape(tf.numpy_function(next_epoch, [], tf.int64, stateful=True), [])
+    )
+
+
 def _record_order(
     ctx: ReadContext,
     config: ReadConfig,
-    num_records: int,
+    plan: _Plan,
     record_bytes: int,
     block: int,
-    seed: int | None,
 ) -> tf.data.Dataset:
     """Record numbers (``int64`` vectors of one gather group each) in reading order.
 
@@ -305,69 +413,82 @@ def _record_order(
       ``shuffle_buffer`` records. Each batch reads a few contiguous runs.
     * ``shuffle="global"``: an exact permutation of all records.
 
-    The shuffled orders are drawn in the graph from ``Dataset.random``, which
-    rerandomises every epoch. When a group is one batch, its numbers are
-    sorted, so the source reads each shard front to back straight into the
-    batch (records inside a batch come sorted); bigger groups keep the
-    shuffled order (the gather sorts, reads, then puts records in place).
+    Each epoch's order is one ``int64`` tensor (8 bytes per record), a pure
+    function of ``(seed, epoch)`` (stateless random ops keyed by both): what
+    lets ``start_step`` resume mid-epoch without reading what it skips, and
+    ``balance`` cut or extend a worker's epoch, by slicing.
     """
+    num_records = plan.num_records
+    batch = config.batch_size or block
     group = _gather_group(config.batch_size, block, record_bytes)
     drop = config.drop_remainder and config.batch_size is not None
-    used = num_records // group * group if drop and group == config.batch_size else num_records
-    num_groups = -(-used // group)
-    n = tf.constant(used, tf.int64)
-    if not config.shuffle:
-        return tf.data.Dataset.range(num_groups).map(
-            lambda j: tf.range(j * group, tf.minimum((j + 1) * group, n))
-        )
-
-    if config.shuffle == "global":
-
-        def epoch(r: tf.Tensor) -> tf.data.Dataset:
-            perm = tf.random.experimental.stateless_shuffle(
-                tf.range(num_records, dtype=tf.int64),
-                seed=tf.stack([r, tf.constant(0x610BA1, tf.int64)]),
-            )
-            return tf.data.Dataset.range(num_groups).map(
-                lambda j: perm[j * group : tf.minimum((j + 1) * group, n)]
-            )
-
+    if plan.steps is not None:
+        used = plan.steps * (config.batch_size or 1)
     else:
-        starts = ctx.record_starts.tolist()
-        lo = np.concatenate([np.arange(a, b, block) for a, b in itertools.pairwise(starts)])
-        hi = np.concatenate(
-            [np.minimum(np.arange(a, b, block) + block, b) for a, b in itertools.pairwise(starts)]
+        used = num_records // batch * batch if drop else num_records
+    per_epoch = max(1, -(-used // batch))
+    first_epoch, skip = divmod(config.start_step, per_epoch)
+    reps = max(1, -(-used // max(1, num_records)))
+    n = tf.constant(num_records, tf.int64)
+    key = _seed_key(config.seed)
+    starts = ctx.record_starts.tolist()
+    block_lo = np.concatenate([np.arange(a, b, block) for a, b in itertools.pairwise(starts)])
+    block_hi = np.concatenate(
+        [np.minimum(np.arange(a, b, block) + block, b) for a, b in itertools.pairwise(starts)]
+    )
+    window = config.shuffle_buffer or max(2 * block, WINDOW_BYTES // max(1, record_bytes))
+    per_window = max(1, -(-max(window, group) // block))
+    num_windows = -(-len(block_lo) // per_window)
+
+    def epoch_order(e: tf.Tensor) -> tf.Tensor:
+        ekey = tf.random.experimental.stateless_fold_in(key, e)
+        if not config.shuffle:
+            return tf.range(n)
+        if config.shuffle == "global":
+            return tf.random.experimental.stateless_shuffle(tf.range(n), seed=ekey)
+        los, his = tf.constant(block_lo, tf.int64), tf.constant(block_hi, tf.int64)
+        blocks = tf.random.experimental.stateless_shuffle(
+            tf.range(len(block_lo), dtype=tf.int64), seed=ekey
         )
-        block_lo, block_hi = tf.constant(lo, tf.int64), tf.constant(hi, tf.int64)
-        window = config.shuffle_buffer or max(2 * block, WINDOW_BYTES // max(1, record_bytes))
-        per_window = max(1, -(-max(window, group) // block))
-        num_windows = -(-len(lo) // per_window)
 
-        def epoch(r: tf.Tensor) -> tf.data.Dataset:
-            perm = tf.random.experimental.stateless_shuffle(
-                tf.range(len(lo), dtype=tf.int64), seed=tf.stack([r, tf.constant(0xB10C, tf.int64)])
-            )
+        def window_records(j: tf.Tensor) -> tf.RaggedTensor:
+            picked = blocks[j * per_window : (j + 1) * per_window]
+            runs = tf.ragged.range(tf.gather(los, picked), tf.gather(his, picked))
+            wkey = tf.random.experimental.stateless_fold_in(ekey, j)
+            shuffled = tf.random.experimental.stateless_shuffle(runs.flat_values, seed=wkey)
+            return tf.RaggedTensor.from_tensor(shuffled[tf.newaxis])[0]
 
-            def window_records(j: tf.Tensor) -> tf.Tensor:
-                picked = perm[j * per_window : (j + 1) * per_window]
-                records = tf.ragged.range(
-                    tf.gather(block_lo, picked), tf.gather(block_hi, picked)
-                ).flat_values
-                return tf.random.experimental.stateless_shuffle(records, seed=tf.stack([r, j]))
+        windows = tf.map_fn(
+            window_records,
+            tf.range(num_windows, dtype=tf.int64),
+            fn_output_signature=tf.RaggedTensorSpec([None], tf.int64, ragged_rank=0),
+        )
+        return windows.flat_values
 
-            return tf.data.Dataset.range(num_windows).map(window_records).rebatch(group)
+    def groups(e: tf.Tensor) -> tf.data.Dataset:
+        order = epoch_order(e)
+        if reps > 1:  # balance="repeat": this share starts over
+            order = tf.tile(order, [reps])
+        start = tf.where(e == first_epoch, tf.constant(skip * batch, tf.int64), 0)
+        return tf.data.Dataset.range(start, used, group).map(
+            lambda lo: order[lo : tf.minimum(lo + group, used)]
+        )
 
-    epochs = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
-    order = epochs.flat_map(epoch)
-    if group == config.batch_size:
-        order = order.map(tf.sort)
-    return order
+    return _epoch_counter(first_epoch).flat_map(groups)
 
 
 def _gather_batches(
-    source: Source, ctx: ReadContext, config: ReadConfig, order: tf.data.Dataset
+    source: Source,
+    ctx: ReadContext,
+    config: ReadConfig,
+    order: tf.data.Dataset,
+    in_file_order: bool,
 ) -> tf.data.Dataset:
-    """Batches of the records ``order`` names: one ``numpy_function`` call per group."""
+    """The records ``order`` names: one ``numpy_function`` call per group of numbers.
+
+    With ``in_file_order`` (a group is one batch), each group is sorted first,
+    so the source reads every shard front to back straight into the batch.
+    """
     from shardstore.random_access import gather_records
 
     names = list(ctx.features)
@@ -375,7 +496,7 @@ def _gather_batches(
     shapes = [[None, *ctx.features[n].shape] for n in names]
 
     def gather(indices: np.ndarray) -> list[np.ndarray]:
-        got = gather_records(source, ctx, indices)
+        got = gather_records(source, ctx, np.sort(indices) if in_file_order else indices)
         return [got[name] for name in names]
 
     def fetch(indices: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -385,14 +506,11 @@ def _gather_batches(
             for name, part, shape in zip(names, parts, shapes, strict=True)
         }
 
-    groups = order.map(
+    return order.map(
         fetch,
         num_parallel_calls=config.num_parallel_reads or tf.data.AUTOTUNE,
         deterministic=config.deterministic,
     )
-    if config.batch_size is None:
-        return groups
-    return groups.rebatch(config.batch_size, drop_remainder=config.drop_remainder)
 
 
 def _shuffle_records(

@@ -9,14 +9,14 @@ touches no shard file until asked. TensorFlow is imported only by
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from shardstore.checksum import hash_file
-from shardstore.errors import CapabilityError, ChecksumError
+from shardstore.errors import CapabilityError, ChecksumError, InvalidInputError
 from shardstore.fsutil import resolve_inside
 from shardstore.manifest import FeatureSpec, Manifest, ShardEntry
 from shardstore.progress import progress_bar
@@ -184,6 +184,10 @@ class Dataset:
         prefetch: bool | int = True,
         shuffle_buffer: int | None = None,
         tf_native: bool = False,
+        start_step: int = 0,
+        balance: str | None = "drop",
+        input_context: tf.distribute.InputContext | None = None,
+        map_fn: Callable[..., Any] | None = None,
     ) -> tf.data.Dataset:
         """A ``tf.data.Dataset`` of batches read from this dataset.
 
@@ -200,19 +204,40 @@ class Dataset:
             all modes. A shuffled batch of 4 MiB or more is read in file order,
             so its records come sorted by record number.
         seed : makes the shuffled order reproducible run to run; each
-            iteration over the returned dataset (each epoch) reshuffles. As with
-            tf.data's own ``shuffle(seed=...)``, TensorFlow's global seed
-            (``tf.random.set_seed``, ``keras.utils.set_random_seed``) is part of
-            the seed: same program, same order.
+            iteration over the returned dataset (each epoch) reshuffles. Where
+            batches are gathered by index (npy datasets, ``shuffle="global"``),
+            epoch ``e``'s order is a pure function of ``(seed, e)``. The
+            ``tf_native`` block pipeline shuffles with tf.data's own seeded ops,
+            so there TensorFlow's global seed (``tf.random.set_seed``) is part
+            of the seed too.
         drop_remainder : drop the last partial batch (static batch dimension).
         shard : ``(worker_index, num_workers)``: read only this worker's
-            disjoint share of the shards.
+            disjoint share of the shards (every ``num_workers``-th shard).
+        balance : with ``shard`` or ``input_context``, how workers whose shares
+            differ in size get the same number of steps per epoch, so no rank
+            waits for another: ``"drop"`` (default) stops every worker after the
+            smallest share's full batches; ``"repeat"`` lets smaller shares
+            start over until the largest share's last batch (all batches full);
+            ``None`` reads each share once, as it is.
         num_parallel_reads : shards read concurrently (default: CPU count).
         deterministic : keep a reproducible order (default: True unless
             shuffling without a seed).
         prefetch : ``True`` for an autotuned prefetch, an int for a fixed one.
         shuffle_buffer : records mixed together by ``shuffle=True`` (default:
             about 32 MiB of records).
+        start_step : resume a job: the first iteration starts at this global
+            step (``epoch * steps_per_epoch + step``, e.g. a Keras optimizer's
+            ``iterations``) without reading the skipped batches; later
+            iterations are the following epochs. Needs batches gathered by index;
+            ``tf_native`` pipelines resume with ``tf.train.Checkpoint`` of their
+            iterator.
+        input_context : the ``tf.distribute.InputContext`` given to the
+            function of ``strategy.distribute_datasets_from_function``: this
+            input pipeline reads its share of the shards, ``batch_size`` is the
+            GLOBAL batch size (each replica gets its share), and tf.data
+            auto-sharding is switched off so nothing is sharded twice.
+        map_fn : applied to every batch (the output structure: dict, tuple or
+            tensor) in parallel, e.g. augmentation with ``tf.image``.
         tf_native : build the pipeline from TensorFlow ops only (serialisable;
             what tf.data service needs), from the source's block reader. The
             default reads each batch with one ``numpy_function`` call from a
@@ -222,6 +247,12 @@ class Dataset:
         """
         from shardstore.pipeline import ReadConfig, build_pipeline
 
+        if input_context is not None:
+            if shard is not None:
+                raise InvalidInputError("give shard or input_context, not both")
+            shard = (input_context.input_pipeline_id, input_context.num_input_pipelines)
+            if batch_size is not None:
+                batch_size = input_context.get_per_replica_batch_size(batch_size)
         config = ReadConfig.create(
             self.features,
             batch_size=batch_size,
@@ -235,8 +266,20 @@ class Dataset:
             prefetch=prefetch,
             shuffle_buffer=shuffle_buffer,
             tf_native=tf_native,
+            start_step=start_step,
+            balance=balance,
+            map_fn=map_fn,
         )
-        return build_pipeline(self, config)
+        pipeline = build_pipeline(self, config)
+        if input_context is not None:
+            import tensorflow as tf
+
+            options = tf.data.Options()
+            options.experimental_distribute.auto_shard_policy = (
+                tf.data.experimental.AutoShardPolicy.OFF
+            )
+            pipeline = pipeline.with_options(options)
+        return pipeline
 
     def check_files(self, shards: Sequence[ShardEntry] | None = None) -> None:
         """Cheap integrity check: every file exists inside the dataset with its recorded size."""

@@ -141,12 +141,62 @@ def test_small_shuffle_buffer_still_covers(ds: shardstore.Dataset) -> None:
 @pytest.mark.parametrize("workers", [1, 2, 3, 11])
 def test_worker_shards_are_disjoint_and_complete(ds: shardstore.Dataset, workers: int) -> None:
     parts = [
-        labels(ds.to_tf(batch_size=8, features="label", shard=(i, workers), shuffle=True, seed=2))
+        labels(
+            ds.to_tf(
+                batch_size=8,
+                features="label",
+                shard=(i, workers),
+                shuffle=True,
+                seed=2,
+                balance=None,
+            )
+        )
         for i in range(workers)
     ]
     flat = np.concatenate(parts).tolist()
     assert sorted(flat) == list(range(N))
     assert len(set(flat)) == N
+
+
+@pytest.mark.parametrize(
+    ("shuffle", "tf_native"),
+    [(False, False), (True, False), ("global", False), (False, True), (True, True)],
+)
+def test_balanced_workers_get_equal_full_steps(
+    ds: shardstore.Dataset, shuffle: bool | str, tf_native: bool
+) -> None:
+    """11 shards of 19 (the last 13) over 3 workers: shares of 76, 70 and 57 records."""
+    shares = [sum(s.num_records for s in ds.shards[i::3]) for i in range(3)]
+    assert shares == [76, 70, 57]
+    for balance, steps in (("drop", 57 // 8), ("repeat", -(-76 // 8))):
+        seen: list[int] = []
+        for i in range(3):
+            tfds = ds.to_tf(
+                batch_size=8,
+                features="label",
+                shard=(i, 3),
+                shuffle=shuffle,
+                seed=4,
+                balance=balance,
+                tf_native=tf_native,
+            )
+            batches = [b.numpy() for b in tfds]
+            assert tfds.cardinality().numpy() == steps
+            assert [len(b) for b in batches] == [8] * steps  # every rank: same full steps
+            mine = {
+                r
+                for s in ds.shards[i::3]
+                for r in range(19 * s.index, 19 * s.index + s.num_records)
+            }
+            flat = np.concatenate(batches).tolist()
+            assert set(flat) <= mine
+            if balance == "drop":
+                assert len(set(flat)) == len(flat)  # nothing twice
+            else:
+                assert set(flat) == mine  # every record at least once
+            seen += flat
+        if balance == "repeat":
+            assert sorted(set(seen)) == list(range(N))
 
 
 def test_more_workers_than_shards_is_refused(ds: shardstore.Dataset) -> None:
