@@ -78,6 +78,12 @@ def _callable(value: Any, what: str) -> Any:
     return value
 
 
+def _optional_str(value: Any, what: str) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise InvalidInputError(f"{what} must be a non-empty string or None, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class ReadConfig:
     """The validated options of one ``to_tf`` call (see its docstring)."""
@@ -97,6 +103,9 @@ class ReadConfig:
     start_step: int = 0
     balance: str | None = "drop"
     map_fn: Callable[..., Any] | None = None
+    service: str | None = None
+    service_sharding: str = "dynamic"
+    job_name: str | None = None
 
     @classmethod
     def create(
@@ -117,6 +126,9 @@ class ReadConfig:
         start_step: int = 0,
         balance: str | None = "drop",
         map_fn: Callable[..., Any] | None = None,
+        service: str | None = None,
+        service_sharding: str = "dynamic",
+        job_name: str | None = None,
     ) -> ReadConfig:
         """Validate ``to_tf`` arguments; raise ``InvalidInputError`` naming the bad one."""
         batch_size = _positive_int(batch_size, "batch_size", allow_none=True)
@@ -147,6 +159,10 @@ class ReadConfig:
             if index >= count:
                 raise InvalidInputError(f"shard worker_index {index} is not < num_workers {count}")
             shard = (index, count)
+        if service is not None:  # tf.data service workers run serialised graphs
+            if not isinstance(tf_native, bool):
+                raise InvalidInputError(f"tf_native must be True or False, got {tf_native!r}")
+            tf_native = True
         if deterministic is None:
             deterministic = not shuffle or seed is not None
         if not isinstance(prefetch, bool):
@@ -169,6 +185,9 @@ class ReadConfig:
             start_step=_positive_int(start_step, "start_step", minimum=0),
             balance=_choice(balance, "balance", BALANCE_POLICIES),
             map_fn=_callable(map_fn, "map_fn"),
+            service=_optional_str(service, "service"),
+            service_sharding=_choice(service_sharding, "service_sharding", ("dynamic", "off")),
+            job_name=_optional_str(job_name, "job_name"),
         )
 
 
@@ -305,7 +324,9 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
             out = out.unbatch()
         if plan.steps is not None:
             out = out.take(plan.steps)
-    if not config.start_step:  # a resumed first epoch is shorter than the next ones
+    # a resumed first epoch is shorter than the next ones; a tf.data service
+    # worker reads only the splits the dispatcher hands it
+    if not config.start_step and config.service is None:
         out = out.apply(tf.data.experimental.assert_cardinality(cardinality))
 
     if isinstance(config.output, str):
@@ -324,6 +345,17 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
             deterministic=config.deterministic,
         )
 
+    if config.service is not None:
+        policy = tf.data.experimental.service.ShardingPolicy
+        out = out.apply(
+            tf.data.experimental.service.distribute(
+                processing_mode=policy.DYNAMIC
+                if config.service_sharding == "dynamic"
+                else policy.OFF,
+                service=config.service,
+                job_name=config.job_name,
+            )
+        )
     if config.prefetch is True:
         out = out.prefetch(tf.data.AUTOTUNE)
     elif config.prefetch:

@@ -188,6 +188,9 @@ class Dataset:
         balance: str | None = "drop",
         input_context: tf.distribute.InputContext | None = None,
         map_fn: Callable[..., Any] | None = None,
+        service: str | None = None,
+        service_sharding: str = "dynamic",
+        job_name: str | None = None,
     ) -> tf.data.Dataset:
         """A ``tf.data.Dataset`` of batches read from this dataset.
 
@@ -238,6 +241,15 @@ class Dataset:
             auto-sharding is switched off so nothing is sharded twice.
         map_fn : applied to every batch (the output structure: dict, tuple or
             tensor) in parallel, e.g. augmentation with ``tf.image``.
+        service : the address of a tf.data service dispatcher
+            (``"grpc://host:port"``): the pipeline runs on its workers
+            (``tf.data.experimental.service.distribute``). Implies
+            ``tf_native=True``; a source that is not TF-native raises
+            ``CapabilityError`` here rather than failing inside a worker.
+        service_sharding : ``"dynamic"`` (default): the dispatcher hands shards
+            to workers as they ask, so each record is read once per epoch
+            across all workers; ``"off"``: every worker reads everything.
+        job_name : share one job (and its epoch) between several consumers.
         tf_native : build the pipeline from TensorFlow ops only (serialisable;
             what tf.data service needs), from the source's block reader. The
             default reads each batch with one ``numpy_function`` call from a
@@ -269,6 +281,9 @@ class Dataset:
             start_step=start_step,
             balance=balance,
             map_fn=map_fn,
+            service=service,
+            service_sharding=service_sharding,
+            job_name=job_name,
         )
         pipeline = build_pipeline(self, config)
         if input_context is not None:
