@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from shardstore.checksum import hash_file
 from shardstore.errors import CapabilityError, ChecksumError
-from shardstore.fsutil import resolve_inside
+from shardstore.fsutil import InsideResolver, resolve_inside
 from shardstore.manifest import FeatureSpec, Manifest, ShardEntry
 from shardstore.registry import get_source
 from shardstore.sources.base import ReadContext
@@ -230,11 +230,12 @@ class Dataset:
 
     def check_files(self, shards: Sequence[ShardEntry] | None = None) -> None:
         """Cheap integrity check: every file exists inside the dataset with its recorded size."""
+        resolver = InsideResolver(self.path)  # one lstat per file: scales to 10^5 shards
         for shard in self.shards if shards is None else shards:
             for f in shard.files:
-                path = self._resolve(f.path)
+                path = resolver.resolve_str(f.path)
                 try:
-                    size = path.stat().st_size
+                    size = os.stat(path).st_size
                 except FileNotFoundError:
                     raise self._damaged(shard, f.path, "is missing") from None
                 if size != f.size:
