@@ -158,18 +158,36 @@ class InsideResolver:
         self._root = Path(root)
         self._dirs: dict[str, str] = {"": os.path.realpath(root)}
 
-    def resolve_str(self, relpath: str) -> str:
-        """The absolute real path of ``relpath``, as a string (see :func:`resolve_inside`)."""
+    def resolve_stat(self, relpath: str) -> tuple[str, os.stat_result | None]:
+        """The absolute real path of ``relpath`` and its ``stat`` (``None``: missing).
+
+        One ``lstat`` for a file that is not a symlink (its ``lstat`` is its ``stat``).
+        """
         head, _, name = relpath.rpartition("/")
         real_dir = self._dirs.get(head)
         if real_dir is None:
             real_dir = self._dirs[head] = str(resolve_inside(self._root, head))
         candidate = os.path.join(real_dir, name)
         try:
-            is_link = stat.S_ISLNK(os.lstat(candidate).st_mode)
-        except OSError:
-            is_link = False  # missing: realpath would return the candidate unchanged
-        return str(resolve_inside(self._root, relpath)) if is_link else candidate
+            st = os.lstat(candidate)
+        except FileNotFoundError:
+            return candidate, None  # missing: realpath would return the candidate unchanged
+        if not stat.S_ISLNK(st.st_mode):
+            return candidate, st
+        target = str(resolve_inside(self._root, relpath))
+        try:
+            return target, os.stat(target)
+        except FileNotFoundError:
+            return target, None
+
+    def resolve_str(self, relpath: str) -> str:
+        """The absolute real path of ``relpath``, as a string (see :func:`resolve_inside`)."""
+        try:
+            return self.resolve_stat(relpath)[0]
+        except ManifestError:
+            raise
+        except OSError:  # e.g. no permission to lstat: let realpath (and the reader) decide
+            return str(resolve_inside(self._root, relpath))
 
     def resolve(self, relpath: str) -> Path:
         """The absolute real path of ``relpath`` (see :func:`resolve_inside`)."""

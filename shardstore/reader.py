@@ -233,11 +233,10 @@ class Dataset:
         resolver = InsideResolver(self.path)  # one lstat per file: scales to 10^5 shards
         for shard in self.shards if shards is None else shards:
             for f in shard.files:
-                path = resolver.resolve_str(f.path)
-                try:
-                    size = os.stat(path).st_size
-                except FileNotFoundError:
-                    raise self._damaged(shard, f.path, "is missing") from None
+                st = resolver.resolve_stat(f.path)[1]
+                if st is None:
+                    raise self._damaged(shard, f.path, "is missing")
+                size = st.st_size
                 if size != f.size:
                     raise self._damaged(
                         shard, f.path, f"has {size} bytes, the manifest records {f.size}"

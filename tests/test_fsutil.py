@@ -47,3 +47,21 @@ def test_refuses_escapes_like_resolve_inside(root: Path, relpath: str) -> None:
     resolver.resolve("v-1/a.npy")  # a cached directory must not let a sibling escape
     with pytest.raises(ManifestError, match="outside the dataset"):
         resolver.resolve(relpath)
+
+
+@pytest.mark.parametrize(
+    ("relpath", "size"),
+    [("v-1/a.npy", 1), ("v-1/link-in.npy", 1), ("v-in/a.npy", 1), ("v-1/missing.npy", None)],
+)
+def test_resolve_stat_gives_the_target_size_or_none(
+    root: Path, relpath: str, size: int | None
+) -> None:
+    path, st = InsideResolver(root).resolve_stat(relpath)
+    assert path == str(resolve_inside(root, relpath))
+    assert (st.st_size if st is not None else None) == size
+
+
+def test_dangling_symlink_inside_counts_as_missing(root: Path) -> None:
+    (root / "v-1" / "dangling.npy").symlink_to(root / "v-1" / "gone.npy")
+    path, st = InsideResolver(root).resolve_stat("v-1/dangling.npy")
+    assert (path, st) == (str(resolve_inside(root, "v-1/gone.npy")), None)

@@ -188,6 +188,10 @@ class ReadContext:
         """Absolute path of a manifest path, refusing escapes from the dataset."""
         return self._resolver.resolve(relpath)
 
+    def resolve_str(self, relpath: str) -> str:
+        """:meth:`resolve` as a ``str``: no ``Path`` object, for tables of many paths."""
+        return self._resolver.resolve_str(relpath)
+
     @cached_property
     def _resolver(self) -> InsideResolver:
         return InsideResolver(self.root)

@@ -88,7 +88,7 @@ class NpySource(Source):
                         f"shard {shard.index}, file {entry.path!r}: size {entry.size} does not "
                         f"match header_bytes + num_records * record bytes = {expected}"
                     )
-                paths.append(str(ctx.resolve(entry.path)))
+                paths.append(ctx.resolve_str(entry.path))
                 headers.append(header)
             tables[fname] = (tf.constant(paths, tf.string), tf.constant(headers, tf.int64))
         specs = dict(ctx.features)
@@ -105,6 +105,14 @@ class NpySource(Source):
                 for fname, (paths, headers) in tables.items()
             }
             raw = tf.data.Dataset.zip(parts)
-            return raw.map(lambda blk: {k: decode_block(v, specs[k]) for k, v in blk.items()})
+            return raw.map(
+                tf.autograph.experimental.do_not_convert(
+                    lambda blk: {k: decode_block(v, specs[k]) for k, v in blk.items()}
+                )
+            )
 
-        return read_shard
+        # No tensor control flow here: spare tf.data the AutoGraph transpiler (~0.1 s).
+        convert: Callable[[tf.Tensor], tf.data.Dataset] = tf.autograph.experimental.do_not_convert(
+            read_shard
+        )
+        return convert
