@@ -497,6 +497,9 @@ def format_report(doc: dict[str, Any]) -> str:
     ]
     if s.get("note"):
         parts.append(f"note: {s['note']}")
+    if isinstance(doc.get("elapsed_s"), dict) and doc["elapsed_s"]:
+        took = ", ".join(f"{k} {v:.0f} s" for k, v in doc["elapsed_s"].items())
+        parts.append(f"wall time per suite: {took}")
     for table, present in (
         (read_tables, doc["read"]),
         (write_table, doc["write"]),

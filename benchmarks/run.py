@@ -32,6 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from benchmarks.chart import save_chart
 from benchmarks.readme import CHART, update_readme
 from benchmarks.results import (
+    Row,
     evaluate_targets,
     finish_read,
     finish_write,
@@ -114,47 +115,61 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _read(args: argparse.Namespace, settings: dict[str, Any], workdir: Path) -> list[Row]:
+    from benchmarks.read import run_read_suite
+
+    rows = []
+    for name in args.workload:
+        w = WORKLOADS[name].scaled(args.scale)
+        rows += run_read_suite(w, make_arrays(w), workdir, repeats=args.repeats, log=_log)
+    finish_read(rows)
+    return rows
+
+
+def _write(args: argparse.Namespace, settings: dict[str, Any], workdir: Path) -> list[Row]:
+    from benchmarks.write import run_write_suite
+
+    arrays = make_arrays(IMAGES.scaled(args.scale))
+    rows = run_write_suite(arrays, workdir, repeats=args.repeats, log=_log)
+    finish_write(rows)
+    return rows
+
+
+def _memory(args: argparse.Namespace, settings: dict[str, Any], workdir: Path) -> list[Row]:
+    from benchmarks.memory import run_memory_suite
+
+    return run_memory_suite(settings["memory_gb"], args.memory_modes, workdir, log=_log)
+
+
+def _scaling(args: argparse.Namespace, settings: dict[str, Any], workdir: Path) -> list[Row]:
+    from benchmarks.scaling import run_scaling_suite
+
+    return run_scaling_suite(
+        workdir,
+        shards=settings["shards"],
+        modes=MODES,
+        log=_log,
+        manifest_shards=settings["manifest_shards"],
+    )
+
+
+_RUNNERS = {"read": _read, "write": _write, "memory": _memory, "scaling": _scaling}
+
+
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """Run the chosen suites into a new results document."""
+    """Run the chosen suites into a new results document (with each suite's wall time)."""
     settings = _settings(args)
     doc = new_document(machine_info(), settings)
-    t0 = time.perf_counter()
-    workloads = [WORKLOADS[name].scaled(args.scale) for name in args.workload]
-    if "read" in args.suite:
-        from benchmarks.read import run_read_suite
-
-        for w in workloads:
-            doc["read"] += run_read_suite(
-                w, make_arrays(w), workdir, repeats=args.repeats, log=_log
-            )
-        finish_read(doc["read"])
-    if "write" in args.suite:
-        from benchmarks.write import run_write_suite
-
-        _log("write suite (images) ...")
-        arrays = make_arrays(IMAGES.scaled(args.scale))
-        doc["write"] = run_write_suite(arrays, workdir, repeats=args.repeats, log=_log)
-        finish_write(doc["write"])
-    if "memory" in args.suite:
-        from benchmarks.memory import run_memory_suite
-
-        _log("memory suite (fresh processes) ...")
-        doc["memory"] = run_memory_suite(
-            settings["memory_gb"], args.memory_modes, workdir, log=_log
-        )
-    if "scaling" in args.suite:
-        from benchmarks.scaling import run_scaling_suite
-
-        _log("scaling suite (fresh processes) ...")
-        doc["scaling"] = run_scaling_suite(
-            workdir,
-            shards=settings["shards"],
-            manifest_shards=settings["manifest_shards"],
-            modes=MODES,
-            log=_log,
-        )
+    elapsed: dict[str, float] = {}
+    for suite in SUITES:
+        if suite in args.suite:
+            _log(f"{suite} suite ...")
+            t0 = time.perf_counter()
+            doc[suite] = _RUNNERS[suite](args, settings, workdir)
+            elapsed[suite] = round(time.perf_counter() - t0, 1)
+            _log(f"{suite} suite: {elapsed[suite]} s")
     doc["targets"] = evaluate_targets(doc)
-    doc["elapsed_s"] = round(time.perf_counter() - t0, 1)
+    doc["elapsed_s"] = elapsed
     return validate(doc)
 
 

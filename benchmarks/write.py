@@ -6,7 +6,8 @@ size shardstore uses; ``fsync`` on and off are measured separately and each
 compared with the floor that has the same setting. The usual TFRecord writer
 (one ``tf.train.Example`` per record) has no fsync; compare it with
 shardstore's tfrecord write with fsync off. Each figure is the best of
-``repeats`` runs, each into an empty directory after ``os.sync()``.
+``repeats`` rounds (every case once per round), each run into an empty
+directory after ``os.sync()``.
 """
 
 from __future__ import annotations
@@ -60,17 +61,15 @@ def tfrecord_writer_files(arrays: Arrays, out: Path) -> int:
     return len(write_tfrecords(arrays, out, records_per_file(arrays)))
 
 
-def time_write(write: Callable[[Path], int], out: Path, repeats: int) -> tuple[float, int]:
-    """Best seconds of ``repeats`` runs of ``write(out)``, each into a fresh ``out``; file count."""
-    best, files = float("inf"), 0
-    for _ in range(max(1, repeats)):
-        shutil.rmtree(out, ignore_errors=True)
-        os.sync()  # flush earlier runs' dirty pages so that they do not slow this one
-        t0 = time.perf_counter()
-        files = write(out)
-        best = min(best, time.perf_counter() - t0)
+def time_write(write: Callable[[Path], int], out: Path) -> tuple[float, int]:
+    """Seconds of ``write(out)`` into a fresh ``out`` (removed after), and its file count."""
     shutil.rmtree(out, ignore_errors=True)
-    return best, files
+    os.sync()  # flush earlier runs' dirty pages so that they do not slow this one
+    t0 = time.perf_counter()
+    files = write(out)
+    seconds = time.perf_counter() - t0
+    shutil.rmtree(out, ignore_errors=True)
+    return seconds, files
 
 
 def run_write_suite(arrays: Arrays, workdir: Path, *, repeats: int, log: Log) -> list[Row]:
@@ -80,23 +79,50 @@ def run_write_suite(arrays: Arrays, workdir: Path, *, repeats: int, log: Log) ->
     cases: list[tuple[str, str, str, bool, Callable[[Path], int]]] = []
     for fsync in (False, True):
         cases += [
-            ("floor", "`np.save`, same files (floor)", "floor", fsync,
-             partial(np_save_files, arrays, fsync=fsync)),
-            ("npy", "shardstore.write, npy", "shardstore", fsync,
-             partial(shardstore_files, arrays, fmt="npy", fsync=fsync)),
-            ("tfrecord", "shardstore.write, tfrecord", "shardstore", fsync,
-             partial(shardstore_files, arrays, fmt="tfrecord", fsync=fsync)),
-        ]  # fmt: skip
-    cases.append(("peer:TFRecordWriter", "`tf.io.TFRecordWriter` + `tf.train.Example` loop",
-                  "peer", False, partial(tfrecord_writer_files, arrays)))  # fmt: skip
+            (
+                "floor",
+                "`np.save`, same files (floor)",
+                "floor",
+                fsync,
+                partial(np_save_files, arrays, fsync=fsync),
+            ),
+            (
+                "npy",
+                "shardstore.write, npy",
+                "shardstore",
+                fsync,
+                partial(shardstore_files, arrays, fmt="npy", fsync=fsync),
+            ),
+            (
+                "tfrecord",
+                "shardstore.write, tfrecord",
+                "shardstore",
+                fsync,
+                partial(shardstore_files, arrays, fmt="tfrecord", fsync=fsync),
+            ),
+        ]
+    cases.append(
+        (
+            "peer:TFRecordWriter",
+            "`tf.io.TFRecordWriter` + `tf.train.Example` loop",
+            "peer",
+            False,
+            partial(tfrecord_writer_files, arrays),
+        )
+    )
+    best = [float("inf")] * len(cases)
+    files = [0] * len(cases)
+    for _ in range(max(1, repeats)):  # round robin: drifts in machine load hit every case
+        for i, (*_, write) in enumerate(cases):
+            seconds, files[i] = time_write(write, out)
+            best[i] = min(best[i], seconds)
     rows = []
-    for row_id, label, kind, fsync, write in cases:
-        seconds, files = time_write(write, out, repeats)
+    for (row_id, label, kind, fsync, _), seconds, count in zip(cases, best, files, strict=True):
         rows.append(
-            write_row(row_id, label, kind, fsync=fsync, files=files, nbytes=nbytes, seconds=seconds)
+            write_row(row_id, label, kind, fsync=fsync, files=count, nbytes=nbytes, seconds=seconds)
         )
         log(
             f"  write: {label}, fsync {'on' if fsync else 'off'}: "
-            f"{rows[-1]['gb_per_s']:.2f} GB/s ({files} files)"
+            f"{rows[-1]['gb_per_s']:.2f} GB/s ({count} files)"
         )
     return rows

@@ -103,6 +103,19 @@ def test_read_suite_measures_floor_every_variant_and_every_peer(
     assert list(tmp_path.iterdir()) == []  # the datasets and peer files are cleaned up
 
 
+def test_slow_variants_are_measured_on_a_prefix_and_scaled(
+    arrays: dict[str, np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import read
+
+    monkeypatch.setattr(read, "VARIANTS", read.VARIANTS[:1])
+    monkeypatch.setattr(read, "SLOW_VARIANTS", {"npy:sequential": {"tiny": 20}})
+    datasets = {"npy": shardstore.write(tmp_path / "npy", arrays, fsync=False)}
+    (row,) = read.shardstore_rows(TINY, datasets, 1, lambda _: None)
+    assert (row["records"], row["measured_records"]) == (N, 16)  # two batches of 8
+    assert row["seconds"] == pytest.approx(N / row["records_per_s"])
+
+
 def test_epoch_time_reads_the_whole_epoch(arrays: dict[str, np.ndarray]) -> None:
     import tensorflow as tf
 
@@ -125,7 +138,7 @@ def test_np_save_floor_writes_the_same_files_as_shardstore(
     loaded = [np.load(p) for p in sorted((tmp_path / "floor").glob("*.x.npy"))]
     assert_bitwise_equal(np.concatenate(loaded), arrays["x"])
     seconds, count = write.time_write(
-        lambda p: write.shardstore_files(arrays, p, fmt="npy", fsync=False), tmp_path / "s", 1
+        lambda p: write.shardstore_files(arrays, p, fmt="npy", fsync=False), tmp_path / "s"
     )
     assert count == 2 and seconds > 0  # one 64 MiB shard: shardstore's own shard size
     assert not (tmp_path / "s").exists()
