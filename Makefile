@@ -7,8 +7,9 @@ STAMP  := $(VENV)/.installed
 HDF5   := plugins/shardstore-hdf5
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+export NO_MKDOCS_2_WARNING ?= 1
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint docs demo bench clean
 
 install: $(STAMP)
 
@@ -25,10 +26,16 @@ $(STAMP): pyproject.toml requirements/dev.txt $(HDF5)/pyproject.toml $(wildcard 
 test: install
 	$(BIN)/python -m pytest
 	$(MAKE) lint
+	$(MAKE) docs
+
+# The documentation site (mkdocs-material + mkdocstrings) into site/; --strict
+# turns broken links, unknown references and docstring problems into failures.
+docs: install
+	$(BIN)/mkdocs build --strict --site-dir site
 
 lint: install
-	$(BIN)/ruff check shardstore tests plugins benchmarks
-	$(BIN)/ruff format --check shardstore tests plugins benchmarks
+	$(BIN)/ruff check shardstore tests plugins tools benchmarks
+	$(BIN)/ruff format --check shardstore tests plugins tools benchmarks
 	$(BIN)/mypy
 	$(BIN)/mypy --strict --ignore-missing-imports $(HDF5)/shardstore_hdf5
 
@@ -39,4 +46,4 @@ bench: install
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .demo-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .demo-data .pytest_cache .mypy_cache .ruff_cache site

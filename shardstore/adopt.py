@@ -66,6 +66,7 @@ from shardstore.manifest import (
     ShardEntry,
     check_feature_name,
 )
+from shardstore.progress import progress_bar
 from shardstore.sources.tfrecord import (
     SUFFIX,
     TFRecordSource,
@@ -506,8 +507,7 @@ def index_tfrecords(
     shards: list[ShardEntry] = []
     linked = 0
     total = sum(i.size for i in inputs)
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc="adopt", disable=(
-        None if progress is None else not progress))  # fmt: skip
+    bar = progress_bar(total=total, desc="ingest", unit="B", enabled=progress)
     try:
         (root / prefix).mkdir(parents=True)
         for index, src in enumerate(inputs):

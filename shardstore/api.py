@@ -46,6 +46,8 @@ def write(
     progress : progress bar (default: only on a terminal).
     **options : source-specific options.
 
+    Notes
+    -----
     Everything is validated before the first byte is written; on any error
     nothing is left behind and an existing dataset is untouched.
     """

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm.auto import tqdm
+
+from shardstore.progress import progress_bar
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -154,12 +155,8 @@ def stream_epochs(
     traced = False
     stats = []
     for epoch in range(1, epochs + 1):
-        with tqdm(
-            total=total_records,
-            unit="rec",
-            unit_scale=True,
-            desc=f"epoch {epoch}/{epochs}",
-            disable=None if progress is None else not progress,
+        with progress_bar(
+            total=total_records, desc=f"epoch {epoch}/{epochs}", unit="rec", enabled=progress
         ) as bar:
             t0 = time.perf_counter()
             iterator = iter(tfds)

@@ -17,6 +17,7 @@ __all__ = [
     "DatasetNotFoundError",
     "InvalidInputError",
     "ManifestError",
+    "MissingDependencyError",
     "PluginConflictError",
     "PluginLoadError",
     "ShardStoreError",
@@ -93,3 +94,10 @@ class PluginConflictError(ShardStoreError):
 
 class CapabilityError(ShardStoreError, NotImplementedError):
     """A source was asked for something it declares it cannot do."""
+
+
+class MissingDependencyError(ShardStoreError, ImportError):
+    """An optional dependency is not installed (e.g. matplotlib for plots).
+
+    The message names the ``pip install`` command that adds it.
+    """

@@ -16,6 +16,7 @@ per-element cost (microseconds) away from every record.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import tensorflow as tf
 
-from shardstore.errors import InvalidInputError
+from shardstore.errors import CapabilityError, InvalidInputError
 from shardstore.manifest import FeatureSpec
 from shardstore.sources.base import ReadContext, Source
 
@@ -37,6 +38,10 @@ __all__ = ["BLOCK_BYTES", "WINDOW_BYTES", "ReadConfig", "build_pipeline"]
 #: Target bytes per block a source yields (measured: ~1 MiB is the sweet spot
 #: between per-element overhead and cache-friendly copies).
 BLOCK_BYTES = 1 << 20
+#: The largest block: a batch up to this size is read as one block.
+MAX_BLOCK_BYTES = 16 << 20
+#: Bytes of records one gather call reads (small records: many batches per call).
+GATHER_BYTES = 4 << 20
 #: Default bytes of records mixed together by the record shuffle.
 WINDOW_BYTES = 32 << 20
 #: Blocks held in the block shuffle buffer.
@@ -49,6 +54,12 @@ def _positive_int(value: object, what: str, *, allow_none: bool = False, minimum
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise InvalidInputError(f"{what} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise InvalidInputError(f"{what} must be True or False, got {value!r}")
+    return bool(value)
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,7 @@ class ReadConfig:
     deterministic: bool
     prefetch: bool | int
     shuffle_buffer: int | None
+    tf_native: bool = False
 
     @classmethod
     def create(
@@ -82,6 +94,7 @@ class ReadConfig:
         deterministic: bool | None,
         prefetch: bool | int,
         shuffle_buffer: int | None,
+        tf_native: bool = False,
     ) -> ReadConfig:
         """Validate ``to_tf`` arguments; raise ``InvalidInputError`` naming the bad one."""
         batch_size = _positive_int(batch_size, "batch_size", allow_none=True)
@@ -130,13 +143,22 @@ class ReadConfig:
             deterministic=bool(deterministic),
             prefetch=prefetch,
             shuffle_buffer=_positive_int(shuffle_buffer, "shuffle_buffer", allow_none=True),
+            tf_native=_flag(tf_native, "tf_native"),
         )
 
 
 def _block_records(record_bytes: int, batch_size: int | None, longest_shard: int) -> int:
+    """Records per block: about ``BLOCK_BYTES``, made of whole batches where possible.
+
+    Blocks of whole batches rebatch by slicing only; a batch bigger than a
+    block (but at most ``MAX_BLOCK_BYTES``) becomes one block, so it is never
+    glued together from pieces.
+    """
     block = max(1, BLOCK_BYTES // max(1, record_bytes))
     if batch_size and batch_size <= block:
-        block -= block % batch_size  # blocks made of whole batches rebatch by slicing only
+        block -= block % batch_size
+    elif batch_size and batch_size * record_bytes <= MAX_BLOCK_BYTES:
+        block = batch_size
     return max(1, min(block, longest_shard))
 
 
@@ -146,10 +168,40 @@ def _seeds(seed: int | None, n: int) -> list[int | None]:
     return [int(s) for s in np.random.SeedSequence(seed).generate_state(n, dtype=np.uint32)]
 
 
+def _choose_source(dataset: Dataset, config: ReadConfig) -> tuple[Source, bool]:
+    """The source to read with, and whether batches are gathered from it by index.
+
+    Gathering by index is the fast path when the source's scattered reads are
+    cheap (``gather_batches``; ``npy`` datasets read through ``memmap``): one
+    ``numpy_function`` per batch reads the batch's records straight into its
+    tensors. ``shuffle="global"`` always gathers (it needs random access).
+    Otherwise the source's block reader (:meth:`~Source.tf_reader`) is
+    interleaved; ``tf_native=True`` asks for that path with TensorFlow ops
+    only (serialisable, for tf.data service).
+    """
+    if config.tf_native:
+        source = dataset.source
+        source.require("tf_native")
+        if config.shuffle == "global":
+            raise CapabilityError(
+                "shuffle='global' gathers records by index with a random_access source, "
+                "which a tf_native pipeline cannot do; use shuffle=True"
+            )
+        return source, False
+    if config.shuffle == "global":
+        return dataset.source_for("random_access"), True
+    try:
+        gatherer = dataset.source_for("random_access")
+    except CapabilityError:
+        return dataset.source, False
+    if gatherer.gather_batches:
+        return gatherer, True
+    return dataset.source, False
+
+
 def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
     """The ``tf.data.Dataset`` for ``dataset`` read with ``config``."""
-    global_shuffle = config.shuffle == "global"
-    source = dataset.source_for("random_access") if global_shuffle else dataset.source
+    source, by_index = _choose_source(dataset, config)
     specs = {name: dataset.features[name] for name in config.read_features}
     shards = tuple(s for s in dataset.shards if s.num_records > 0)
     if config.shard is not None:
@@ -166,6 +218,7 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
     longest = max((s.num_records for s in shards), default=1)
     block = _block_records(record_bytes, config.batch_size, longest)
     ctx = ReadContext(dataset.path, shards, specs, block)
+    source.check_shards(ctx)
     shard_seed, block_seed, window_seed = _seeds(config.seed, 3)
 
     if not shards:
@@ -173,8 +226,9 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
             n: np.zeros((0, *(int(d or 0) for d in s.shape)), s.dtype) for n, s in specs.items()
         }
         blocks = tf.data.Dataset.from_tensors(empty).take(0)
-    elif global_shuffle:
-        blocks = _global_batches(source, ctx, config, num_records, window_seed)
+    elif by_index:
+        order = _record_order(ctx, config, num_records, record_bytes, block, window_seed)
+        blocks = _gather_batches(source, ctx, config, order)
     else:
         read_shard = source.tf_reader(ctx)
         positions = tf.data.Dataset.range(len(shards))
@@ -194,13 +248,13 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
         )
         if config.shuffle:
             blocks = _shuffle_records(blocks, config, block, record_bytes, block_seed, window_seed)
+        if config.batch_size is not None:
+            blocks = blocks.rebatch(config.batch_size, drop_remainder=config.drop_remainder)
 
     if config.batch_size is None:
         out = blocks.unbatch()
         cardinality = num_records
     else:
-        if not global_shuffle:  # global batches are already cut to size
-            blocks = blocks.rebatch(config.batch_size, drop_remainder=config.drop_remainder)
         out = blocks
         full, rest = divmod(num_records, config.batch_size)
         cardinality = full + (1 if rest and not config.drop_remainder else 0)
@@ -223,43 +277,106 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
     return out
 
 
-def _global_batches(
-    source: Source,
+def _gather_group(batch: int | None, block: int, record_bytes: int) -> int:
+    """Records gathered by one ``numpy_function`` call: whole batches, about ``GATHER_BYTES``.
+
+    Small records are gathered many batches at a time (then cut with
+    ``rebatch``), so the per-call cost (microseconds of Python) is spread
+    over megabytes; large ones one batch at a time.
+    """
+    if batch is None:
+        return block
+    return batch * max(1, GATHER_BYTES // max(1, batch * record_bytes))
+
+
+def _record_order(
     ctx: ReadContext,
     config: ReadConfig,
     num_records: int,
+    record_bytes: int,
+    block: int,
     seed: int | None,
 ) -> tf.data.Dataset:
-    """Exact global shuffle: a seeded permutation per epoch, one gather per batch.
+    """Record numbers (``int64`` vectors of one gather group each) in reading order.
 
-    The permutation is drawn in the graph (``stateless_shuffle`` seeded by
-    ``Dataset.random``, which rerandomises every epoch); each batch's indices
-    are sorted, so the source reads each shard's rows in file order, and
-    handed to the source in ONE ``numpy_function`` call per batch.
+    * ``shuffle=False``: consecutive ranges, in record order.
+    * ``shuffle=True``: blocks of ``block`` consecutive records in a random
+      order (across every shard), records permuted within windows of about
+      ``shuffle_buffer`` records. Each batch reads a few contiguous runs.
+    * ``shuffle="global"``: an exact permutation of all records.
+
+    The shuffled orders are drawn in the graph from ``Dataset.random``, which
+    rerandomises every epoch. When a group is one batch, its numbers are
+    sorted, so the source reads each shard front to back straight into the
+    batch (records inside a batch come sorted); bigger groups keep the
+    shuffled order (the gather sorts, reads, then puts records in place).
     """
+    group = _gather_group(config.batch_size, block, record_bytes)
+    drop = config.drop_remainder and config.batch_size is not None
+    used = num_records // group * group if drop and group == config.batch_size else num_records
+    num_groups = -(-used // group)
+    n = tf.constant(used, tf.int64)
+    if not config.shuffle:
+        return tf.data.Dataset.range(num_groups).map(
+            lambda j: tf.range(j * group, tf.minimum((j + 1) * group, n))
+        )
+
+    if config.shuffle == "global":
+
+        def epoch(r: tf.Tensor) -> tf.data.Dataset:
+            perm = tf.random.experimental.stateless_shuffle(
+                tf.range(num_records, dtype=tf.int64),
+                seed=tf.stack([r, tf.constant(0x610BA1, tf.int64)]),
+            )
+            return tf.data.Dataset.range(num_groups).map(
+                lambda j: perm[j * group : tf.minimum((j + 1) * group, n)]
+            )
+
+    else:
+        starts = ctx.record_starts.tolist()
+        lo = np.concatenate([np.arange(a, b, block) for a, b in itertools.pairwise(starts)])
+        hi = np.concatenate(
+            [np.minimum(np.arange(a, b, block) + block, b) for a, b in itertools.pairwise(starts)]
+        )
+        block_lo, block_hi = tf.constant(lo, tf.int64), tf.constant(hi, tf.int64)
+        window = config.shuffle_buffer or max(2 * block, WINDOW_BYTES // max(1, record_bytes))
+        per_window = max(1, -(-max(window, group) // block))
+        num_windows = -(-len(lo) // per_window)
+
+        def epoch(r: tf.Tensor) -> tf.data.Dataset:
+            perm = tf.random.experimental.stateless_shuffle(
+                tf.range(len(lo), dtype=tf.int64), seed=tf.stack([r, tf.constant(0xB10C, tf.int64)])
+            )
+
+            def window_records(j: tf.Tensor) -> tf.Tensor:
+                picked = perm[j * per_window : (j + 1) * per_window]
+                records = tf.ragged.range(
+                    tf.gather(block_lo, picked), tf.gather(block_hi, picked)
+                ).flat_values
+                return tf.random.experimental.stateless_shuffle(records, seed=tf.stack([r, j]))
+
+            return tf.data.Dataset.range(num_windows).map(window_records).rebatch(group)
+
+    epochs = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+    order = epochs.flat_map(epoch)
+    if group == config.batch_size:
+        order = order.map(tf.sort)
+    return order
+
+
+def _gather_batches(
+    source: Source, ctx: ReadContext, config: ReadConfig, order: tf.data.Dataset
+) -> tf.data.Dataset:
+    """Batches of the records ``order`` names: one ``numpy_function`` call per group."""
     from shardstore.random_access import gather_records
 
-    batch = config.batch_size or min(256, num_records)
-    drop = config.drop_remainder and config.batch_size is not None
-    num_batches = num_records // batch if drop else -(-num_records // batch)
     names = list(ctx.features)
     dtypes = [tf.as_dtype(ctx.features[n].dtype) for n in names]
-    shapes = [[batch if drop else None, *ctx.features[n].shape] for n in names]
-    n = tf.constant(num_records, tf.int64)
+    shapes = [[None, *ctx.features[n].shape] for n in names]
 
     def gather(indices: np.ndarray) -> list[np.ndarray]:
         got = gather_records(source, ctx, indices)
         return [got[name] for name in names]
-
-    def epoch(r: tf.Tensor) -> tf.data.Dataset:
-        perm = tf.random.experimental.stateless_shuffle(
-            tf.range(n, dtype=tf.int64), seed=tf.stack([r, tf.constant(0x610BA1, tf.int64)])
-        )
-
-        def batch_indices(j: tf.Tensor) -> tf.Tensor:
-            return tf.sort(perm[j * batch : tf.minimum((j + 1) * batch, n)])
-
-        return tf.data.Dataset.range(num_batches).map(batch_indices)
 
     def fetch(indices: tf.Tensor) -> dict[str, tf.Tensor]:
         parts = tf.numpy_function(gather, [indices], dtypes, stateful=False)
@@ -268,10 +385,14 @@ def _global_batches(
             for name, part, shape in zip(names, parts, shapes, strict=True)
         }
 
-    epochs = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
-    return epochs.flat_map(epoch).map(
-        fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=config.deterministic
+    groups = order.map(
+        fetch,
+        num_parallel_calls=config.num_parallel_reads or tf.data.AUTOTUNE,
+        deterministic=config.deterministic,
     )
+    if config.batch_size is None:
+        return groups
+    return groups.rebatch(config.batch_size, drop_remainder=config.drop_remainder)
 
 
 def _shuffle_records(

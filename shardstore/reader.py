@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from shardstore.checksum import hash_file
 from shardstore.errors import CapabilityError, ChecksumError
 from shardstore.fsutil import InsideResolver, resolve_inside
 from shardstore.manifest import FeatureSpec, Manifest, ShardEntry
+from shardstore.progress import progress_bar
 from shardstore.registry import get_source
 from shardstore.sources.base import ReadContext
 
@@ -183,6 +183,7 @@ class Dataset:
         deterministic: bool | None = None,
         prefetch: bool | int = True,
         shuffle_buffer: int | None = None,
+        tf_native: bool = False,
     ) -> tf.data.Dataset:
         """A ``tf.data.Dataset`` of batches read from this dataset.
 
@@ -191,12 +192,13 @@ class Dataset:
         batch_size : records per batch; ``None`` yields single records.
         features : ``None`` for a dict of every feature; a tuple of names for
             tuples in that order (Keras-ready ``(x, y)``); one name for bare tensors.
-        shuffle : ``False`` reads in record order. ``True`` shuffles shard order,
-            then blocks (a buffer of blocks), then records within a window of
-            ``shuffle_buffer`` records. ``"global"`` draws an exact seeded
-            permutation of all records each epoch and gathers every batch in one
-            call (needs random access; records inside a batch come sorted).
-            Every record appears once per epoch in all modes.
+        shuffle : ``False`` reads in record order. ``True`` reads blocks of
+            consecutive records (about 1 MiB each) in a random order and permutes
+            the records within windows of ``shuffle_buffer`` records.
+            ``"global"`` draws an exact seeded permutation of all records each
+            epoch (needs random access). Every record appears once per epoch in
+            all modes. A shuffled batch of 4 MiB or more is read in file order,
+            so its records come sorted by record number.
         seed : makes the shuffled order reproducible run to run; each
             iteration over the returned dataset (each epoch) reshuffles. As with
             tf.data's own ``shuffle(seed=...)``, TensorFlow's global seed
@@ -209,7 +211,14 @@ class Dataset:
         deterministic : keep a reproducible order (default: True unless
             shuffling without a seed).
         prefetch : ``True`` for an autotuned prefetch, an int for a fixed one.
-        shuffle_buffer : records mixed together by the record shuffle.
+        shuffle_buffer : records mixed together by ``shuffle=True`` (default:
+            about 32 MiB of records).
+        tf_native : build the pipeline from TensorFlow ops only (serialisable;
+            what tf.data service needs), from the source's block reader. The
+            default reads each batch with one ``numpy_function`` call from a
+            random-access source when the dataset has one (``npy`` datasets:
+            ``memmap``), the fastest path. Raises ``CapabilityError`` when the
+            source is not ``tf_native``.
         """
         from shardstore.pipeline import ReadConfig, build_pipeline
 
@@ -225,6 +234,7 @@ class Dataset:
             deterministic=deterministic,
             prefetch=prefetch,
             shuffle_buffer=shuffle_buffer,
+            tf_native=tf_native,
         )
         return build_pipeline(self, config)
 
@@ -251,13 +261,7 @@ class Dataset:
             Naming the dataset, the shard and the file that does not match.
         """
         total = self.nbytes
-        with tqdm(
-            total=total,
-            unit="B",
-            unit_scale=True,
-            desc="verify",
-            disable=None if progress is None else not progress,
-        ) as bar:
+        with progress_bar(total=total, desc="verify", unit="B", enabled=progress) as bar:
             for shard in self.shards:
                 self.check_files([shard])
                 for f in shard.files:

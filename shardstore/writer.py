@@ -33,7 +33,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from shardstore.commit import commit_manifest, remove_previous, staging_path
 from shardstore.errors import (
@@ -53,6 +52,7 @@ from shardstore.manifest import (
     check_feature_name,
     feature_specs_from_arrays,
 )
+from shardstore.progress import progress_bar
 from shardstore.registry import get_source
 from shardstore.sources.base import ArrayLike, ShardWriteContext
 
@@ -165,6 +165,8 @@ class Writer:
     progress : show a progress bar (default: only on a terminal).
     **options : source-specific options (e.g. ``compression`` for zarr).
 
+    Notes
+    -----
     The commit happens on a clean exit of the ``with`` block (or
     :meth:`close`); an exception inside the block removes everything written.
     """
@@ -219,8 +221,7 @@ class Writer:
         self._pending_count = 0
         self._shards: list[ShardEntry] = []
         self._state = "open"
-        self._bar = tqdm(total=total, unit="rec", unit_scale=True, desc="write", disable=(
-            None if progress is None else not progress))  # fmt: skip
+        self._bar = progress_bar(total=total, desc="write", unit="rec", enabled=progress)
 
     # -- public API -------------------------------------------------------------------
     @property

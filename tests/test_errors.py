@@ -21,6 +21,7 @@ from shardstore import errors
         (errors.SourceNotFoundError, LookupError),
         (errors.PluginLoadError, ImportError),
         (errors.CapabilityError, NotImplementedError),
+        (errors.MissingDependencyError, ImportError),
     ],
 )
 def test_error_hierarchy(cls: type[Exception], builtin: type[Exception]) -> None:

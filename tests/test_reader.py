@@ -196,7 +196,6 @@ def test_global_shuffle_batches_mix_the_whole_dataset(ds: shardstore.Dataset) ->
     tfds = ds.to_tf(batch_size=20, features="label", shuffle="global", seed=9)
     epochs = [labels(tfds).tolist() for _ in range(2)]
     first = epochs[0][:20]
-    assert first == sorted(first)  # one sorted gather per batch
     assert max(first) - min(first) > N // 2  # drawn from the whole dataset, not a window
     assert epochs[0] != epochs[1]  # a new permutation every epoch
     again = labels(ds.to_tf(batch_size=20, features="label", shuffle="global", seed=9))
@@ -238,12 +237,33 @@ def test_unknown_source_at_open(ds: shardstore.Dataset) -> None:
         shardstore.open(ds.path, source="nope")
 
 
-def test_pipeline_is_tf_native(ds: shardstore.Dataset) -> None:
-    """No py_function/numpy_function: the graph serialises (tf.data service, auto-sharding)."""
-    tfds = ds.to_tf(batch_size=16, shuffle=True, seed=0)
+def _py_ops(tfds: tf.data.Dataset) -> set[bytes]:
     serialized = tfds._as_serialized_graph().numpy()
-    for op in (b"PyFunc", b"EagerPyFunc", b"NumpyFunction"):
-        assert op not in serialized
+    return {op for op in (b"PyFunc", b"EagerPyFunc", b"NumpyFunction") if op in serialized}
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_tf_native_pipeline_has_no_python(ds: shardstore.Dataset, shuffle: bool) -> None:
+    """tf_native=True: no py_function/numpy_function, so the graph serialises (tf.data service)."""
+    tfds = ds.to_tf(batch_size=16, shuffle=shuffle, seed=0, tf_native=True)
+    assert _py_ops(tfds) == set()
+    got = collect(tfds)
+    order = np.argsort(got["label"])  # labels are the record numbers
+    assert order.tolist() != list(range(len(order))) if shuffle else True
+    for name, expected in ds[:].items():
+        assert_bitwise_equal(got[name][order], expected)
+
+
+def test_default_pipeline_gathers_batches_in_numpy(ds: shardstore.Dataset) -> None:
+    """By default an npy dataset is read by index through memmap: one numpy_function per batch."""
+    assert _py_ops(ds.to_tf(batch_size=16)) == {b"PyFunc"}
+
+
+def test_tf_native_refused_for_numpy_sources(ds: shardstore.Dataset) -> None:
+    with pytest.raises(CapabilityError, match="tf_native"):
+        shardstore.open(ds.path, source="memmap").to_tf(batch_size=4, tf_native=True)
+    with pytest.raises(CapabilityError, match="global"):
+        ds.to_tf(batch_size=4, shuffle="global", tf_native=True)
 
 
 def test_empty_dataset_reads_nothing(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from shardstore.sources.base import (
 if TYPE_CHECKING:
     import tensorflow as tf
 
-__all__ = ["NpySource", "npy_header"]
+__all__ = ["NpySource", "npy_header", "npy_layout"]
 
 SUFFIX = ".npy"
 
@@ -43,6 +43,34 @@ def npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
         buf = io.BytesIO()
         np.lib.format.write_array_header_2_0(buf, header)
     return buf.getvalue()
+
+
+def npy_layout(ctx: ReadContext) -> dict[str, list[int]]:
+    """Each feature's header length in each shard, checked against the manifest.
+
+    A file's size must be exactly ``header_bytes + num_records * record bytes``;
+    anything else (a lying or damaged manifest) raises ``ManifestError``
+    before any file is read.
+    """
+    headers: dict[str, list[int]] = {}
+    for fname, spec in ctx.features.items():
+        column = headers[fname] = []
+        for shard in ctx.shards:
+            entry = shard.file_for(fname)
+            header = entry.info.get("header_bytes")
+            if type(header) is not int or not 0 < header <= entry.size:
+                raise ManifestError(
+                    f"shard {shard.index}, file {entry.path!r}: invalid info.header_bytes "
+                    f"{header!r}"
+                )
+            expected = header + shard.num_records * spec.record_nbytes
+            if entry.size != expected:
+                raise ManifestError(
+                    f"shard {shard.index}, file {entry.path!r}: size {entry.size} does not "
+                    f"match header_bytes + num_records * record bytes = {expected}"
+                )
+            column.append(header)
+    return headers
 
 
 class NpySource(Source):
@@ -64,6 +92,10 @@ class NpySource(Source):
                 for chunk in iter_record_chunks(arrays[fname], spec.dtype):
                     f.write(chunk)
 
+    def check_shards(self, ctx: ReadContext) -> None:
+        """Check every file's recorded header length and size against the features."""
+        npy_layout(ctx)
+
     def tf_reader(self, ctx: ReadContext) -> Callable[[tf.Tensor], tf.data.Dataset]:
         """Blocks of records via ``FixedLengthRecordDataset`` + ``decode_raw``."""
         import tensorflow as tf
@@ -71,26 +103,11 @@ class NpySource(Source):
         from shardstore.tfops import decode_block, fixed_record_blocks
 
         counts = tf.constant([s.num_records for s in ctx.shards], tf.int64)
+        headers = npy_layout(ctx)
         tables: dict[str, tuple[tf.Tensor, tf.Tensor]] = {}
         for fname in ctx.features:
-            paths, headers = [], []
-            for shard in ctx.shards:
-                entry = shard.file_for(fname)
-                header = entry.info.get("header_bytes")
-                if type(header) is not int or not 0 < header <= entry.size:
-                    raise ManifestError(
-                        f"shard {shard.index}, file {entry.path!r}: invalid info.header_bytes "
-                        f"{header!r}"
-                    )
-                expected = header + shard.num_records * ctx.features[fname].record_nbytes
-                if entry.size != expected:
-                    raise ManifestError(
-                        f"shard {shard.index}, file {entry.path!r}: size {entry.size} does not "
-                        f"match header_bytes + num_records * record bytes = {expected}"
-                    )
-                paths.append(ctx.resolve_str(entry.path))
-                headers.append(header)
-            tables[fname] = (tf.constant(paths, tf.string), tf.constant(headers, tf.int64))
+            paths = [ctx.resolve_str(shard.file_for(fname).path) for shard in ctx.shards]
+            tables[fname] = (tf.constant(paths, tf.string), tf.constant(headers[fname], tf.int64))
         specs = dict(ctx.features)
 
         def read_shard(pos: tf.Tensor) -> tf.data.Dataset:

@@ -57,6 +57,7 @@ from shardstore.errors import (
     UnsupportedDTypeError,
 )
 from shardstore.manifest import FeatureSpec, ShardEntry
+from shardstore.random_access import aligned_empty
 from shardstore.sources.base import ArrayLike, ReadContext, ShardWriteContext, Source
 
 if TYPE_CHECKING:
@@ -262,18 +263,20 @@ class _ChunkFile:
         self._chunk_nbytes = ref.chunk_records * ref.spec.record_nbytes
         self._chunk_shape = (ref.chunk_records, *ref.shape)
 
-    def chunk(self, index: int) -> np.ndarray:
-        """Chunk ``index``, all ``chunk_records`` rows, in a new array.
+    def chunk(self, index: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Chunk ``index``, all ``chunk_records`` rows, in ``out`` or a new array.
 
         Raw and Blosc chunks are read or decoded straight into the array
         (after checking the size Blosc's header announces), so each byte is
-        written once.
+        written once. ``out``, when given, is C-contiguous with the chunk's shape.
         """
         ref = self.ref
         offset, length = int(self._offsets[index]), int(self._lengths[index])
+        if out is None:
+            out = aligned_empty(self._chunk_shape, ref.spec.dtype)
         if self._offsets[index] == _EMPTY and self._lengths[index] == _EMPTY:
-            return np.full(self._chunk_shape, self._fill_value, ref.spec.dtype)
-        out = np.empty(self._chunk_shape, ref.spec.dtype)
+            out[...] = self._fill_value
+            return out
         dest = out.reshape(-1).view(np.uint8)
         with open(ref.data_path, "rb", buffering=0) as f:
             if self._codec is None:
@@ -554,21 +557,24 @@ class ZarrSource(Source):
 
     # -- reading --------------------------------------------------------------------------
     def _read_rows(self, ref: _ArrayRef, lo: int, hi: int, *, cache: bool = True) -> np.ndarray:
-        """Records ``lo:hi`` of ``ref``, decoding whole chunks.
+        """Records ``lo:hi`` of ``ref`` in a new aligned array, decoding whole chunks.
 
-        With ``cache``, a chunk that continues past ``hi`` is kept for the next
-        call, so a sequential pass decodes each chunk once.
+        Chunks that lie inside ``lo:hi`` are decoded straight into it. With
+        ``cache``, a chunk that continues past ``hi`` is kept for the next call,
+        so a sequential pass decodes each chunk once.
         """
         reader = self._chunk_file(ref)
         if reader is None:
             return np.asarray(self._zarr_array(ref)[lo:hi], dtype=ref.spec.dtype)
         chunk_records = ref.chunk_records
-        first, last = lo // chunk_records, (hi - 1) // chunk_records
-        pieces = []
-        for c in range(first, last + 1):
+        out = aligned_empty((hi - lo, *ref.shape), ref.spec.dtype)
+        for c in range(lo // chunk_records, (hi - 1) // chunk_records + 1):
             c_lo = c * chunk_records
             c_end = min(ref.num_records, c_lo + chunk_records)  # rows of this chunk in use
             s_lo, s_hi = max(lo, c_lo), min(hi, c_end)
+            if c_lo >= lo and c_lo + chunk_records <= hi:
+                reader.chunk(c, out=out[c_lo - lo : c_lo - lo + chunk_records])  # no copy
+                continue
             if not cache or (s_lo == c_lo and s_hi == c_end):
                 data = reader.chunk(c)  # the block takes every row of this chunk
             else:  # the chunk straddles blocks: decode once, keep it for the next block
@@ -579,8 +585,8 @@ class ZarrSource(Source):
                     self._chunks.pop(key)
                 else:
                     self._chunks.put(key, data)
-            pieces.append(data[s_lo - c_lo : s_hi - c_lo])
-        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+            out[s_lo - lo : s_hi - lo] = data[s_lo - c_lo : s_hi - c_lo]
+        return out
 
     def _plan(self, ctx: ReadContext, shard: ShardEntry) -> _ShardPlan:
         # Blocks of exactly ctx.block_records: the ordered reader interleaves
