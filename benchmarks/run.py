@@ -10,8 +10,9 @@ Usage::
 Every run writes ``<out>/<date>.json`` and ``<out>/<date>.png`` and prints the
 tables. A complete run (scale 1, every suite and workload), or ``--publish``,
 also writes ``<out>/latest.json``/``latest.png``, copies the chart to
-``docs/assets/benchmark.png`` and rewrites the README block between the
-``<!-- bench:start -->`` / ``<!-- bench:end -->`` markers. ``--scale`` shrinks
+``docs/assets/benchmark.png`` and rewrites the block between the
+``<!-- bench:start -->`` / ``<!-- bench:end -->`` markers of ``README.md``
+and ``docs/benchmarks.md``. ``--scale`` shrinks
 everything (records, memory sizes, shard counts) for a quick try.
 """
 
@@ -30,7 +31,7 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks.chart import save_chart
-from benchmarks.readme import CHART, update_readme
+from benchmarks.readme import CHART, PAGES, update_readme
 from benchmarks.results import (
     Row,
     evaluate_targets,
@@ -81,7 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, default=10_000, help="shards for time to first batch")
     p.add_argument("--manifest-shards", type=int, default=100_000, help="shards for open()")
     p.add_argument("--note", default=None, help="a caveat printed with the results")
-    p.add_argument("--readme", type=Path, default=REPO / "README.md", help="README to update")
+    p.add_argument(
+        "--readme",
+        type=Path,
+        action="append",
+        help="a page with the bench markers to update (repeatable; default: "
+        f"{' and '.join(PAGES)})",
+    )
     p.add_argument("--chart", type=Path, default=REPO / CHART, help="where to copy the chart")
     p.add_argument(
         "--publish",
@@ -173,7 +180,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return validate(doc)
 
 
-def save(doc: dict[str, Any], out: Path, *, publish: bool, readme: Path, chart: Path) -> list[Path]:
+def save(
+    doc: dict[str, Any], out: Path, *, publish: bool, pages: list[Path], chart: Path
+) -> list[Path]:
     """Write the dated JSON and PNG into ``out`` (and publish them); return what was written."""
     out.mkdir(parents=True, exist_ok=True)
     stem = doc["date"].replace(":", "-")
@@ -186,8 +195,10 @@ def save(doc: dict[str, Any], out: Path, *, publish: bool, readme: Path, chart: 
             written.append(out / name)
         chart.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(written[1], chart)
-        update_readme(readme, doc)
-        written += [chart, readme]
+        written.append(chart)
+        for page in pages:
+            update_readme(page, doc, chart=chart)
+            written.append(page)
     return written
 
 
@@ -206,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(format_report(doc))
-    for path in save(doc, args.out, publish=publish, readme=args.readme, chart=args.chart):
+    pages = args.readme or [REPO / p for p in PAGES]
+    for path in save(doc, args.out, publish=publish, pages=pages, chart=args.chart):
         _log(f"wrote {path}")
     if not publish:
         _log(

@@ -468,7 +468,7 @@ examples:
   shardstore demo --records 2048 --no-train""",
     "bench": """\
 examples:
-  shardstore bench data/train --epochs 2            # the second epoch has a warm page cache
+  shardstore bench data/train --epochs 2      # the second epoch reads a warm page cache
   shardstore bench data/train --shuffle global --batch-size 1024 --json""",
 }
 
