@@ -118,11 +118,12 @@ def shardstore_rows(
     for row_id, label, key, source, options in VARIANTS:
         ds = shardstore.open(datasets[key].path, source=source)
         tfds = ds.to_tf(workload.batch_size, features=("x", "label"), seed=0, **options)
-        limit = SLOW_VARIANTS.get(row_id, {}).get(workload.name, ds.num_records)
-        batches = max(1, limit // workload.batch_size)
-        measured = min(ds.num_records, batches * workload.batch_size)
-        if measured < ds.num_records:
-            tfds = tfds.take(batches)  # a prefix of the epoch, scaled to the whole
+        measured = ds.num_records
+        limit = SLOW_VARIANTS.get(row_id, {}).get(workload.name, measured)
+        if limit < measured:  # a prefix of the epoch, whole batches, scaled to the whole
+            batches = max(1, limit // workload.batch_size)
+            measured = batches * workload.batch_size
+            tfds = tfds.take(batches)
         rows.append(
             read_row(
                 workload.name,

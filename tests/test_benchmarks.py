@@ -98,6 +98,7 @@ def test_read_suite_measures_floor_every_variant_and_every_peer(
     ids = [r["id"] for r in rows]
     assert ids == ["floor"] + [v[0] for v in VARIANTS] + [f"peer:{p.name}" for p in PEERS]
     assert all(r["records"] == N for r in rows)
+    assert all(r["measured_records"] == N for r in rows)  # no row is cut short at this size
     results.finish_read(rows)
     assert rows[0]["vs_floor"] == 1.0
     assert max(r["vs_best_peer"] for r in rows if r["kind"] == "peer") == 1.0
