@@ -2,12 +2,12 @@
 
 Each prints one JSON object on its last line of stdout:
 
-* ``stream PATH --mode M --batch-size B``: anonymous RSS (``RssAnon`` of
+* ``stream PATH --mode M --batch-size B [--tf-native]``: anonymous RSS (``RssAnon`` of
   ``/proc/self/status``) after building the pipeline and its peak, sampled
   every 5 ms, while one epoch is consumed in graph;
 * ``write SRC DEST``: the same around ``shardstore.write`` of the ``.npy``
   file ``SRC`` opened as a memmap (feature ``x``) plus an in-memory ``label``;
-* ``ttfb PATH --mode M --batch-size B``: seconds for ``open`` + ``to_tf`` +
+* ``ttfb PATH --mode M --batch-size B [--tf-native]``: seconds for ``open`` + ``to_tf`` +
   the first batch, in a process that has only imported TensorFlow;
 * ``open PATH --repeats R``: best seconds of ``shardstore.open``.
 """
@@ -68,7 +68,11 @@ def _stream(args: argparse.Namespace) -> dict[str, Any]:
 
     ds = shardstore.open(args.path)
     tfds = ds.to_tf(
-        args.batch_size, features=tuple(ds.features), shuffle=SHUFFLE[args.mode], seed=0
+        args.batch_size,
+        features=tuple(ds.features),
+        shuffle=SHUFFLE[args.mode],
+        seed=0,
+        tf_native=args.tf_native,
     )
     baseline = rss_anon_mb()
 
@@ -119,7 +123,11 @@ def _ttfb(args: argparse.Namespace) -> dict[str, Any]:
     ds = shardstore.open(args.path)
     t2 = time.perf_counter()
     tfds = ds.to_tf(
-        args.batch_size, features=tuple(ds.features), shuffle=SHUFFLE[args.mode], seed=0
+        args.batch_size,
+        features=tuple(ds.features),
+        shuffle=SHUFFLE[args.mode],
+        seed=0,
+        tf_native=args.tf_native,
     )
     t3 = time.perf_counter()
     next(iter(tfds))
@@ -154,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("path")
         p.add_argument("--mode", choices=sorted(SHUFFLE), default="sequential")
         p.add_argument("--batch-size", type=int, default=256)
+        p.add_argument("--tf-native", action="store_true", help="to_tf(tf_native=True)")
         p.set_defaults(fn=fn)
     p = sub.add_parser("write")
     p.add_argument("src")

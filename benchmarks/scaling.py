@@ -1,7 +1,8 @@
 """The scaling suite: many shards and huge manifests.
 
 * time to first batch on a dataset of 10,000 tiny shards (tabular records),
-  in a fresh process per shuffle mode: ``open`` + ``to_tf`` + first batch;
+  in a fresh process per shuffle mode (and in order with ``tf_native=True``,
+  the pure-TensorFlow block pipeline): ``open`` + ``to_tf`` + first batch;
 * ``open()`` of a simulated 100,000-shard manifest (a real, valid manifest
   built with :mod:`shardstore.manifest`, but no data files: ``open`` reads
   nothing else), best of 3 in a fresh process.
@@ -71,11 +72,13 @@ def simulated_manifest(path: Path, shards: int) -> None:
 
 
 def first_batch_rows(path: Path, modes: Sequence[str], log: Log) -> list[Row]:
-    """Time to first batch in a fresh process, per mode."""
+    """Time to first batch in a fresh process, per mode; and in order with ``tf_native=True``."""
     rows = []
-    for mode in modes:
-        r = run_probe("ttfb", str(path), "--mode", mode, "--batch-size", str(TABULAR.batch_size))
+    for mode, native in [(m, False) for m in modes] + [("sequential", True)]:
+        args = ["--mode", mode, "--batch-size", str(TABULAR.batch_size)]
+        r = run_probe("ttfb", str(path), *args, *(["--tf-native"] if native else []))
         detail = {k.removesuffix("_s"): r[k] for k in ("open_s", "to_tf_s", "first_batch_s")}
+        mode = f"{mode}, tf_native=True" if native else mode
         rows.append(
             {
                 "what": "first batch",

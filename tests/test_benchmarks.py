@@ -194,8 +194,9 @@ def test_write_and_stream_probes(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_ttfb_and_open_probes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ds = scaling.many_shards(tmp_path / "many", 5)
     assert (ds.num_shards, ds.num_records) == (5, 80)
-    got = _probe(capsys, "ttfb", str(ds.path), "--mode", "global", "--batch-size", "7")
-    assert got["shards"] == 5 and got["seconds"] >= got["first_batch_s"] > 0
+    for args in (["--mode", "global"], ["--mode", "sequential", "--tf-native"]):
+        got = _probe(capsys, "ttfb", str(ds.path), "--batch-size", "7", *args)
+        assert got["shards"] == 5 and got["seconds"] >= got["first_batch_s"] > 0
     scaling.simulated_manifest(tmp_path / "sim", 250)
     opened = shardstore.open(tmp_path / "sim")
     assert (opened.num_shards, opened.num_records) == (250, 4000)
