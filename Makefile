@@ -1,4 +1,5 @@
 # Two commands set everything up on a fresh machine: `make demo` and `make test`.
+# `make bench` runs the side-by-side benchmark (BENCH_ARGS="--scale 0.1" for a quick try).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -33,13 +34,16 @@ docs: install
 	$(BIN)/mkdocs build --strict --site-dir site
 
 lint: install
-	$(BIN)/ruff check shardstore tests plugins tools
-	$(BIN)/ruff format --check shardstore tests plugins tools
+	$(BIN)/ruff check shardstore tests plugins tools benchmarks
+	$(BIN)/ruff format --check shardstore tests plugins tools benchmarks
 	$(BIN)/mypy
 	$(BIN)/mypy --strict --ignore-missing-imports $(HDF5)/shardstore_hdf5
 
 demo: install
 	$(BIN)/shardstore demo
+
+bench: install
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .demo-data .pytest_cache .mypy_cache .ruff_cache site

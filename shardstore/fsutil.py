@@ -16,13 +16,21 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 from pathlib import Path
 from types import TracebackType
 
 from shardstore.checksum import format_digest, new_hasher
 from shardstore.errors import DatasetExistsError, ManifestError
 
-__all__ = ["HashingFile", "fsync_dir", "publish", "remove_quietly", "resolve_inside"]
+__all__ = [
+    "HashingFile",
+    "InsideResolver",
+    "fsync_dir",
+    "publish",
+    "remove_quietly",
+    "resolve_inside",
+]
 
 
 class HashingFile:
@@ -131,3 +139,56 @@ def remove_quietly(path: Path) -> None:
     """Remove a file if it exists; ignore errors (used on clean-up paths)."""
     with contextlib.suppress(OSError):
         path.unlink()
+
+
+class InsideResolver:
+    """:func:`resolve_inside` for many paths under one root, in one ``lstat`` each.
+
+    ``resolve_inside`` calls ``realpath`` twice per path (a Python-level
+    ``lstat`` of every component): about 80 us, i.e. over 1.5 s for a
+    10,000-shard dataset. Here each directory is resolved once (with
+    ``resolve_inside``, cached); a file that is not a symlink then resolves
+    to ``<real directory>/<name>``, which is inside the root because its
+    directory is; a symlink goes through ``resolve_inside`` itself. The
+    result and the errors are those of ``resolve_inside``. Keep an instance
+    for one pass over a dataset: cached directories are not re-checked.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self._root = Path(root)
+        self._dirs: dict[str, str] = {"": os.path.realpath(root)}
+
+    def resolve_stat(self, relpath: str) -> tuple[str, os.stat_result | None]:
+        """The absolute real path of ``relpath`` and its ``stat`` (``None``: missing).
+
+        One ``lstat`` for a file that is not a symlink (its ``lstat`` is its ``stat``).
+        """
+        head, _, name = relpath.rpartition("/")
+        real_dir = self._dirs.get(head)
+        if real_dir is None:
+            real_dir = self._dirs[head] = str(resolve_inside(self._root, head))
+        candidate = os.path.join(real_dir, name)
+        try:
+            st = os.lstat(candidate)
+        except FileNotFoundError:
+            return candidate, None  # missing: realpath would return the candidate unchanged
+        if not stat.S_ISLNK(st.st_mode):
+            return candidate, st
+        target = str(resolve_inside(self._root, relpath))
+        try:
+            return target, os.stat(target)
+        except FileNotFoundError:
+            return target, None
+
+    def resolve_str(self, relpath: str) -> str:
+        """The absolute real path of ``relpath``, as a string (see :func:`resolve_inside`)."""
+        try:
+            return self.resolve_stat(relpath)[0]
+        except ManifestError:
+            raise
+        except OSError:  # e.g. no permission to lstat: let realpath (and the reader) decide
+            return str(resolve_inside(self._root, relpath))
+
+    def resolve(self, relpath: str) -> Path:
+        """The absolute real path of ``relpath`` (see :func:`resolve_inside`)."""
+        return Path(self.resolve_str(relpath))

@@ -438,3 +438,17 @@ def test_seeded_order_is_identical_across_processes(ds: shardstore.Dataset) -> N
     ]  # fmt: skip
     assert runs[0] == runs[1]
     assert sorted(int(v) for v in runs[0].split(",")) == list(range(N))
+
+
+def test_shard_directory_symlink_escaping_the_dataset_is_refused(
+    ds: shardstore.Dataset, tmp_path: Path
+) -> None:
+    bad = copy_dataset(ds, tmp_path / "bad")
+    version_dir = bad.path / bad.shards[0].files[0].path.split("/")[0]
+    outside = tmp_path / "outside"
+    version_dir.rename(outside)
+    version_dir.symlink_to(outside)
+    with pytest.raises(ManifestError, match="outside the dataset"):
+        bad.to_tf(batch_size=8)
+    with pytest.raises(ManifestError, match="outside the dataset"):
+        bad.check_files()

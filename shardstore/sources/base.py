@@ -57,7 +57,7 @@ from shardstore.errors import (
     ManifestError,
     UnsupportedDTypeError,
 )
-from shardstore.fsutil import HashingFile, resolve_inside
+from shardstore.fsutil import HashingFile, InsideResolver
 from shardstore.manifest import (
     SUPPORTED_DTYPES,
     FeatureSpec,
@@ -186,7 +186,15 @@ class ReadContext:
 
     def resolve(self, relpath: str) -> Path:
         """Absolute path of a manifest path, refusing escapes from the dataset."""
-        return resolve_inside(self.root, relpath)
+        return self._resolver.resolve(relpath)
+
+    def resolve_str(self, relpath: str) -> str:
+        """:meth:`resolve` as a ``str``: no ``Path`` object, for tables of many paths."""
+        return self._resolver.resolve_str(relpath)
+
+    @cached_property
+    def _resolver(self) -> InsideResolver:
+        return InsideResolver(self.root)
 
     @cached_property
     def record_starts(self) -> np.ndarray:

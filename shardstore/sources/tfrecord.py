@@ -623,7 +623,7 @@ class TFRecordSource(Source):
         import tensorflow as tf
 
         layout = _file_layouts(ctx)
-        paths = tf.constant([str(ctx.resolve(s.files[0].path)) for s in ctx.shards], tf.string)
+        paths = tf.constant([ctx.resolve_str(s.files[0].path) for s in ctx.shards], tf.string)
         decode = _decoder(ctx.features, layout)
         block = ctx.block_records
 
