@@ -5,15 +5,18 @@ from __future__ import annotations
 import builtins
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shardstore.errors import DatasetNotFoundError
+from shardstore.errors import DatasetNotFoundError, InvalidInputError
 from shardstore.fsutil import resolve_inside
 from shardstore.manifest import MANIFEST_NAME, Manifest
 from shardstore.reader import Dataset
 from shardstore.writer import Writer, normalize_arrays
 
-__all__ = ["open", "write"]
+if TYPE_CHECKING:
+    from shardstore.garbage import GcReport
+
+__all__ = ["gc", "open", "write"]
 
 
 def write(
@@ -99,3 +102,34 @@ def open(path: str | os.PathLike[str], *, source: str | None = None) -> Dataset:
     if source is not None:
         dataset.source  # noqa: B018 - fail fast on an unknown or incompatible source
     return dataset
+
+
+def gc(
+    path: str | os.PathLike[str], *, grace: float | None = None, dry_run: bool = False
+) -> GcReport:
+    """Delete what crashed writes and superseded versions left in a dataset directory.
+
+    Parameters
+    ----------
+    path : the dataset directory.
+    grace : seconds an overwritten version is kept after the overwrite, for
+        readers that opened it (default ``$SHARDSTORE_GC_GRACE_SECONDS`` or
+        24 hours). ``grace=0`` removes every superseded version now.
+    dry_run : report, delete nothing.
+
+    Returns
+    -------
+    GcReport
+        ``removed`` (relative paths), ``bytes_freed``, ``kept_retired``
+        (versions still in their grace period) and ``in_progress`` (running
+        writers, whose files are never touched).
+
+    Every write runs the same collection when it starts; ``docs/reliability.md``
+    lists what is removed and when.
+    """
+    from shardstore.garbage import collect
+
+    root = Path(path)
+    if not root.is_dir():
+        raise InvalidInputError(f"{str(root)!r} is not a directory")
+    return collect(root, grace=grace, dry_run=dry_run)

@@ -476,7 +476,9 @@ def test_an_existing_dataset_is_kept_unless_overwrite(
     old_dir = (tmp_path / "ds" / first.shards[0].files[0].path).parent
     ds = index_tfrecords(tmp_path / "ds", sources, FEATURES, overwrite=True, progress=False)
     assert ds.num_records == N
-    assert not old_dir.exists()  # the previous version's links are cleaned up...
+    assert old_dir.exists()  # kept for readers of the old version until gc...
+    shardstore.gc(tmp_path / "ds", grace=0)
+    assert not old_dir.exists()  # ...then its links are cleaned up...
     assert all(s.exists() for s in sources)  # ...never the originals
     assert_bitwise_equal(collect(shardstore.open(tmp_path / "ds").to_tf(5, features="flag")),
                          data["flag"])  # fmt: skip

@@ -57,7 +57,7 @@ from shardstore.errors import (
     ManifestError,
     UnsupportedDTypeError,
 )
-from shardstore.fsutil import HashingFile, resolve_inside
+from shardstore.fsutil import HashingFile, make_dirs, resolve_inside
 from shardstore.manifest import (
     SUPPORTED_DTYPES,
     FeatureSpec,
@@ -159,7 +159,7 @@ class ShardWriteContext:
             relpath = check_relative_path(f"{self.prefix}/{stem}{suffix}")
         except ManifestError as exc:
             raise InvalidInputError(f"invalid file suffix {suffix!r}: {exc}") from None
-        (self.root / relpath).parent.mkdir(parents=True, exist_ok=True)
+        make_dirs((self.root / relpath).parent)
         return ShardFile(self, relpath, feature)
 
     def entry(self, source: str) -> ShardEntry:
