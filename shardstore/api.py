@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shardstore import integrity
 from shardstore.errors import DatasetNotFoundError, InvalidInputError
 from shardstore.fsutil import resolve_inside
 from shardstore.manifest import MANIFEST_NAME, Manifest
@@ -70,7 +71,9 @@ def write(
     return writer.close()
 
 
-def open(path: str | os.PathLike[str], *, source: str | None = None) -> Dataset:
+def open(
+    path: str | os.PathLike[str], *, source: str | None = None, verify: str | None = None
+) -> Dataset:
     """Open a committed dataset for reading.
 
     Parameters
@@ -78,6 +81,10 @@ def open(path: str | os.PathLike[str], *, source: str | None = None) -> Dataset:
     path : the dataset directory.
     source : read with this source instead of the one that wrote the shards
         (it must be able to read them).
+    verify : when shard files are checksummed on the read path: ``"once"``
+        (default: each file is hashed before this process first reads it)
+        or ``"size"`` (sizes only). Default: ``$SHARDSTORE_VERIFY`` or
+        ``"once"``. See ``docs/reliability.md``.
 
     Raises
     ------
@@ -87,6 +94,7 @@ def open(path: str | os.PathLike[str], *, source: str | None = None) -> Dataset:
         The manifest is invalid, unsafe, or of an unsupported format version.
     """
     root = Path(path)
+    verify = integrity.normalize_mode(verify)
     if not root.is_dir():
         raise DatasetNotFoundError(f"no shardstore dataset at {str(root)!r}: not a directory")
     manifest_path = resolve_inside(root, MANIFEST_NAME)
@@ -98,7 +106,7 @@ def open(path: str | os.PathLike[str], *, source: str | None = None) -> Dataset:
             f"no shardstore dataset at {str(root)!r}: no {MANIFEST_NAME} (never committed?)"
         ) from None
     manifest = Manifest.from_json(data)
-    dataset = Dataset(root, manifest, source=source)
+    dataset = Dataset(root, manifest, source=source, verify=verify)
     if source is not None:
         dataset.source  # noqa: B018 - fail fast on an unknown or incompatible source
     return dataset

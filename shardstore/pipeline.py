@@ -160,7 +160,7 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
                 "write the dataset with smaller shards"
             )
         shards = shards[index::count]
-    dataset.check_files(shards)
+    dataset.check_files(shards, features=config.read_features)  # issue 5: only files read
     num_records = sum(s.num_records for s in shards)
     record_bytes = sum(s.record_nbytes for s in specs.values())
     longest = max((s.num_records for s in shards), default=1)

@@ -12,7 +12,9 @@ for a clean run, ``{"code": 1, "error": "..."}`` for a Python error.
 
 Requests: ``{"op": "write", "path", "seed", "overwrite", "format", "n",
 "rps", "fsync", "after_ops"}`` and ``{"op": "gc", "path", "grace", "after_ops"}``;
-``after_ops`` null counts operations without killing.
+``after_ops`` null counts operations without killing. With ``"hold": true``
+the child is not reaped until the test sends one more line, so that a
+``kill(pid)`` from the test can never reach a recycled pid.
 """
 
 from __future__ import annotations
@@ -72,8 +74,7 @@ def _child(req: dict[str, Any], out: int) -> None:
 def main() -> None:
     # Import (never use: zarr starts its event-loop thread on first use, and a
     # thread does not survive fork) what the children need, once.
-    import zarr.codecs
-    import zarr.storage
+    import zarr.codecs  # noqa: F401
 
     import shardstore.sources.tfrecord
     import shardstore.sources.zarr  # noqa: F401
@@ -92,6 +93,8 @@ def main() -> None:
         while chunk := os.read(r, 1 << 16):
             chunks.append(chunk)
         os.close(r)
+        if req.get("hold"):  # the test may still kill the pid: keep it from being reused
+            sys.stdin.readline()
         _, status = os.waitpid(pid, 0)
         if os.WIFSIGNALED(status):
             reply: dict[str, Any] = {"signal": os.WTERMSIG(status)}

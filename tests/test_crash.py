@@ -39,7 +39,7 @@ from shardstore.sources.tfrecord import iter_frames, parse_example
 from shardstore.testing import assert_bitwise_equal
 
 sys.path.insert(0, str(Path(__file__).parent))
-from crash_server import make_data  # noqa: E402
+from crash_server import make_data
 
 STRESS = os.environ.get("SHARDSTORE_STRESS", "") not in ("", "0")
 SERVER = Path(__file__).parent / "crash_server.py"
@@ -77,6 +77,12 @@ class CrashServer:
         self.proc.stdin.flush()
         return int(json.loads(self.proc.stdout.readline())["pid"])
 
+    def release(self) -> None:
+        """Let the server reap a child started with ``hold=True``."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("reap\n")
+        self.proc.stdin.flush()
+
     def finish(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -104,7 +110,7 @@ def server() -> Iterator[CrashServer]:
 
 
 def write_req(path: Path, seed: int, fmt: str, *, overwrite: bool, **kw: Any) -> dict[str, Any]:
-    fsync = FSYNC_EVERYWHERE or fmt == "npy" and "n" not in kw
+    fsync = FSYNC_EVERYWHERE or (fmt == "npy" and "n" not in kw)
     return {"op": "write", "path": str(path), "seed": seed, "format": fmt,
             "overwrite": overwrite, "fsync": fsync, **SMALL, **kw}  # fmt: skip
 
@@ -119,10 +125,7 @@ def manifest_bytes(path: Path) -> bytes | None:
 def check_records(ds: shardstore.Dataset, n: int) -> None:
     """Every record of ``ds`` equals what its write (``metadata.seed``) stored, bit for bit."""
     expected = make_data(int(ds.metadata["seed"]), n)
-    if ds.manifest.sources == ("tfrecord",):
-        got = read_tfrecords(ds)
-    else:
-        got = ds[:]
+    got = read_tfrecords(ds) if ds.manifest.sources == ("tfrecord",) else ds[:]
     for name, arr in expected.items():
         assert_bitwise_equal(got[name], arr)
 
@@ -230,9 +233,7 @@ def test_first_write_killed_at_every_operation(
 
 
 @pytest.mark.parametrize("fmt", OVERWRITE_FORMATS)
-def test_overwrite_killed_at_every_operation(
-    server: CrashServer, tmp_path: Path, fmt: str
-) -> None:
+def test_overwrite_killed_at_every_operation(server: CrashServer, tmp_path: Path, fmt: str) -> None:
     path = tmp_path / "d"
     assert server.run(**write_req(path, 1, fmt, overwrite=False))["code"] == 0
     assert server.run(**write_req(path, 2, fmt, overwrite=True))["code"] == 0
@@ -263,7 +264,7 @@ def test_gc_killed_at_every_operation(server: CrashServer, tmp_path: Path) -> No
     def make_garbage() -> None:
         # a superseded version, a write killed before publishing, one killed mid-shard
         assert server.run(**write_req(path, 1, "npy", overwrite=True))["code"] == 0
-        total, trace = count_ops(server, write_req(path, 2, "npy", overwrite=True))
+        _, trace = count_ops(server, write_req(path, 2, "npy", overwrite=True))
         for k in (trace.index("replace manifest") - 1, 5):
             assert server.run(**write_req(path, 3, "npy", overwrite=True), after_ops=k) == {
                 "signal": 9
@@ -277,7 +278,7 @@ def test_gc_killed_at_every_operation(server: CrashServer, tmp_path: Path) -> No
         make_garbage()
         before = manifest_bytes(path)
         assert server.run(op="gc", path=str(path), grace=0, after_ops=k) == {"signal": 9}
-        assert check_after_kill(path, before, -1, SMALL["n"]) .startswith("previous")
+        assert check_after_kill(path, before, -1, SMALL["n"]).startswith("previous")
         assert server.run(op="gc", path=str(path), grace=0)["code"] == 0
         check_clean(path)
         assert not (path / ".shardstore").exists()
@@ -302,12 +303,10 @@ def test_writer_killed_at_random_times(
             path = tmp_path / f"d{trial}"
         before = manifest_bytes(path)
         seed = 10_000 + trial
-        pid = server.start(**write_req(path, seed, "npy", overwrite=overwrite, **big))
+        pid = server.start(**write_req(path, seed, "npy", overwrite=overwrite, **big), hold=True)
         time.sleep(rng.uniform(0, duration * 1.2))
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass  # already finished: its write completed
+        os.kill(pid, 9)  # not reaped yet: this pid is still the child (maybe a zombie)
+        server.release()
         reply = server.finish()
         outcome = check_after_kill(path, before, seed, big["n"])
         outcomes[outcome + ("" if reply.get("signal") == 9 else " (finished)")] += 1

@@ -1,7 +1,8 @@
 """The ``memmap`` source: random access to ``.npy`` shards through memory maps.
 
 It reads the very files the ``npy`` source writes (``reads = {"npy"}``), via
-``np.load(..., mmap_mode="r")``: nothing is copied until records are
+read-only ``np.memmap`` maps, after parsing each file's header and checking
+it against the manifest (never ``np.load``): nothing is copied until records are
 gathered. That gives ``ds[i]``, ``ds[i:j]``, ``ds[[i, k]]`` without
 TensorFlow, and the exact global shuffle of ``to_tf(shuffle="global")``,
 where each batch is one sorted gather per shard it touches.
@@ -13,6 +14,7 @@ never per record), so pipelines built on it are not serialisable:
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -21,9 +23,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from shardstore.errors import ManifestError
+from shardstore.errors import ChecksumError, ManifestError
+from shardstore.manifest import FeatureSpec, ShardEntry
 from shardstore.sources.base import ArrayLike, ReadContext, ShardWriteContext, Source
-from shardstore.sources.npy import NpySource
+from shardstore.sources.npy import NpySource, read_npy_header
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -32,6 +35,56 @@ __all__ = ["MemmapSource"]
 
 #: Memory maps kept open at once (each costs a virtual memory area, not RAM).
 MAX_OPEN_MAPS = 1024
+
+
+def _open_map(path: Path, shard: ShardEntry, relpath: str, size: int, spec: FeatureSpec) -> Any:
+    """A read-only map of one ``.npy`` shard file, after checking its header against the manifest.
+
+    The header is parsed (never executed, never trusted): its dtype, shape and
+    order must be the manifest's and the file exactly as long as they say,
+    before anything is mapped. No ``np.load``: object dtypes cannot even be
+    described here, and no size a header claims is ever allocated.
+    """
+    expected = (shard.num_records, *(int(d) for d in spec.shape if d is not None))
+    where = f"shard {shard.index}, file {relpath!r}"
+    try:
+        with open(path, "rb") as f:
+            try:
+                header = read_npy_header(f)
+            except ValueError as exc:
+                raise ChecksumError(
+                    f"{where}: not a valid .npy file ({exc})", shard=shard.index, file=relpath
+                ) from None
+            if (
+                header.shape != expected
+                or header.dtype != spec.dtype
+                or header.fortran_order
+                or header.dtype.hasobject
+            ):
+                order = "Fortran order" if header.fortran_order else "C order"
+                raise ManifestError(
+                    f"{where}: holds {header.dtype} {header.shape} in {order}, "
+                    f"the manifest says {spec.dtype} {expected}"
+                )
+            data_bytes = spec.record_nbytes * shard.num_records
+            actual = os.fstat(f.fileno()).st_size
+            if header.data_offset + data_bytes != actual or actual != size:
+                raise ChecksumError(
+                    f"{where}: has {actual} bytes; its header and the manifest say "
+                    f"{header.data_offset + data_bytes}",
+                    shard=shard.index,
+                    file=relpath,
+                )
+            if data_bytes == 0:
+                return np.empty(expected, spec.dtype)
+            return np.memmap(f, dtype=spec.dtype, mode="r", offset=header.data_offset,
+                             shape=expected)  # fmt: skip
+    except (ChecksumError, ManifestError):
+        raise
+    except (OSError, ValueError) as exc:  # the file changed under us, or cannot be mapped
+        raise ChecksumError(
+            f"{where}: cannot be mapped ({exc})", shard=shard.index, file=relpath
+        ) from None
 
 
 class MemmapSource(Source):
@@ -59,14 +112,7 @@ class MemmapSource(Source):
             if cached is not None:
                 self._maps.move_to_end(path)
                 return cached
-        spec = ctx.features[feature]
-        mm: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
-        expected = (shard.num_records, *spec.shape)
-        if mm.shape != expected or mm.dtype != spec.dtype or not mm.flags.c_contiguous:
-            raise ManifestError(
-                f"shard {shard.index}, file {entry.path!r}: holds {mm.dtype} {mm.shape}, "
-                f"the manifest says {spec.dtype} {expected}"
-            )
+        mm: np.ndarray = _open_map(path, shard, entry.path, entry.size, ctx.features[feature])
         with self._lock:
             self._maps[path] = mm
             while len(self._maps) > MAX_OPEN_MAPS:

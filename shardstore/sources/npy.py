@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -28,9 +28,11 @@ from shardstore.sources.base import (
 if TYPE_CHECKING:
     import tensorflow as tf
 
-__all__ = ["NpySource", "npy_header"]
+__all__ = ["NpyHeader", "NpySource", "npy_header", "read_npy_header"]
 
 SUFFIX = ".npy"
+#: The longest ``.npy`` header accepted when one is parsed (NumPy's own default limit).
+MAX_HEADER_BYTES = 10_000
 
 
 def npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
@@ -43,6 +45,46 @@ def npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
         buf = io.BytesIO()
         np.lib.format.write_array_header_2_0(buf, header)
     return buf.getvalue()
+
+
+class NpyHeader(NamedTuple):
+    """What a ``.npy`` header says: dtype, shape, order, and where the data starts."""
+
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    fortran_order: bool
+    data_offset: int
+
+
+def read_npy_header(f: BinaryIO) -> NpyHeader:
+    """Parse the ``.npy`` header at the start of ``f`` without reading any data.
+
+    Only the header is read (at most :data:`MAX_HEADER_BYTES`); NumPy parses
+    it as a Python literal (never code), and nothing is allocated from what it
+    claims. The caller compares the result with the manifest.
+
+    Raises
+    ------
+    ValueError
+        Not a ``.npy`` file, or a malformed or overlong header.
+    """
+    try:
+        major, _ = np.lib.format.read_magic(f)
+        if major == 1:
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(
+                f, max_header_size=MAX_HEADER_BYTES
+            )
+        elif major in (2, 3):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(
+                f, max_header_size=MAX_HEADER_BYTES
+            )
+        else:
+            raise ValueError(f"unsupported .npy format version {major}")
+    except ValueError:
+        raise
+    except Exception as exc:  # numpy raises TypeError, SyntaxError... on hostile headers
+        raise ValueError(f"malformed .npy header ({type(exc).__name__}: {exc})") from None
+    return NpyHeader(np.dtype(dtype), tuple(int(d) for d in shape), bool(fortran), f.tell())
 
 
 class NpySource(Source):
