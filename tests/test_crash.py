@@ -293,9 +293,13 @@ def test_writer_killed_at_random_times(
     path = tmp_path / "d"
     if overwrite:
         assert server.run(**write_req(path, 1, "npy", overwrite=False, **big))["code"] == 0
-    t0 = time.perf_counter()
-    assert server.run(**write_req(tmp_path / "t", 2, "npy", overwrite=False, **big))["code"] == 0
-    duration = time.perf_counter() - t0
+    durations = []
+    for i in range(4):  # the first child of a fresh server is slower: take the median
+        t0 = time.perf_counter()
+        reply = server.run(**write_req(tmp_path / f"t{i}", 2, "npy", overwrite=False, **big))
+        durations.append(time.perf_counter() - t0)
+        assert reply["code"] == 0
+    duration = sorted(durations)[len(durations) // 2]
     rng = random.Random(1234)
     outcomes: Counter[str] = Counter()
     for trial in range(RANDOM_KILLS):
