@@ -149,9 +149,7 @@ def test_two_shards_swapped(original: Path, tmp_path: Path) -> None:
     assert_refused(ds.path, 0, first.path)
 
 
-def test_a_file_replaced_after_verification_is_hashed_again(
-    original: Path, tmp_path: Path
-) -> None:
+def test_a_file_replaced_after_verification_is_hashed_again(original: Path, tmp_path: Path) -> None:
     """The per-process memory of verified files is keyed by inode, size and times."""
     ds = fresh_copy(original, tmp_path, "replaced")
     collect(ds.to_tf(batch_size=5))  # verified and remembered
@@ -222,9 +220,7 @@ def test_environment_sets_the_default(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 @pytest.mark.parametrize("source", SOURCES)
-def test_to_tf_raises_not_hangs_when_a_shard_breaks_mid_epoch(
-    tmp_path: Path, source: str
-) -> None:
+def test_to_tf_raises_not_hangs_when_a_shard_breaks_mid_epoch(tmp_path: Path, source: str) -> None:
     """A shard truncated after the pipeline was built (and its files verified) fails the epoch."""
     n, rps = 512, 32  # 16 shards: the last one is read long after the first batch
     values = np.arange(n * 64, dtype=np.float32).reshape(n, 64)
