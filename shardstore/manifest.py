@@ -137,7 +137,7 @@ class FeatureSpec:
         """Parse and validate a manifest feature entry."""
         obj = _expect_dict(obj, where)
         dtype_str = obj.get("dtype")
-        if dtype_str not in SUPPORTED_DTYPES:
+        if not isinstance(dtype_str, str) or dtype_str not in SUPPORTED_DTYPES:
             raise ManifestError(
                 f"{where}.dtype: {dtype_str!r} is not a supported dtype; "
                 f"format v1 holds {sorted(SUPPORTED_DTYPES)}"

@@ -97,7 +97,7 @@ class MemmapSource(Source):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._maps: OrderedDict[Path, np.ndarray] = OrderedDict()
+        self._maps: OrderedDict[tuple[Path, str], np.ndarray] = OrderedDict()
 
     def write_shard(self, shard: ShardWriteContext, arrays: Mapping[str, ArrayLike]) -> None:
         """Write standard ``.npy`` files, exactly as the ``npy`` source does."""
@@ -107,14 +107,15 @@ class MemmapSource(Source):
         shard = ctx.shards[position]
         entry = shard.file_for(feature)
         path = ctx.resolve(entry.path)
+        key = (path, entry.checksum)  # another file at the same path is mapped anew
         with self._lock:
-            cached = self._maps.get(path)
+            cached = self._maps.get(key)
             if cached is not None:
-                self._maps.move_to_end(path)
+                self._maps.move_to_end(key)
                 return cached
         mm: np.ndarray = _open_map(path, shard, entry.path, entry.size, ctx.features[feature])
         with self._lock:
-            self._maps[path] = mm
+            self._maps[key] = mm
             while len(self._maps) > MAX_OPEN_MAPS:
                 self._maps.popitem(last=False)
         return mm

@@ -219,10 +219,13 @@ class _ArrayRef:
     meta_relpath: str  # manifest path of the array's zarr.json
     data_relpath: str  # manifest path of the chunk (shard) file
     data_path: Path  # absolute path of that file
+    checksum: str = ""  # the manifest's checksum of the metadata and the data file
 
     @property
     def key(self) -> str:
-        return str(self.data_path)
+        # the checksums too: another version of the file at the same path (an in-place
+        # edit) must not be read through what was cached for the old one
+        return f"{self.data_path}\n{self.checksum}"
 
 
 @dataclass(frozen=True)
@@ -562,6 +565,10 @@ class ZarrSource(Source):
             meta_relpath=f"{root}/{feature}/zarr.json",
             data_relpath=data.path,
             data_path=ctx.resolve(data.path),
+            checksum=data.checksum
+            + next(
+                (f.checksum for f in shard.files if f.path == f"{root}/{feature}/zarr.json"), ""
+            ),
         )
 
     def _zarr_array(self, ref: _ArrayRef) -> Any:
@@ -844,9 +851,8 @@ def _check_array_metadata(ref: _ArrayRef) -> None:
     if meta.get("storage_transformers"):
         raise fail("storage transformers are not supported")
     grid = meta.get("chunk_grid")
-    chunk_shape = (
-        grid.get("configuration", {}).get("chunk_shape") if isinstance(grid, dict) else None
-    )
+    config = grid.get("configuration") if isinstance(grid, dict) else None
+    chunk_shape = config.get("chunk_shape") if isinstance(config, dict) else None
     if not isinstance(grid, dict) or grid.get("name") != "regular":
         raise fail("only a regular chunk grid is supported")
     _check_chunk_shape(chunk_shape, [max(1, 2 * d) for d in expected], fail)
@@ -867,7 +873,7 @@ def _check_codecs(codecs: Any, chunk_shape: Any, fail: Callable[[str], Exception
         raise fail("codecs must be a non-empty list")
     for codec in codecs:
         name = codec.get("name") if isinstance(codec, dict) else codec
-        if name not in ALLOWED_CODECS:
+        if not isinstance(name, str) or name not in ALLOWED_CODECS:
             raise fail(
                 f"codec {name!r} is not allowed (shardstore reads numeric data with "
                 f"{', '.join(sorted(ALLOWED_CODECS))} only)"
