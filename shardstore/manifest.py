@@ -154,6 +154,8 @@ class FeatureSpec:
         spec = cls(np.dtype(str(dtype_str)), tuple(dims))
         if spec.is_fixed and spec.record_nbytes > 2**40:
             raise ManifestError(f"{where}.shape: a record of {spec.record_nbytes} bytes is absurd")
+        if 0 in dims:
+            raise ManifestError(f"{where}.shape: {shape} holds no element per record")
         return spec
 
     def __repr__(self) -> str:

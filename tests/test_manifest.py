@@ -198,3 +198,12 @@ def test_non_finite_numbers_are_refused(constant: str) -> None:
     text = text.replace('"origin": "test"', f'"origin": {constant}')
     with pytest.raises(ManifestError, match="not valid"):
         Manifest.from_json(text)
+
+
+@pytest.mark.parametrize("shape", [[0], [3, 0], [0, None]])
+def test_records_without_elements_are_refused(shape: list[int | None]) -> None:
+    """Found by tests/test_hostile.py: a [0] shape used to pass and fail later in TensorFlow."""
+    d = as_dict()
+    d["features"]["x"]["shape"] = shape
+    with pytest.raises(ManifestError, match="no element per record"):
+        Manifest.from_dict(d)
