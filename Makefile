@@ -7,7 +7,7 @@ HDF5   := plugins/shardstore-hdf5
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench clean stress
 
 install: $(STAMP)
 
@@ -24,6 +24,13 @@ $(STAMP): pyproject.toml requirements/dev.txt $(HDF5)/pyproject.toml $(wildcard 
 test: install
 	$(BIN)/python -m pytest
 	$(MAKE) lint
+
+# The reliability tests with their heavy trial counts (docs/reliability.md): SIGKILL at every
+# storage operation of every format with fsync on, hundreds of random kills, corruptions,
+# concurrent writers and readers, thousands of hostile inputs. Takes tens of minutes.
+stress: install
+	SHARDSTORE_STRESS=1 $(BIN)/python -m pytest -q -s tests/test_crash.py tests/test_corruption.py \
+		tests/test_concurrency.py tests/test_hostile.py
 
 lint: install
 	$(BIN)/ruff check shardstore tests plugins

@@ -45,6 +45,10 @@ def write(
     shard_size : target bytes per shard (default ``"64MiB"``), or
     records_per_shard : records per shard instead.
     overwrite : replace an existing dataset atomically instead of refusing.
+        The replaced version stays on disk for the grace period (readers
+        that opened it keep working), then a later write or :func:`gc`
+        removes it. Fails with ``CommitConflictError`` if another writer
+        committed at ``path`` meanwhile.
     metadata : JSON-serialisable user metadata kept in the manifest.
     fsync : flush to stable storage before committing (default True).
     progress : progress bar (default: only on a terminal).

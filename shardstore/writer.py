@@ -162,7 +162,9 @@ class Writer:
     format : the source that writes the shards (``"npy"`` by default).
     shard_size : target bytes per shard (int or ``"64MiB"``); the default.
     records_per_shard : records per shard instead of ``shard_size``.
-    overwrite : replace an existing dataset (atomically) instead of refusing.
+    overwrite : replace an existing dataset (atomically) instead of refusing; the
+        commit fails with ``CommitConflictError`` if another writer committed
+        at ``path`` after this writer was created.
     metadata : free-form JSON-serialisable user metadata for the manifest.
     fsync : flush files to stable storage before the commit (default True).
     progress : show a progress bar (default: only on a terminal).
