@@ -49,6 +49,9 @@ SERVER = Path(__file__).parent / "crash_server.py"
 FORMATS = ["npy", "zarr", "tfrecord"]
 OVERWRITE_FORMATS = FORMATS if STRESS else ["npy", "tfrecord"]
 SMALL = {"n": 10, "rps": 4}  # 3 shards (4, 4, 2 records), 2 features
+#: A zarr write performs ~3x more operations per shard (a group, metadata and chunk
+#: files): the regular run sweeps a one-shard zarr write.
+SIZES = {"zarr": SMALL if STRESS else {"n": 4, "rps": 4}}
 #: fsync is irrelevant to SIGKILL (the page cache survives the process) and makes each
 #: write ~10x slower on a real disk: the regular run syncs in the npy sweeps only.
 FSYNC_EVERYWHERE = STRESS
@@ -110,9 +113,10 @@ def server() -> Iterator[CrashServer]:
 
 
 def write_req(path: Path, seed: int, fmt: str, *, overwrite: bool, **kw: Any) -> dict[str, Any]:
+    """A write request; ``kw`` may set ``n`` and ``rps`` (default: the format's small size)."""
     fsync = FSYNC_EVERYWHERE or (fmt == "npy" and "n" not in kw)
     return {"op": "write", "path": str(path), "seed": seed, "format": fmt,
-            "overwrite": overwrite, "fsync": fsync, **SMALL, **kw}  # fmt: skip
+            "overwrite": overwrite, "fsync": fsync, **SIZES.get(fmt, SMALL), **kw}  # fmt: skip
 
 
 def manifest_bytes(path: Path) -> bytes | None:
@@ -206,6 +210,7 @@ def count_ops(server: CrashServer, request: dict[str, Any]) -> tuple[int, list[s
 def test_first_write_killed_at_every_operation(
     server: CrashServer, tmp_path: Path, fmt: str
 ) -> None:
+    n = SIZES.get(fmt, SMALL)["n"]
     total, trace = count_ops(server, write_req(tmp_path / "count", 1, fmt, overwrite=False))
     assert {"create", "write", "rename", "link manifest"} <= set(trace)
     assert ("fsync" in trace) == (FSYNC_EVERYWHERE or fmt == "npy")
@@ -214,7 +219,7 @@ def test_first_write_killed_at_every_operation(
         path = tmp_path / f"k{k}"
         reply = server.run(**write_req(path, 100 + k, fmt, overwrite=False), after_ops=k)
         assert reply == {"signal": 9}, (k, reply)
-        outcome = check_after_kill(path, None, 100 + k, SMALL["n"])
+        outcome = check_after_kill(path, None, 100 + k, n)
         outcomes[outcome] += 1
         if outcome.startswith("new"):
             assert k >= trace.index("link manifest") + 1, (k, trace[k - 1])
@@ -222,7 +227,7 @@ def test_first_write_killed_at_every_operation(
             assert k <= trace.index("link manifest"), (k, trace[k - 1])
         again = server.run(**write_req(path, 200 + k, fmt, overwrite=outcome != "none"))
         assert again["code"] == 0, (k, again)
-        check_records(shardstore.open(path), SMALL["n"])
+        check_records(shardstore.open(path), n)
         check_clean(path)
     # the kill after the last operation ends a complete write
     assert server.run(**write_req(tmp_path / "all", 9, fmt, overwrite=False),
@@ -235,6 +240,7 @@ def test_first_write_killed_at_every_operation(
 @pytest.mark.parametrize("fmt", OVERWRITE_FORMATS)
 def test_overwrite_killed_at_every_operation(server: CrashServer, tmp_path: Path, fmt: str) -> None:
     path = tmp_path / "d"
+    n = SIZES.get(fmt, SMALL)["n"]
     assert server.run(**write_req(path, 1, fmt, overwrite=False))["code"] == 0
     assert server.run(**write_req(path, 2, fmt, overwrite=True))["code"] == 0
     # count the operations of an overwrite made in the state every trial starts from
@@ -245,12 +251,12 @@ def test_overwrite_killed_at_every_operation(server: CrashServer, tmp_path: Path
         before = manifest_bytes(path)
         reply = server.run(**write_req(path, 1000 + k, fmt, overwrite=True), after_ops=k)
         assert reply == {"signal": 9}, (k, reply)
-        outcome = check_after_kill(path, before, 1000 + k, SMALL["n"])
+        outcome = check_after_kill(path, before, 1000 + k, n)
         outcomes[outcome] += 1
         assert outcome.startswith("new") == (k > trace.index("replace manifest")), (k, trace)
         again = server.run(**write_req(path, 2000 + k, fmt, overwrite=True))
         assert again["code"] == 0, (k, again)
-        check_records(shardstore.open(path), SMALL["n"])
+        check_records(shardstore.open(path), n)
         check_clean(path)
     assert sum(outcomes.values()) == total
     assert set(outcomes) <= {"previous", "new", "previous+unpublished-dir"}

@@ -129,7 +129,9 @@ class ShardWriteContext:
 
     Attributes
     ----------
-    root : the dataset directory.
+    root : where files are created: the write's staging area
+        (``<dataset>/.shardstore/staging``), moved into the dataset at commit.
+        Paths relative to it (``prefix/...``) are the manifest's paths.
     prefix : directory (relative to ``root``) that holds this write's files.
     index : the shard's index.
     num_records : records in this shard.

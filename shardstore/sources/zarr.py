@@ -628,7 +628,7 @@ class ZarrSource(Source):
         """
         reader = self._chunk_file(ref)
         if reader is None:
-            return np.asarray(self._zarr_array(ref)[lo:hi], dtype=ref.spec.dtype)
+            return self._through_zarr(ref, lambda arr: arr[lo:hi])
         chunk_records = ref.chunk_records
         first, last = lo // chunk_records, (hi - 1) // chunk_records
         pieces = []
@@ -709,9 +709,16 @@ class ZarrSource(Source):
             elif reader is not None:  # scattered rows: each chunk holding some, decoded once
                 out[fname] = reader.rows(rows)
             else:
-                arr = self._zarr_array(ref)
-                out[fname] = np.asarray(arr.oindex[rows], dtype=spec.dtype)
+                out[fname] = self._through_zarr(ref, lambda arr: arr.oindex[rows])
         return out
+
+    def _through_zarr(self, ref: _ArrayRef, select: Callable[[Any], Any]) -> np.ndarray:
+        """``select(array)`` read by zarr itself; its decoding errors become ``ChecksumError``."""
+        arr = self._zarr_array(ref)
+        try:
+            return np.asarray(select(arr), dtype=ref.spec.dtype)
+        except Exception as exc:
+            raise _damaged(ref, f"zarr cannot decode it ({type(exc).__name__}: {exc})") from None
 
 
 @dataclass(frozen=True)
