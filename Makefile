@@ -9,7 +9,7 @@ HDF5   := plugins/shardstore-hdf5
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export NO_MKDOCS_2_WARNING ?= 1
 
-.PHONY: install test lint docs demo bench clean
+.PHONY: install test lint docs demo bench clean stress
 
 install: $(STAMP)
 
@@ -32,6 +32,13 @@ test: install
 # turns broken links, unknown references and docstring problems into failures.
 docs: install
 	$(BIN)/mkdocs build --strict --site-dir site
+
+# The reliability tests with their heavy trial counts (docs/reliability.md): SIGKILL at every
+# storage operation of every format with fsync on, hundreds of random kills, corruptions,
+# concurrent writers and readers, thousands of hostile inputs. Takes tens of minutes.
+stress: install
+	SHARDSTORE_STRESS=1 $(BIN)/python -m pytest -q -s tests/test_crash.py tests/test_corruption.py \
+		tests/test_concurrency.py tests/test_hostile.py
 
 lint: install
 	$(BIN)/ruff check shardstore tests plugins tools benchmarks

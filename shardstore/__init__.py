@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from shardstore.api import open, write
+from shardstore.api import gc, open, write
 from shardstore.convert import convert
 from shardstore.errors import (
     CapabilityError,
     ChecksumError,
+    CommitConflictError,
     DatasetExistsError,
     DatasetNotFoundError,
     InvalidInputError,
@@ -51,6 +52,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "CapabilityError",
     "ChecksumError",
+    "CommitConflictError",
     "Dataset",
     "DatasetExistsError",
     "DatasetNotFoundError",
@@ -69,6 +71,7 @@ __all__ = [
     "__version__",
     "available_sources",
     "convert",
+    "gc",
     "get_source",
     "index_tfrecords",
     "open",

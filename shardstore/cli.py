@@ -4,6 +4,7 @@ Usage::
 
     shardstore info PATH [--json] [--plot PNG]
     shardstore verify PATH [--progress | --no-progress]
+    shardstore gc PATH [--grace SECONDS] [--dry-run] [--json]
     shardstore plugins [--json]
     shardstore ingest --tfrecord DEST FILES... --feature NAME:DTYPE:SHAPE[:ENCODING] ...
     shardstore convert SRC DST --format FORMAT [-o KEY=VALUE ...]
@@ -272,6 +273,43 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gc(args: argparse.Namespace) -> int:
+    """Collect the garbage of the dataset directory at ``args.path``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``path``, ``grace`` (seconds, or ``None`` for the default), ``dry_run``
+        and ``json``.
+
+    Returns
+    -------
+    int
+        0.
+    """
+    from shardstore.api import gc
+
+    report = gc(args.path, grace=args.grace, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    lines = [f"{verb} {_plural(len(report.removed), 'item')}"]
+    if not args.dry_run:
+        lines[0] += f", {_human_bytes(report.bytes_freed)} freed"
+    lines += [f"  {path}" for path in report.removed]
+    if report.kept_retired:
+        left = max(seconds for _, seconds in report.kept_retired)
+        lines.append(
+            f"kept {_plural(len(report.kept_retired), 'superseded version')} "
+            f"(grace period: the last one can go in {left / 3600:.1f} h; --grace 0 removes them)"
+        )
+    if report.in_progress:
+        lines.append(f"left alone: {_plural(len(report.in_progress), 'running writer')}")
+    print("\n".join(lines))
+    return 0
+
+
 def _describe_plugin(info: SourceInfo) -> dict[str, Any]:
     """Load one source plugin and describe it, recording a load failure instead of raising.
 
@@ -470,6 +508,10 @@ examples:
 examples:
   shardstore bench data/train --epochs 2      # the second epoch reads a warm page cache
   shardstore bench data/train --shuffle global --batch-size 1024 --json""",
+    "gc": """\
+examples:
+  shardstore gc data/train --dry-run        # list what would be deleted
+  shardstore gc data/train --grace 0        # delete superseded versions now""",
 }
 
 
@@ -546,6 +588,28 @@ def _build_parser() -> argparse.ArgumentParser:
         help="show a progress bar (default: only on a terminal)",
     )
     verify.set_defaults(func=_cmd_verify)
+
+    gc = sub.add_parser(
+        "gc",
+        parents=[common],
+        help="delete what crashed writes and superseded versions left behind",
+        description="Delete the leftovers of crashed or killed writes at once, and versions "
+        "replaced by an overwrite once their grace period has passed (readers that opened "
+        "them keep working until then). Never touches the current version or a running "
+        "writer's files.",
+    )
+    gc.add_argument("path", metavar="PATH", help="the dataset directory")
+    gc.add_argument(
+        "--grace",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="keep superseded versions this long after the overwrite "
+        "(default: $SHARDSTORE_GC_GRACE_SECONDS or 86400); 0 removes them now",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    gc.add_argument("--json", action="store_true", help="print the report as JSON")
+    gc.set_defaults(func=_cmd_gc)
 
     plugins = sub.add_parser(
         "plugins",

@@ -145,7 +145,7 @@ class FeatureSpec:
         """Parse and validate a manifest feature entry."""
         obj = _expect_dict(obj, where)
         dtype_str = obj.get("dtype")
-        if dtype_str not in SUPPORTED_DTYPES:
+        if not isinstance(dtype_str, str) or dtype_str not in SUPPORTED_DTYPES:
             raise ManifestError(
                 f"{where}.dtype: {dtype_str!r} is not a supported dtype; "
                 f"format v1 holds {sorted(SUPPORTED_DTYPES)}"
@@ -162,6 +162,8 @@ class FeatureSpec:
         spec = cls(np.dtype(str(dtype_str)), tuple(dims))
         if spec.is_fixed and spec.record_nbytes > 2**40:
             raise ManifestError(f"{where}.shape: a record of {spec.record_nbytes} bytes is absurd")
+        if 0 in dims:
+            raise ManifestError(f"{where}.shape: {shape} holds no element per record")
         return spec
 
     def __repr__(self) -> str:

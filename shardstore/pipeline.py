@@ -286,7 +286,7 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
     specs = {name: dataset.features[name] for name in config.read_features}
     plan = _Plan.create(dataset, config)
     shards, num_records = plan.shards, plan.num_records
-    dataset.check_files(shards)
+    dataset.check_files(shards, features=config.read_features)  # only the files read
     record_bytes = sum(s.record_nbytes for s in specs.values())
     longest = max((s.num_records for s in shards), default=1)
     block = _block_records(record_bytes, config.batch_size, longest)
@@ -497,13 +497,24 @@ def _record_order(
         )
         return windows.flat_values
 
+    # Group boundaries relative to the epoch's first record: one batch, then
+    # doubling up to ``group``, so the first batch arrives after one batch's
+    # worth of reading even when a group spans many shards.
+    bounds, size = [0], batch
+    while bounds[-1] < used:
+        bounds.append(bounds[-1] + min(size, group))
+        size *= 2
+    los, his = tf.constant(bounds[:-1], tf.int64), tf.constant(bounds[1:], tf.int64)
+
     def groups(e: tf.Tensor) -> tf.data.Dataset:
         order = epoch_order(e)
         if reps > 1:  # balance="repeat": this share starts over
             order = tf.tile(order, [reps])
         start = tf.where(e == first_epoch, tf.constant(skip * batch, tf.int64), 0)
-        return tf.data.Dataset.range(start, used, group).map(
-            lambda lo: order[lo : tf.minimum(lo + group, used)]
+        return (
+            tf.data.Dataset.from_tensor_slices((los + start, his + start))
+            .filter(lambda lo, hi: lo < used)
+            .map(lambda lo, hi: order[lo : tf.minimum(hi, used)])
         )
 
     return _epoch_counter(first_epoch).flat_map(groups)

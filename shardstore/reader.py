@@ -8,6 +8,7 @@ touches no shard file until asked. TensorFlow is imported only by
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -15,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shardstore.checksum import hash_file
-from shardstore.errors import CapabilityError, ChecksumError, InvalidInputError
-from shardstore.fsutil import InsideResolver, resolve_inside
+from shardstore import integrity
+from shardstore.errors import CapabilityError, ChecksumError, InvalidInputError, ManifestError
+from shardstore.fsutil import resolve_inside
 from shardstore.manifest import FeatureSpec, Manifest, ShardEntry
 from shardstore.progress import progress_bar
 from shardstore.registry import get_source
@@ -37,16 +38,29 @@ class Dataset:
     Create it with :func:`shardstore.open` (or get it back from
     :func:`shardstore.write`). Attributes: :attr:`num_records`,
     :attr:`num_shards`, :attr:`features` (name -> :class:`FeatureSpec`),
-    :attr:`metadata`, :attr:`nbytes`.
+    :attr:`metadata`, :attr:`nbytes`, :attr:`verify_mode`.
+
+    ``verify`` chooses when shard files are checksummed on the read path
+    (:mod:`shardstore.integrity`): ``"once"`` (default) hashes each file
+    before this process first reads it, ``"size"`` only checks sizes.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], manifest: Manifest, *, source: str | None = None
+        self,
+        path: str | os.PathLike[str],
+        manifest: Manifest,
+        *,
+        source: str | None = None,
+        verify: str | None = None,
     ) -> None:
         self.path = Path(path)
         self.manifest = manifest
         self._source_name = source
         self._random_ctx: ReadContext | None = None
+        #: ``"once"`` or ``"size"``: see :mod:`shardstore.integrity`.
+        self.verify_mode = integrity.normalize_mode(verify)
+        # (shard, features) random access has checked already
+        self._checked: set[tuple[int, tuple[str, ...]]] = set()
 
     # -- metadata -----------------------------------------------------------------------
     @property
@@ -128,8 +142,8 @@ class Dataset:
         source = self.source_for("random_access")
         indices, scalar = normalize_index(key, self.num_records)
         if self._random_ctx is None:
-            self.check_files()
             self._random_ctx = ReadContext(self.path, self.shards, self.features, 1)
+        self._check_touched(self._random_ctx, indices)
         out = gather_records(source, self._random_ctx, indices)
         if scalar:
             return {name: arr[0] for name, arr in out.items()}
@@ -163,11 +177,11 @@ class Dataset:
             return
         from shardstore.random_access import gather_records
 
-        self.check_files()
         specs = {n: self.features[n] for n in names}
         ctx = ReadContext(self.path, self.shards, specs, 1)
         for lo in range(0, self.num_records, step):
             indices = np.arange(lo, min(lo + step, self.num_records), dtype=np.int64)
+            self._check_touched(ctx, indices)
             yield gather_records(source, ctx, indices)
 
     def to_tf(
@@ -296,41 +310,87 @@ class Dataset:
             pipeline = pipeline.with_options(options)
         return pipeline
 
-    def check_files(self, shards: Sequence[ShardEntry] | None = None) -> None:
-        """Cheap integrity check: every file exists inside the dataset with its recorded size."""
-        resolver = InsideResolver(self.path)  # one lstat per file: scales to 10^5 shards
-        for shard in self.shards if shards is None else shards:
-            for f in shard.files:
-                st = resolver.resolve_stat(f.path)[1]
-                if st is None:
-                    raise self._damaged(shard, f.path, "is missing")
-                size = st.st_size
-                if size != f.size:
-                    raise self._damaged(
-                        shard, f.path, f"has {size} bytes, the manifest records {f.size}"
-                    )
+    def check_files(
+        self,
+        shards: Sequence[ShardEntry] | None = None,
+        *,
+        features: Sequence[str] | None = None,
+    ) -> None:
+        """Check the files of ``shards`` (default: all) before they are read.
+
+        Every file must exist inside the dataset with its recorded size and,
+        with ``verify="once"`` (the default), its recorded checksum, hashed
+        the first time this process reads it (:mod:`shardstore.integrity`).
+        ``to_tf`` calls this with the shards it is about to read, random
+        access with the shards it touches. With ``features``, only those
+        features' files (and files of no single feature) are checked.
+
+        Raises
+        ------
+        ChecksumError
+            Naming the dataset, the shard and the first damaged file.
+        """
+        shards = self.shards if shards is None else shards
+        self._check_plausible(shards)
+        if features is not None:
+            wanted = set(features)
+            shards = [
+                dataclasses.replace(
+                    s, files=tuple(f for f in s.files if f.feature is None or f.feature in wanted)
+                )
+                for s in shards
+            ]
+        integrity.check_shards(shards, self._resolve, self._damaged, mode=self.verify_mode)
+
+    def _check_plausible(self, shards: Sequence[ShardEntry]) -> None:
+        """Refuse a shard claiming far more record bytes than its files could hold.
+
+        Readers allocate what the manifest's shapes and counts imply; a
+        manifest whose claims are not backed by bytes on disk (more than
+        :data:`~shardstore.integrity.MAX_EXPANSION` times, compression
+        included) is refused before anything is allocated.
+        """
+        specs = list(self.features.values())
+        if not all(s.is_fixed for s in specs):
+            return
+        record_bytes = sum(s.record_nbytes for s in specs)
+        for shard in shards:
+            claimed = shard.num_records * record_bytes
+            if claimed > integrity.MAX_EXPANSION * shard.nbytes + (1 << 20):
+                raise ManifestError(
+                    f"dataset {str(self.path)!r}, shard {shard.index}: claims {claimed} bytes "
+                    f"of records in {shard.nbytes} bytes of files (more than "
+                    f"{integrity.MAX_EXPANSION}-fold); refusing to read it"
+                )
+
+    def _check_touched(self, ctx: ReadContext, indices: np.ndarray) -> None:
+        """``check_files`` for the shards holding ``indices`` not checked by this object yet."""
+        if not len(indices):
+            return
+        positions = np.unique(np.searchsorted(ctx.record_starts, indices, side="right") - 1)
+        names = tuple(ctx.features)
+        new = [ctx.shards[int(p)] for p in positions if (int(p), names) not in self._checked]
+        if new:
+            self.check_files(new, features=names)
+            self._checked.update((s.index, names) for s in new)
 
     def verify(self, *, progress: bool | None = None) -> None:
-        """Re-check the size and checksum of every file.
+        """Re-check the size and checksum of every file (always hashing, whatever ``verify_mode``).
 
         Raises
         ------
         ChecksumError
             Naming the dataset, the shard and the file that does not match.
         """
-        total = self.nbytes
-        with progress_bar(total=total, desc="verify", unit="B", enabled=progress) as bar:
-            for shard in self.shards:
-                self.check_files([shard])
-                for f in shard.files:
-                    _, checksum = hash_file(self._resolve(f.path))
-                    if checksum != f.checksum:
-                        raise self._damaged(
-                            shard,
-                            f.path,
-                            f"has checksum {checksum}, the manifest records {f.checksum}",
-                        )
-                    bar.update(f.size)
+        with progress_bar(total=self.nbytes, desc="verify", unit="B", enabled=progress) as bar:
+            integrity.check_shards(
+                self.shards,
+                self._resolve,
+                self._damaged,
+                mode="once",
+                rehash=True,
+                progress=bar.update,
+            )
 
     def _resolve(self, relpath: str) -> Path:
         return resolve_inside(self.path, relpath)

@@ -17,6 +17,7 @@ from shardstore import errors
         (errors.ManifestError, ValueError),
         (errors.DatasetNotFoundError, FileNotFoundError),
         (errors.DatasetExistsError, FileExistsError),
+        (errors.CommitConflictError, errors.DatasetExistsError),
         (errors.ChecksumError, OSError),
         (errors.SourceNotFoundError, LookupError),
         (errors.PluginLoadError, ImportError),

@@ -228,3 +228,12 @@ def test_parsing_restores_the_garbage_collector_state(enabled: bool, text: str) 
         assert gc.isenabled() is enabled
     finally:
         gc.enable() if was else gc.disable()
+
+
+@pytest.mark.parametrize("shape", [[0], [3, 0], [0, None]])
+def test_records_without_elements_are_refused(shape: list[int | None]) -> None:
+    """Found by tests/test_hostile.py: a [0] shape used to pass and fail later in TensorFlow."""
+    d = as_dict()
+    d["features"]["x"]["shape"] = shape
+    with pytest.raises(ManifestError, match="no element per record"):
+        Manifest.from_dict(d)

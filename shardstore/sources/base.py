@@ -57,7 +57,7 @@ from shardstore.errors import (
     ManifestError,
     UnsupportedDTypeError,
 )
-from shardstore.fsutil import HashingFile, InsideResolver
+from shardstore.fsutil import HashingFile, InsideResolver, make_dirs
 from shardstore.manifest import (
     SUPPORTED_DTYPES,
     FeatureSpec,
@@ -129,7 +129,9 @@ class ShardWriteContext:
 
     Attributes
     ----------
-    root : the dataset directory.
+    root : where files are created: the write's staging area
+        (``<dataset>/.shardstore/staging``), moved into the dataset at commit.
+        Paths relative to it (``prefix/...``) are the manifest's paths.
     prefix : directory (relative to ``root``) that holds this write's files.
     index : the shard's index.
     num_records : records in this shard.
@@ -159,7 +161,7 @@ class ShardWriteContext:
             relpath = check_relative_path(f"{self.prefix}/{stem}{suffix}")
         except ManifestError as exc:
             raise InvalidInputError(f"invalid file suffix {suffix!r}: {exc}") from None
-        (self.root / relpath).parent.mkdir(parents=True, exist_ok=True)
+        make_dirs((self.root / relpath).parent)
         return ShardFile(self, relpath, feature)
 
     def entry(self, source: str) -> ShardEntry:

@@ -1,13 +1,14 @@
 """The ``memmap`` source: random access to ``.npy`` shards, straight into the caller's arrays.
 
-It reads the very files the ``npy`` source writes (``reads = {"npy"}``).
-Runs of consecutive records are read with ``os.preadv`` directly into the
-output array (one copy, from the page cache; the GIL is released during the
-read, so several reader threads run in parallel); scattered small records
-are gathered from a read-only ``np.load(..., mmap_mode="r")`` map instead,
-where one system call per record would cost more than the copy. That gives
-``ds[i]``, ``ds[i:j]``, ``ds[[i, k]]`` without TensorFlow, and the batch
-gathers behind every ``to_tf`` pipeline of an ``npy`` dataset.
+It reads the very files the ``npy`` source writes (``reads = {"npy"}``),
+after parsing each file's header and checking it against the manifest (never
+``np.load``). Runs of consecutive records are read with ``os.preadv``
+directly into the output array (one copy, from the page cache; the GIL is
+released during the read, so several reader threads run in parallel);
+scattered small records are gathered from a read-only ``np.memmap`` map
+instead, where one system call per record would cost more than the copy.
+That gives ``ds[i]``, ``ds[i:j]``, ``ds[[i, k]]`` without TensorFlow, and the
+batch gathers behind every ``to_tf`` pipeline of an ``npy`` dataset.
 
 Reading goes through ``tf.numpy_function`` (one call per block or batch,
 never per record), so pipelines built on it are not serialisable:
@@ -26,9 +27,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from shardstore.errors import ChecksumError, ManifestError
+from shardstore.manifest import FeatureSpec, ShardEntry
 from shardstore.random_access import aligned_empty
 from shardstore.sources.base import ArrayLike, ReadContext, ShardWriteContext, Source
-from shardstore.sources.npy import NpySource, npy_layout
+from shardstore.sources.npy import NpySource, npy_layout, read_npy_header
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -43,15 +45,55 @@ MAX_OPEN_FILES = 256
 #: consecutive rows; smaller scattered records are gathered from a memory map.
 PREAD_MIN_RECORD_BYTES = 4096
 
-#: ``.npy`` headers are parsed with ``ast.literal_eval``, which is not safe to
-#: call from several threads at once on CPython 3.11 (a ``SystemError``
-#: "AST constructor recursion depth mismatch"); reader threads parse one at a time.
-_HEADER_LOCK = threading.Lock()
 
-_HEADER_READERS = {
-    (1, 0): np.lib.format.read_array_header_1_0,
-    (2, 0): np.lib.format.read_array_header_2_0,
-}
+def _open_map(path: Path, shard: ShardEntry, relpath: str, size: int, spec: FeatureSpec) -> Any:
+    """A read-only map of one ``.npy`` shard file, after checking its header against the manifest.
+
+    The header is parsed (never executed, never trusted): its dtype, shape and
+    order must be the manifest's and the file exactly as long as they say,
+    before anything is mapped. No ``np.load``: object dtypes cannot even be
+    described here, and no size a header claims is ever allocated.
+    """
+    expected = (shard.num_records, *(int(d) for d in spec.shape if d is not None))
+    where = f"shard {shard.index}, file {relpath!r}"
+    try:
+        with open(path, "rb") as f:
+            try:
+                header = read_npy_header(f)
+            except ValueError as exc:
+                raise ChecksumError(
+                    f"{where}: not a valid .npy file ({exc})", shard=shard.index, file=relpath
+                ) from None
+            if (
+                header.shape != expected
+                or header.dtype != spec.dtype
+                or header.fortran_order
+                or header.dtype.hasobject
+            ):
+                order = "Fortran order" if header.fortran_order else "C order"
+                raise ManifestError(
+                    f"{where}: holds {header.dtype} {header.shape} in {order}, "
+                    f"the manifest says {spec.dtype} {expected}"
+                )
+            data_bytes = spec.record_nbytes * shard.num_records
+            actual = os.fstat(f.fileno()).st_size
+            if header.data_offset + data_bytes != actual or actual != size:
+                raise ChecksumError(
+                    f"{where}: has {actual} bytes; its header and the manifest say "
+                    f"{header.data_offset + data_bytes}",
+                    shard=shard.index,
+                    file=relpath,
+                )
+            if data_bytes == 0:
+                return np.empty(expected, spec.dtype)
+            return np.memmap(f, dtype=spec.dtype, mode="r", offset=header.data_offset,
+                             shape=expected)  # fmt: skip
+    except (ChecksumError, ManifestError):
+        raise
+    except (OSError, ValueError) as exc:  # the file changed under us, or cannot be mapped
+        raise ChecksumError(
+            f"{where}: cannot be mapped ({exc})", shard=shard.index, file=relpath
+        ) from None
 
 
 class MemmapSource(Source):
@@ -65,9 +107,10 @@ class MemmapSource(Source):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # keyed by (dataset directory, manifest path): resolved (symlinks checked) once
-        self._maps: OrderedDict[tuple[Path, str], np.ndarray] = OrderedDict()
-        self._files: OrderedDict[tuple[Path, str], int] = OrderedDict()
+        # keyed by (dataset directory, manifest path, checksum): resolved (symlinks
+        # checked) once; another file at the same path is opened anew
+        self._maps: OrderedDict[tuple[Path, str, str], np.ndarray] = OrderedDict()
+        self._files: OrderedDict[tuple[Path, str, str], int] = OrderedDict()
 
     def __del__(self) -> None:
         for fd in getattr(self, "_files", {}).values():
@@ -84,21 +127,15 @@ class MemmapSource(Source):
     def _map(self, ctx: ReadContext, position: int, feature: str) -> np.ndarray:
         shard = ctx.shards[position]
         entry = shard.file_for(feature)
-        key = (ctx.root, entry.path)
+        key = (ctx.root, entry.path, entry.checksum)
         with self._lock:
             cached = self._maps.get(key)
             if cached is not None:
                 self._maps.move_to_end(key)
                 return cached
-        spec = ctx.features[feature]
-        with _HEADER_LOCK:
-            mm: np.ndarray = np.load(ctx.resolve(entry.path), mmap_mode="r", allow_pickle=False)
-        expected = (shard.num_records, *spec.shape)
-        if mm.shape != expected or mm.dtype != spec.dtype or not mm.flags.c_contiguous:
-            raise ManifestError(
-                f"shard {shard.index}, file {entry.path!r}: holds {mm.dtype} {mm.shape}, "
-                f"the manifest says {spec.dtype} {expected}"
-            )
+        mm: np.ndarray = _open_map(
+            ctx.resolve(entry.path), shard, entry.path, entry.size, ctx.features[feature]
+        )
         with self._lock:
             self._maps[key] = mm
             while len(self._maps) > MAX_OPEN_MAPS:
@@ -113,7 +150,7 @@ class MemmapSource(Source):
         """
         shard = ctx.shards[position]
         entry = shard.file_for(feature)
-        key = (ctx.root, entry.path)
+        key = (ctx.root, entry.path, entry.checksum)
         header = entry.info.get("header_bytes")
         if type(header) is not int or not 0 < header <= entry.size:
             raise ManifestError(
@@ -127,24 +164,27 @@ class MemmapSource(Source):
         spec = ctx.features[feature]
         fd = os.open(ctx.resolve(entry.path), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
-            with _HEADER_LOCK, os.fdopen(os.dup(fd), "rb") as f:
-                version = np.lib.format.read_magic(f)
-                read = _HEADER_READERS.get(version)
-                if read is None:
-                    raise ValueError(f".npy format version {version} is not 1.0 or 2.0")
-                shape, fortran, dtype = read(f, max_header_size=header)
-                at = f.tell()
+            with os.fdopen(os.dup(fd), "rb") as f:
+                parsed = read_npy_header(f)
         except (ValueError, OSError) as exc:
             os.close(fd)
-            raise ManifestError(
-                f"shard {shard.index}, file {entry.path!r}: not a valid .npy file ({exc})"
+            raise ChecksumError(
+                f"shard {shard.index}, file {entry.path!r}: not a valid .npy file ({exc})",
+                shard=shard.index,
+                file=entry.path,
             ) from None
-        expected = (shard.num_records, *spec.shape)
-        if shape != expected or dtype != spec.dtype or fortran or at != header:
+        expected = (shard.num_records, *(int(d or 0) for d in spec.shape))
+        if (
+            parsed.shape != expected
+            or parsed.dtype != spec.dtype
+            or parsed.fortran_order
+            or parsed.data_offset != header
+        ):
             os.close(fd)
             raise ManifestError(
-                f"shard {shard.index}, file {entry.path!r}: holds {dtype} {shape} "
-                f"(data at byte {at}), the manifest says {spec.dtype} {expected} at byte {header}"
+                f"shard {shard.index}, file {entry.path!r}: holds {parsed.dtype} {parsed.shape} "
+                f"(data at byte {parsed.data_offset}), the manifest says {spec.dtype} {expected} "
+                f"at byte {header}"
             )
         with self._lock:
             self._files[key] = fd

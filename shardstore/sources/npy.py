@@ -11,8 +11,9 @@ decodes them with ``decode_raw``: no Python in the hot path, no
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -28,9 +29,11 @@ from shardstore.sources.base import (
 if TYPE_CHECKING:
     import tensorflow as tf
 
-__all__ = ["NpySource", "npy_header", "npy_layout"]
+__all__ = ["NpyHeader", "NpySource", "npy_header", "npy_layout", "read_npy_header"]
 
 SUFFIX = ".npy"
+#: The longest ``.npy`` header accepted when one is parsed (NumPy's own default limit).
+MAX_HEADER_BYTES = 10_000
 
 
 def npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
@@ -71,6 +74,51 @@ def npy_layout(ctx: ReadContext) -> dict[str, list[int]]:
                 )
             column.append(header)
     return headers
+
+
+#: NumPy parses ``.npy`` headers with ``ast.literal_eval``, which is not safe to
+#: call from several threads at once on CPython 3.11 (``SystemError``: "AST
+#: constructor recursion depth mismatch"); reader threads parse one at a time.
+_HEADER_LOCK = threading.Lock()
+
+
+class NpyHeader(NamedTuple):
+    """What a ``.npy`` header says: dtype, shape, order, and where the data starts."""
+
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    fortran_order: bool
+    data_offset: int
+
+
+def read_npy_header(f: BinaryIO) -> NpyHeader:
+    """Parse the ``.npy`` header at the start of ``f`` without reading any data.
+
+    Only the header is read (at most :data:`MAX_HEADER_BYTES`); NumPy parses
+    it as a Python literal (never code), and nothing is allocated from what it
+    claims. The caller compares the result with the manifest.
+
+    Raises
+    ------
+    ValueError
+        Not a ``.npy`` file, or a malformed or overlong header.
+    """
+    try:
+        major, _ = np.lib.format.read_magic(f)
+        if major not in (1, 2, 3):
+            raise ValueError(f"unsupported .npy format version {major}")
+        read = (
+            np.lib.format.read_array_header_1_0
+            if major == 1
+            else np.lib.format.read_array_header_2_0
+        )
+        with _HEADER_LOCK:  # NumPy parses the header with ast.literal_eval (see above)
+            shape, fortran, dtype = read(f, max_header_size=MAX_HEADER_BYTES)
+    except ValueError:
+        raise
+    except Exception as exc:  # numpy raises TypeError, SyntaxError... on hostile headers
+        raise ValueError(f"malformed .npy header ({type(exc).__name__}: {exc})") from None
+    return NpyHeader(np.dtype(dtype), tuple(int(d) for d in shape), bool(fortran), f.tell())
 
 
 class NpySource(Source):
