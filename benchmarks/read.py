@@ -3,8 +3,9 @@
 Per workload, in one process with a warm page cache: write the shardstore
 datasets once (npy, zarr without and with zstd compression, tfrecord), measure
 the floor (``np.load`` of the npy dataset's shard files, best of 3, before
-and after the other rows: the better of the two), then one epoch (best of ``repeats`` after a warm-up epoch) of every shardstore variant
-and every peer, each consumed in graph with ``Dataset.reduce``.
+and after the other rows: the better of the two), then one epoch (best of
+``repeats`` after a warm-up epoch) of every shardstore variant and every
+peer, each consumed in graph with ``Dataset.reduce``.
 """
 
 from __future__ import annotations
