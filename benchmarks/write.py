@@ -6,8 +6,9 @@ size shardstore uses; ``fsync`` on and off are measured separately and each
 compared with the floor that has the same setting. The usual TFRecord writer
 (one ``tf.train.Example`` per record) has no fsync; compare it with
 shardstore's tfrecord write with fsync off. Each figure is the best of
-``repeats`` rounds (every case once per round), each run into an empty
-directory after ``os.sync()``.
+``repeats`` rounds (every case once per round, each round starting at
+another case), each run into an empty directory after ``os.sync()``, after
+one untimed warm-up write.
 """
 
 from __future__ import annotations
@@ -110,11 +111,14 @@ def run_write_suite(arrays: Arrays, workdir: Path, *, repeats: int, log: Log) ->
             partial(tfrecord_writer_files, arrays),
         )
     )
+    # Untimed warm-up: the first write of a run may wait for the kernel to reclaim
+    # page cache (measured: 10x slower on a busy machine), whoever goes first.
+    time_write(partial(np_save_files, arrays, fsync=False), out)
     best = [float("inf")] * len(cases)
     files = [0] * len(cases)
-    for _ in range(max(1, repeats)):  # round robin: drifts in machine load hit every case
-        for i, (*_, write) in enumerate(cases):
-            seconds, files[i] = time_write(write, out)
+    for r in range(max(1, repeats)):  # rounds, each starting at another case
+        for i in [(r + k) % len(cases) for k in range(len(cases))]:
+            seconds, files[i] = time_write(cases[i][-1], out)
             best[i] = min(best[i], seconds)
     rows = []
     for (row_id, label, kind, fsync, _), seconds, count in zip(cases, best, files, strict=True):
