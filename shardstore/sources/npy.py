@@ -11,6 +11,7 @@ decodes them with ``decode_raw``: no Python in the hot path, no
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, NamedTuple
 
@@ -33,6 +34,10 @@ __all__ = ["NpyHeader", "NpySource", "npy_header", "read_npy_header"]
 SUFFIX = ".npy"
 #: The longest ``.npy`` header accepted when one is parsed (NumPy's own default limit).
 MAX_HEADER_BYTES = 10_000
+# NumPy parses headers with ``ast.literal_eval``; CPython 3.11 can fail with
+# "SystemError: AST constructor recursion depth mismatch" when two threads do
+# that at once (seen with parallel tf.data readers), so one parse at a time.
+_HEADER_LOCK = threading.Lock()
 
 
 def npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
@@ -70,20 +75,22 @@ def read_npy_header(f: BinaryIO) -> NpyHeader:
     """
     try:
         major, _ = np.lib.format.read_magic(f)
-        if major == 1:
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(
-                f, max_header_size=MAX_HEADER_BYTES
-            )
-        elif major in (2, 3):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(
-                f, max_header_size=MAX_HEADER_BYTES
-            )
-        else:
-            raise ValueError(f"unsupported .npy format version {major}")
+        with _HEADER_LOCK:  # NumPy parses with ast, which CPython < 3.12 cannot run in threads
+            return _read_header(f, major)
     except ValueError:
         raise
     except Exception as exc:  # numpy raises TypeError, SyntaxError... on hostile headers
         raise ValueError(f"malformed .npy header ({type(exc).__name__}: {exc})") from None
+
+
+def _read_header(f: BinaryIO, major: int) -> NpyHeader:
+    if major == 1:
+        read = np.lib.format.read_array_header_1_0
+    elif major in (2, 3):
+        read = np.lib.format.read_array_header_2_0
+    else:
+        raise ValueError(f"unsupported .npy format version {major}")
+    shape, fortran, dtype = read(f, max_header_size=MAX_HEADER_BYTES)
     return NpyHeader(np.dtype(dtype), tuple(int(d) for d in shape), bool(fortran), f.tell())
 
 
