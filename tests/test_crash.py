@@ -269,12 +269,12 @@ def test_gc_killed_at_every_operation(server: CrashServer, tmp_path: Path) -> No
 
     def make_garbage() -> None:
         # a superseded version, a write killed before publishing, one killed mid-shard
-        assert server.run(**write_req(path, 1, "npy", overwrite=True))["code"] == 0
-        _, trace = count_ops(server, write_req(path, 2, "npy", overwrite=True))
+        garbage = {"fsync": False}  # what is collected, not how it was written, matters here
+        assert server.run(**write_req(path, 1, "npy", overwrite=True, **garbage))["code"] == 0
+        _, trace = count_ops(server, write_req(path, 2, "npy", overwrite=True, **garbage))
         for k in (trace.index("replace manifest") - 1, 5):
-            assert server.run(**write_req(path, 3, "npy", overwrite=True), after_ops=k) == {
-                "signal": 9
-            }
+            reply = server.run(**write_req(path, 3, "npy", overwrite=True, **garbage), after_ops=k)
+            assert reply == {"signal": 9}
 
     assert server.run(**write_req(path, 0, "npy", overwrite=False))["code"] == 0
     make_garbage()

@@ -273,14 +273,14 @@ def mutated(draw: st.DrawFn, manifest: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@settings(max_examples=EXAMPLES * 5, **SETTINGS)
+@settings(max_examples=EXAMPLES * (5 if STRESS else 2), **SETTINGS)
 @given(st.binary(max_size=300) | json_values.map(json.dumps).map(str.encode))
 def test_any_bytes_parse_or_raise_manifest_error(data: bytes) -> None:
     with contextlib.suppress(ManifestError):
         Manifest.from_json(data)
 
 
-@settings(max_examples=EXAMPLES * 5, **SETTINGS)
+@settings(max_examples=EXAMPLES * (5 if STRESS else 2), **SETTINGS)
 @given(st.data())
 def test_mutated_manifests_parse_or_raise_manifest_error(data: st.DataObject) -> None:
     valid = json.loads(_SAMPLE)

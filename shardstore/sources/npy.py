@@ -34,6 +34,10 @@ __all__ = ["NpyHeader", "NpySource", "npy_header", "npy_layout", "read_npy_heade
 SUFFIX = ".npy"
 #: The longest ``.npy`` header accepted when one is parsed (NumPy's own default limit).
 MAX_HEADER_BYTES = 10_000
+# NumPy parses headers with ``ast.literal_eval``; CPython 3.11 can fail with
+# "SystemError: AST constructor recursion depth mismatch" when two threads do
+# that at once (seen with parallel tf.data readers), so one parse at a time.
+_HEADER_LOCK = threading.Lock()
 
 
 def npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
@@ -76,12 +80,6 @@ def npy_layout(ctx: ReadContext) -> dict[str, list[int]]:
     return headers
 
 
-#: NumPy parses ``.npy`` headers with ``ast.literal_eval``, which is not safe to
-#: call from several threads at once on CPython 3.11 (``SystemError``: "AST
-#: constructor recursion depth mismatch"); reader threads parse one at a time.
-_HEADER_LOCK = threading.Lock()
-
-
 class NpyHeader(NamedTuple):
     """What a ``.npy`` header says: dtype, shape, order, and where the data starts."""
 
@@ -105,19 +103,22 @@ def read_npy_header(f: BinaryIO) -> NpyHeader:
     """
     try:
         major, _ = np.lib.format.read_magic(f)
-        if major not in (1, 2, 3):
-            raise ValueError(f"unsupported .npy format version {major}")
-        read = (
-            np.lib.format.read_array_header_1_0
-            if major == 1
-            else np.lib.format.read_array_header_2_0
-        )
-        with _HEADER_LOCK:  # NumPy parses the header with ast.literal_eval (see above)
-            shape, fortran, dtype = read(f, max_header_size=MAX_HEADER_BYTES)
+        with _HEADER_LOCK:  # NumPy parses with ast, which CPython < 3.12 cannot run in threads
+            return _read_header(f, major)
     except ValueError:
         raise
     except Exception as exc:  # numpy raises TypeError, SyntaxError... on hostile headers
         raise ValueError(f"malformed .npy header ({type(exc).__name__}: {exc})") from None
+
+
+def _read_header(f: BinaryIO, major: int) -> NpyHeader:
+    if major == 1:
+        read = np.lib.format.read_array_header_1_0
+    elif major in (2, 3):
+        read = np.lib.format.read_array_header_2_0
+    else:
+        raise ValueError(f"unsupported .npy format version {major}")
+    shape, fortran, dtype = read(f, max_header_size=MAX_HEADER_BYTES)
     return NpyHeader(np.dtype(dtype), tuple(int(d) for d in shape), bool(fortran), f.tell())
 
 
