@@ -12,15 +12,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from shardstore.api import open, write
+from shardstore.api import gc, open, write
 from shardstore.convert import convert
 from shardstore.errors import (
     CapabilityError,
     ChecksumError,
+    CommitConflictError,
     DatasetExistsError,
     DatasetNotFoundError,
     InvalidInputError,
     ManifestError,
+    MissingDependencyError,
     PluginConflictError,
     PluginLoadError,
     ShardStoreError,
@@ -52,6 +54,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "CapabilityError",
     "ChecksumError",
+    "CommitConflictError",
     "Dataset",
     "DatasetExistsError",
     "DatasetNotFoundError",
@@ -59,6 +62,7 @@ __all__ = [
     "InvalidInputError",
     "Manifest",
     "ManifestError",
+    "MissingDependencyError",
     "PluginConflictError",
     "PluginLoadError",
     "ShardStoreError",
@@ -69,6 +73,7 @@ __all__ = [
     "__version__",
     "available_sources",
     "convert",
+    "gc",
     "get_source",
     "index_tfrecords",
     "ingest",

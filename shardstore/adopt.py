@@ -38,7 +38,6 @@ import logging
 import math
 import os
 import secrets
-import shutil
 import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -48,15 +47,16 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 from tqdm.auto import tqdm
 
+from shardstore import faults
 from shardstore.checksum import CHUNK_BYTES, format_digest, new_hasher
-from shardstore.commit import commit_manifest, remove_previous, staging_path
+from shardstore.commit import Transaction, manifest_state
 from shardstore.errors import (
     DatasetExistsError,
     InvalidInputError,
     ManifestError,
     UnsupportedDTypeError,
 )
-from shardstore.fsutil import HashingFile, fsync_dir, remove_quietly
+from shardstore.fsutil import HashingFile
 from shardstore.manifest import (
     MANIFEST_NAME,
     SUPPORTED_DTYPES,
@@ -66,6 +66,7 @@ from shardstore.manifest import (
     ShardEntry,
     check_feature_name,
 )
+from shardstore.progress import progress_bar
 from shardstore.sources.tfrecord import (
     SUFFIX,
     TFRecordSource,
@@ -371,6 +372,7 @@ def _hard_link(src: Path, dst: Path, *, required: bool) -> bool:
     """Hard-link ``src`` as ``dst``; ``False`` if the filesystem refuses and a copy will do."""
     try:
         os.link(src, dst, follow_symlinks=True)
+        faults.storage_op("link")
         return True
     except OSError as exc:
         if exc.errno not in _NO_LINK_ERRNOS:
@@ -502,18 +504,19 @@ def index_tfrecords(
     version_id = secrets.token_hex(8)
     prefix = f"v-{version_id}"
     created_root = not root.exists()
+    # the commit succeeds only if manifest.json is still what it is now
+    txn = Transaction(root, version_id, overwrite=overwrite, fsync=fsync, base=manifest_state(root))
     file_info = {n: {"key": d.key, "encoding": d.encoding} for n, d in decls.items()}
     shards: list[ShardEntry] = []
     linked = 0
     total = sum(i.size for i in inputs)
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc="adopt", disable=(
-        None if progress is None else not progress))  # fmt: skip
+    bar = progress_bar(total=total, desc="ingest", unit="B", enabled=progress)
     try:
-        (root / prefix).mkdir(parents=True)
+        txn.begin()  # files go to .shardstore/staging/v-<id>/, renamed into place at commit
         for index, src in enumerate(inputs):
             relpath = f"{prefix}/{index:06d}{SUFFIX}"
             count, size, checksum, was_linked = _adopt_file(
-                src, root, relpath, link=link, fsync=fsync, bar=bar
+                src, txn.shard_root, relpath, link=link, fsync=fsync, bar=bar
             )
             linked += was_linked
             origin = src.path.name.encode("utf-8", "backslashreplace").decode("utf-8")
@@ -528,12 +531,9 @@ def index_tfrecords(
             created_by=f"shardstore {__version__}",
         )
         Manifest.from_json(manifest.to_json())  # publish only what every reader accepts
-        if fsync:
-            fsync_dir(root / prefix)
-        previous = commit_manifest(root, manifest, overwrite=overwrite, fsync=fsync)
+        txn.commit(manifest)
     except BaseException:
-        shutil.rmtree(root / prefix, ignore_errors=True)  # links and copies: originals stay
-        remove_quietly(staging_path(root, version_id))
+        txn.abort()  # links and copies only: the originals stay
         if created_root:
             with contextlib.suppress(OSError):
                 root.rmdir()  # only if empty
@@ -549,6 +549,4 @@ def index_tfrecords(
         len(inputs) - linked,
         version_id,
     )
-    if previous is not None:
-        remove_previous(root, previous, manifest)
     return Dataset(root, manifest)

@@ -5,15 +5,19 @@ from __future__ import annotations
 import builtins
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shardstore.errors import DatasetNotFoundError
+from shardstore import integrity
+from shardstore.errors import DatasetNotFoundError, InvalidInputError
 from shardstore.fsutil import resolve_inside
 from shardstore.manifest import MANIFEST_NAME, Manifest
 from shardstore.reader import Dataset
 from shardstore.writer import Writer, normalize_arrays
 
-__all__ = ["open", "write"]
+if TYPE_CHECKING:
+    from shardstore.garbage import GcReport
+
+__all__ = ["gc", "open", "write"]
 
 
 def write(
@@ -42,6 +46,10 @@ def write(
     shard_size : target bytes per shard (default ``"64MiB"``), or
     records_per_shard : records per shard instead.
     overwrite : replace an existing dataset atomically instead of refusing.
+        The replaced version stays on disk for the grace period (readers
+        that opened it keep working), then a later write or :func:`gc`
+        removes it. Fails with ``CommitConflictError`` if another writer
+        committed at ``path`` meanwhile.
     metadata : JSON-serialisable user metadata kept in the manifest.
     fsync : flush to stable storage before committing (default True).
     progress : progress bar (default: only on a terminal).
@@ -52,6 +60,8 @@ def write(
         arrays computed there). The output is the same bytes whatever runs it.
     **options : source-specific options.
 
+    Notes
+    -----
     Everything is validated before the first byte is written; on any error
     nothing is left behind and an existing dataset is untouched.
     """
@@ -74,7 +84,9 @@ def write(
     return writer.close()
 
 
-def open(path: str | os.PathLike[str], *, source: str | None = None) -> Dataset:
+def open(
+    path: str | os.PathLike[str], *, source: str | None = None, verify: str | None = None
+) -> Dataset:
     """Open a committed dataset for reading.
 
     Parameters
@@ -82,6 +94,10 @@ def open(path: str | os.PathLike[str], *, source: str | None = None) -> Dataset:
     path : the dataset directory.
     source : read with this source instead of the one that wrote the shards
         (it must be able to read them).
+    verify : when shard files are checksummed on the read path: ``"once"``
+        (default: each file is hashed before this process first reads it)
+        or ``"size"`` (sizes only). Default: ``$SHARDSTORE_VERIFY`` or
+        ``"once"``. See ``docs/reliability.md``.
 
     Raises
     ------
@@ -91,6 +107,7 @@ def open(path: str | os.PathLike[str], *, source: str | None = None) -> Dataset:
         The manifest is invalid, unsafe, or of an unsupported format version.
     """
     root = Path(path)
+    verify = integrity.normalize_mode(verify)
     if not root.is_dir():
         raise DatasetNotFoundError(f"no shardstore dataset at {str(root)!r}: not a directory")
     manifest_path = resolve_inside(root, MANIFEST_NAME)
@@ -102,7 +119,38 @@ def open(path: str | os.PathLike[str], *, source: str | None = None) -> Dataset:
             f"no shardstore dataset at {str(root)!r}: no {MANIFEST_NAME} (never committed?)"
         ) from None
     manifest = Manifest.from_json(data)
-    dataset = Dataset(root, manifest, source=source)
+    dataset = Dataset(root, manifest, source=source, verify=verify)
     if source is not None:
         dataset.source  # noqa: B018 - fail fast on an unknown or incompatible source
     return dataset
+
+
+def gc(
+    path: str | os.PathLike[str], *, grace: float | None = None, dry_run: bool = False
+) -> GcReport:
+    """Delete what crashed writes and superseded versions left in a dataset directory.
+
+    Parameters
+    ----------
+    path : the dataset directory.
+    grace : seconds an overwritten version is kept after the overwrite, for
+        readers that opened it (default ``$SHARDSTORE_GC_GRACE_SECONDS`` or
+        24 hours). ``grace=0`` removes every superseded version now.
+    dry_run : report, delete nothing.
+
+    Returns
+    -------
+    GcReport
+        ``removed`` (relative paths), ``bytes_freed``, ``kept_retired``
+        (versions still in their grace period) and ``in_progress`` (running
+        writers, whose files are never touched).
+
+    Every write runs the same collection when it starts; ``docs/reliability.md``
+    lists what is removed and when.
+    """
+    from shardstore.garbage import collect
+
+    root = Path(path)
+    if not root.is_dir():
+        raise InvalidInputError(f"{str(root)!r} is not a directory")
+    return collect(root, grace=grace, dry_run=dry_run)

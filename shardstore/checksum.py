@@ -41,9 +41,10 @@ def hash_file(path: str | os.PathLike[str], *, chunk_bytes: int = CHUNK_BYTES) -
     """Return ``(size, checksum)`` of a file, reading it in chunks."""
     hasher = new_hasher()
     size = 0
-    buf = bytearray(chunk_bytes)
-    view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
+        # a buffer no larger than the file (+1 to see its end in one read)
+        buf = bytearray(max(1, min(chunk_bytes, os.fstat(f.fileno()).st_size + 1)))
+        view = memoryview(buf)
         while True:
             n = f.readinto(buf)
             if not n:

@@ -2,22 +2,29 @@
 
 Usage::
 
-    shardstore info PATH [--json]
+    shardstore info PATH [--json] [--plot PNG]
     shardstore verify PATH [--progress | --no-progress]
+    shardstore gc PATH [--grace SECONDS] [--dry-run] [--json]
     shardstore plugins [--json]
     shardstore ingest SRC... DEST [--kind files|npy|npz|zarr|tfrecord] [--labels CSV] ...
     shardstore ingest --tfrecord FILES... DEST --feature NAME:DTYPE:SHAPE[:ENCODING] ...
     shardstore convert SRC DST --format FORMAT [-o KEY=VALUE ...]
     shardstore merge PARTS... DEST [--link auto|hardlink|copy] [--verify]
     shardstore demo [--records N] [--no-train]
+    shardstore bench PATH [--batch-size N] [--shuffle false|true|global] [--epochs N] ...
     shardstore --version
 
 Global options (accepted before or after the subcommand): ``-v/--verbose``
 turns library logging up to INFO; ``--debug`` lets errors propagate with a
 full traceback instead of the one-line ``shardstore: error: ...`` message.
 
-Exit status: 0 on success, 1 when ``verify`` finds a damaged file, 2 on any
-other error (no dataset at the path, an invalid manifest, bad arguments).
+Exit status: 0 on success, 1 when ``verify`` (or ``info``) finds a damaged
+file, 2 on any other error (no dataset at the path, an invalid manifest, bad
+arguments), 130 when interrupted.
+
+Progress bars (``verify``, ``convert``, ``ingest``, ``bench``) show on a terminal only;
+``--progress``/``--no-progress`` force them on or off
+(:func:`shardstore.progress.progress_bar`).
 
 This module prints to stdout/stderr because that *is* its user interface;
 the library itself reports through :mod:`logging`. Nothing here imports
@@ -31,6 +38,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,6 +47,7 @@ from shardstore.api import open as open_dataset
 from shardstore.errors import ChecksumError, ShardStoreError
 from shardstore.manifest import FeatureSpec
 from shardstore.registry import SourceInfo, available_sources, get_source
+from shardstore.summary import summarize
 
 __all__ = ["main"]
 
@@ -142,42 +151,99 @@ def _error(message: str) -> None:
 
 # -- subcommands --------------------------------------------------------------------------
 def _cmd_info(args: argparse.Namespace) -> int:
-    """Print a summary of the dataset at ``args.path``.
+    """Print a summary of the dataset at ``args.path`` (and plot its shards).
 
     Parameters
     ----------
     args : argparse.Namespace
-        ``path`` and ``json``.
+        ``path``, ``json`` and ``plot`` (a PNG path, or ``None``).
 
     Returns
     -------
     int
-        0.
+        0, or 1 when a file is missing or has the wrong size (the summary is
+        still printed, and one line on stderr names the file).
     """
     ds = open_dataset(args.path)
+    summary = summarize(ds)
+    if args.plot is not None:
+        from shardstore.plot import plot_shards
+
+        summary["plot"] = str(plot_shards(ds, args.plot))
     if args.json:
-        print(json.dumps(ds.info(), indent=2))
-        return 0
-    features: dict[str, FeatureSpec] = dict(ds.features)
-    lines = [
-        f"path:     {ds.path}",
-        f"version:  {ds.manifest.version_id}",
-        f"records:  {ds.num_records}",
-        f"shards:   {ds.num_shards}",
-        f"size:     {_human_bytes(ds.nbytes)} ({ds.nbytes} bytes)",
-        f"sources:  {', '.join(ds.manifest.sources) or '-'}",
+        print(json.dumps(summary, indent=2))
+    else:
+        print(_format_info(summary, dict(ds.features)))
+    if summary["checksums"]["state"] == "damaged":
+        print(f"{PROG}: info: dataset is DAMAGED: {summary['checksums']['error']}", file=sys.stderr)
+        return EXIT_DAMAGED
+    return 0
+
+
+def _format_info(summary: dict[str, Any], features: dict[str, FeatureSpec]) -> str:
+    """The human-readable ``info`` report.
+
+    Parameters
+    ----------
+    summary : dict
+        :func:`shardstore.summary.summarize` of the dataset.
+    features : dict
+        The dataset's feature specs, by name.
+
+    Returns
+    -------
+    str
+        Aligned ``label: value`` lines, then one line per feature.
+    """
+    nbytes, files = summary["nbytes"], summary["num_files"]
+    recs, sizes = summary["shard_records"], summary["shard_nbytes"]
+    rows = [
+        ("path", summary["path"]),
+        ("version", f"{summary['version_id']} (format v{summary['format_version']})"),
+        ("records", str(summary["num_records"])),
     ]
-    if ds.metadata:
-        lines.append(f"metadata: {', '.join(sorted(ds.metadata))}")
-    lines.append(f"features: {len(features)}")
+    shards = str(summary["num_shards"])
+    if summary["num_shards"]:
+        per = str(recs["min"]) if recs["min"] == recs["max"] else f"{recs['min']} to {recs['max']}"
+        shards += (
+            f" ({per} records each; {_human_bytes(sizes['min'])} to "
+            f"{_human_bytes(sizes['max'])}, mean {_human_bytes(round(sizes['mean']))})"
+        )
+    rows.append(("shards", shards))
+    rows.append(("on disk", f"{_human_bytes(nbytes)} ({nbytes} bytes) in {_plural(files, 'file')}"))
+    decoded = summary["decoded_nbytes"]
+    if decoded is None:
+        rows.append(("decoded", "unknown (a feature has a variable dimension)"))
+    elif summary["compression_ratio"] is not None:
+        ratio = summary["compression_ratio"]
+        rows.append(
+            ("decoded", f"{_human_bytes(decoded)}; compression ratio {ratio:.2f} (decoded/on disk)")
+        )
+    rows.append(("sources", ", ".join(summary["sources"]) or "-"))
+    checks = summary["checksums"]
+    if checks["state"] == "damaged":
+        state = f"DAMAGED: {checks['error']}"
+    else:
+        state = "sizes OK ('shardstore verify' re-hashes every byte)"
+    rows.append(("checksums", f"{checks['algorithm']}, {state}"))
+    if summary["metadata"]:
+        rows.append(("metadata", ", ".join(sorted(summary["metadata"]))))
+    if "plot" in summary:
+        rows.append(("plot", summary["plot"]))
+    rows.append(("features", str(len(features))))
+    width = max(len(label) for label, _ in rows) + 2
+    lines = [f"{label + ':':<{width}}{value}" for label, value in rows]
     name_width = max((len(n) for n in features), default=0)
     dtype_width = max((len(s.dtype.name) for s in features.values()), default=0)
+    shapes = {n: _format_shape(s.shape) for n, s in features.items()}
+    shape_width = max((len(s) for s in shapes.values()), default=0)
     for name, spec in features.items():
+        per_record = _human_bytes(spec.record_nbytes) if spec.is_fixed else "variable"
         lines.append(
-            f"  {name:<{name_width}}  {spec.dtype.name:<{dtype_width}}  {_format_shape(spec.shape)}"
+            f"  {name:<{name_width}}  {spec.dtype.name:<{dtype_width}}  "
+            f"{shapes[name]:<{shape_width}}  {per_record} per record"
         )
-    print("\n".join(lines))
-    return 0
+    return "\n".join(lines)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -206,6 +272,43 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         f"OK: {_plural(ds.num_records, 'record')}, {_plural(ds.num_shards, 'shard')}, "
         f"{_human_bytes(ds.nbytes)} verified"
     )
+    return 0
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    """Collect the garbage of the dataset directory at ``args.path``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``path``, ``grace`` (seconds, or ``None`` for the default), ``dry_run``
+        and ``json``.
+
+    Returns
+    -------
+    int
+        0.
+    """
+    from shardstore.api import gc
+
+    report = gc(args.path, grace=args.grace, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    lines = [f"{verb} {_plural(len(report.removed), 'item')}"]
+    if not args.dry_run:
+        lines[0] += f", {_human_bytes(report.bytes_freed)} freed"
+    lines += [f"  {path}" for path in report.removed]
+    if report.kept_retired:
+        left = max(seconds for _, seconds in report.kept_retired)
+        lines.append(
+            f"kept {_plural(len(report.kept_retired), 'superseded version')} "
+            f"(grace period: the last one can go in {left / 3600:.1f} h; --grace 0 removes them)"
+        )
+    if report.in_progress:
+        lines.append(f"left alone: {_plural(len(report.in_progress), 'running writer')}")
+    print("\n".join(lines))
     return 0
 
 
@@ -442,6 +545,81 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 # -- parser ---------------------------------------------------------------------------------
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps prose to the terminal but keeps blank lines and indented example lines."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        blocks = []
+        for block in textwrap.dedent(text).strip("\n").split("\n\n"):
+            if block.startswith(" ") or "\n " in block:  # examples: as written
+                blocks.append(textwrap.indent(block, indent))
+            else:
+                text = " ".join(block.split())
+                blocks.append(
+                    textwrap.fill(
+                        text,
+                        width,
+                        initial_indent=indent,
+                        subsequent_indent=indent,
+                        break_on_hyphens=False,
+                    )
+                )
+        return "\n\n".join(blocks)
+
+
+class _Parser(argparse.ArgumentParser):
+    """The parser class of the command and of every subcommand (shared help format)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+_EPILOG = """\
+Run 'shardstore COMMAND --help' for the options and examples of a command.
+
+Global options (-v, --debug) go before or after the command. Errors print one
+line 'shardstore: error: ...' (--debug shows the traceback). Exit status: 0 on
+success, 1 when a file of the dataset is damaged (verify, info), 2 on any other
+error, 130 when interrupted."""
+
+#: Examples shown at the end of each command's ``--help``.
+_EXAMPLES = {
+    "info": """\
+examples:
+  shardstore info data/train
+  shardstore info data/train --json | jq .num_records
+  shardstore info data/train --plot shards.png     # needs shardstore[plot]""",
+    "verify": """\
+examples:
+  shardstore verify data/train
+  shardstore verify data/train --no-progress && echo intact""",
+    "plugins": """\
+examples:
+  shardstore plugins
+  shardstore plugins --json""",
+    "ingest": """\
+examples:
+  shardstore ingest --tfrecord data/train part-0.tfrecord part-1.tfrecord \\
+      --feature image:uint8:64x64x3 --feature label:int64:scalar:int64_list""",
+    "convert": """\
+examples:
+  shardstore convert data/train data/train-zarr --format zarr -o compression=lz4
+  shardstore convert data/train data/train-tfr --format tfrecord --shard-size 128MiB""",
+    "demo": """\
+examples:
+  shardstore demo --records 2048 --no-train""",
+    "bench": """\
+examples:
+  shardstore bench data/train --epochs 2      # the second epoch reads a warm page cache
+  shardstore bench data/train --shuffle global --batch-size 1024 --json""",
+    "gc": """\
+examples:
+  shardstore gc data/train --dry-run        # list what would be deleted
+  shardstore gc data/train --grace 0        # delete superseded versions now""",
+}
+
+
 def _build_parser() -> argparse.ArgumentParser:
     """Build the argument parser.
 
@@ -451,15 +629,17 @@ def _build_parser() -> argparse.ArgumentParser:
         The ``shardstore`` parser with its ``info``, ``verify`` and ``plugins``
         subcommands; each sets ``func`` to the function that runs it.
     """
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Inspect, verify, convert and ingest shardstore datasets; list source plugins.",
+        epilog=_EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
 
-    def add_globals(p: argparse.ArgumentParser, default: Any) -> None:
+    def add_globals(parser: argparse.ArgumentParser, default: Any) -> None:
         # On subparsers the default is SUPPRESS so that an option given before
         # the subcommand is not reset by the subparser's own default.
+        p = parser.add_argument_group("global options")
         p.add_argument(
             "-v", "--verbose", action="store_true", default=default, help="log at INFO level"
         )
@@ -471,16 +651,31 @@ def _build_parser() -> argparse.ArgumentParser:
         )
 
     add_globals(parser, False)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     add_globals(common, argparse.SUPPRESS)
 
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
 
     info = sub.add_parser(
-        "info", parents=[common], help="summarise a dataset", description="Summarise a dataset."
+        "info",
+        parents=[common],
+        help="summarise a dataset: features, records, shards, sizes, checksums",
+        description="Summarise a dataset: its features (dtype, per-record shape), records, "
+        "shards, bytes on disk against decoded (the compression ratio), the sources that wrote "
+        "it, and whether every file is present with its recorded size (a cheap check; "
+        "'shardstore verify' re-hashes every byte). Exits 1 if a file is missing or has the "
+        "wrong size.",
     )
     info.add_argument("path", metavar="PATH", help="the dataset directory")
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
+    info.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="also write a PNG of the bytes and records of every shard (needs matplotlib: "
+        "pip install 'shardstore[plot]')",
+    )
     info.set_defaults(func=_cmd_info)
 
     verify = sub.add_parser(
@@ -498,6 +693,28 @@ def _build_parser() -> argparse.ArgumentParser:
         help="show a progress bar (default: only on a terminal)",
     )
     verify.set_defaults(func=_cmd_verify)
+
+    gc = sub.add_parser(
+        "gc",
+        parents=[common],
+        help="delete what crashed writes and superseded versions left behind",
+        description="Delete the leftovers of crashed or killed writes at once, and versions "
+        "replaced by an overwrite once their grace period has passed (readers that opened "
+        "them keep working until then). Never touches the current version or a running "
+        "writer's files.",
+    )
+    gc.add_argument("path", metavar="PATH", help="the dataset directory")
+    gc.add_argument(
+        "--grace",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="keep superseded versions this long after the overwrite "
+        "(default: $SHARDSTORE_GC_GRACE_SECONDS or 86400); 0 removes them now",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    gc.add_argument("--json", action="store_true", help="print the report as JSON")
+    gc.set_defaults(func=_cmd_gc)
 
     plugins = sub.add_parser(
         "plugins",
@@ -643,8 +860,8 @@ def _build_parser() -> argparse.ArgumentParser:
     convert.add_argument("dst", metavar="DST", help="the dataset directory to write")
     convert.add_argument("--format", required=True, help="the source that writes DST")
     size = convert.add_mutually_exclusive_group()
-    size.add_argument("--shard-size", help="target bytes per shard, e.g. 64MiB")
-    size.add_argument("--records-per-shard", type=int, help="records per shard")
+    size.add_argument("--shard-size", metavar="SIZE", help="target bytes per shard, e.g. 64MiB")
+    size.add_argument("--records-per-shard", metavar="N", type=int, help="records per shard")
     convert.add_argument(
         "-o",
         "--option",
@@ -705,12 +922,146 @@ def _build_parser() -> argparse.ArgumentParser:
         "verify them, read them with to_tf next to the np.load floor, train a small "
         "Keras model for one epoch.",
     )
-    demo.add_argument("--out", default=".demo-data/images", help="dataset directory")
-    demo.add_argument("--records", type=int, default=8192, help="images to write")
-    demo.add_argument("--batch-size", type=int, default=256, help="batch size for reading")
+    demo.add_argument("--out", metavar="DIR", default=".demo-data/images", help="dataset directory")
+    demo.add_argument("--records", metavar="N", type=int, default=8192, help="images to write")
+    demo.add_argument(
+        "--batch-size", metavar="N", type=int, default=256, help="batch size for reading"
+    )
     demo.add_argument("--no-train", action="store_true", help="skip the Keras epoch")
     demo.set_defaults(func=_cmd_demo)
+    _add_bench_parser(sub, common)
+    for name, command in sub.choices.items():
+        if command.epilog is None and name in _EXAMPLES:
+            command.epilog = _EXAMPLES[name]
     return parser
+
+
+def _positive(text: str) -> int:
+    """An ``argparse`` type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def _add_bench_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """The ``bench`` subcommand's parser."""
+    bench = sub.add_parser(
+        "bench",
+        parents=[common],
+        help="measure reading a dataset: records/s, GB/s, time to first batch",
+        description="Stream epochs of the dataset at PATH through to_tf, consumed in graph "
+        "(as Keras does), with a progress bar; print records/s, decoded GB/s and the time "
+        "to first batch of each epoch. Run it twice for a warm page cache.",
+    )
+    bench.add_argument("path", metavar="PATH", help="the dataset directory")
+    bench.add_argument(
+        "--batch-size", metavar="N", type=_positive, default=256, help="records per batch"
+    )
+    bench.add_argument(
+        "--shuffle",
+        choices=("false", "true", "global"),
+        default="false",
+        help="to_tf's shuffle mode (default: false, records in order)",
+    )
+    bench.add_argument("--epochs", metavar="N", type=_positive, default=1, help="epochs to stream")
+    bench.add_argument(
+        "--source", metavar="NAME", default=None, help="read with this source (e.g. memmap)"
+    )
+    bench.add_argument(
+        "--features", default=None, metavar="A,B", help="features to read (default: all)"
+    )
+    bench.add_argument("--seed", metavar="N", type=int, default=0, help="shuffle seed (default 0)")
+    bench.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: only on a terminal)",
+    )
+    bench.add_argument("--json", action="store_true", help="print the results as JSON")
+    bench.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    """Stream ``args.epochs`` epochs of ``args.path``; print throughput and first-batch times.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``path``, ``batch_size``, ``shuffle``, ``epochs``, ``source``,
+        ``features``, ``seed``, ``progress`` and ``json``.
+
+    Returns
+    -------
+    int
+        0.
+    """
+    import time
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow  # noqa: F401  (imported first: a training job has it loaded already)
+
+    from shardstore.bench import stream_epochs
+
+    t0 = time.perf_counter()
+    ds = open_dataset(args.path, source=args.source)
+    t1 = time.perf_counter()
+    names = tuple(args.features.split(",")) if args.features else tuple(ds.features)
+    shuffle: bool | str = "global" if args.shuffle == "global" else args.shuffle == "true"
+    tfds = ds.to_tf(args.batch_size, features=names, shuffle=shuffle, seed=args.seed)
+    t2 = time.perf_counter()
+    record_nbytes = sum(ds.features[n].record_nbytes for n in names)
+    stats = stream_epochs(
+        tfds,
+        record_nbytes=record_nbytes,
+        epochs=args.epochs,
+        total_records=ds.num_records,
+        progress=args.progress,
+    )
+    result = {
+        "path": str(ds.path),
+        "source": ds.source_for("random_access").name if shuffle == "global" else ds.source.name,
+        "features": list(names),
+        "batch_size": args.batch_size,
+        "shuffle": shuffle,
+        "open_s": t1 - t0,
+        "to_tf_s": t2 - t1,
+        "epochs": [
+            {
+                "epoch": s.epoch,
+                "records": s.records,
+                "seconds": s.seconds,
+                "records_per_s": s.records_per_s,
+                "gb_per_s": s.gb_per_s,
+                "first_batch_s": s.first_batch_s,
+            }
+            for s in stats
+        ],
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    gb = ds.num_records * record_nbytes / 1e9
+    lines = [
+        f"bench {ds.path}: {_plural(ds.num_records, 'record')} in "
+        f"{_plural(ds.num_shards, 'shard')}, {gb:.3f} GB decoded per epoch "
+        f"({', '.join(names)}), source {result['source']}, batch {args.batch_size}, "
+        f"shuffle={args.shuffle}",
+        f"open {t1 - t0:.3f} s, to_tf {t2 - t1:.3f} s",
+    ]
+    for s in stats:
+        lines.append(
+            f"epoch {s.epoch}: {s.records_per_s:,.0f} records/s, {s.gb_per_s:.3f} GB/s, "
+            f"{s.seconds:.3f} s, time to first batch {s.first_batch_s:.3f} s"
+        )
+    best = max(stats, key=lambda s: s.records_per_s)
+    lines.append(
+        f"best epoch: {best.records_per_s:,.0f} records/s, {best.gb_per_s:.3f} GB/s; "
+        f"time to first batch {stats[0].first_batch_s:.3f} s "
+        f"(+ open and to_tf: {t2 - t0 + stats[0].first_batch_s:.3f} s)"
+    )
+    print("\n".join(lines))
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -866,3 +1217,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _error("interrupted")
         return 130
+    except Exception as exc:  # a bug, or an error from a library below us: still one line
+        if args.debug:
+            raise
+        _error(f"{type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)")
+        return EXIT_ERROR

@@ -13,10 +13,12 @@ from __future__ import annotations
 __all__ = [
     "CapabilityError",
     "ChecksumError",
+    "CommitConflictError",
     "DatasetExistsError",
     "DatasetNotFoundError",
     "InvalidInputError",
     "ManifestError",
+    "MissingDependencyError",
     "PluginConflictError",
     "PluginLoadError",
     "ShardStoreError",
@@ -51,6 +53,15 @@ class DatasetNotFoundError(ShardStoreError, FileNotFoundError):
 
 class DatasetExistsError(ShardStoreError, FileExistsError):
     """A dataset already exists where one was to be written (``overwrite=False``)."""
+
+
+class CommitConflictError(DatasetExistsError):
+    """Another writer committed at the same path after this write started.
+
+    Raised by the commit instead of silently replacing the other writer's
+    version (first writes and overwrites alike). Nothing of the failed write
+    is published; start the write again to write over the new state.
+    """
 
 
 class ChecksumError(ShardStoreError, OSError):
@@ -93,3 +104,10 @@ class PluginConflictError(ShardStoreError):
 
 class CapabilityError(ShardStoreError, NotImplementedError):
     """A source was asked for something it declares it cannot do."""
+
+
+class MissingDependencyError(ShardStoreError, ImportError):
+    """An optional dependency is not installed (e.g. matplotlib for plots).
+
+    The message names the ``pip install`` command that adds it.
+    """

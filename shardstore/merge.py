@@ -27,7 +27,6 @@ import logging
 import os
 import re
 import secrets
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -35,13 +34,13 @@ from typing import TYPE_CHECKING, Any, Final
 from tqdm.auto import tqdm
 
 from shardstore.checksum import CHUNK_BYTES, format_digest, new_hasher
-from shardstore.commit import commit_manifest, remove_previous, staging_path
+from shardstore.commit import Transaction, manifest_state
 from shardstore.errors import (
     ChecksumError,
     DatasetExistsError,
     InvalidInputError,
 )
-from shardstore.fsutil import HashingFile, fsync_dir, remove_quietly, resolve_inside
+from shardstore.fsutil import HashingFile, remove_quietly, resolve_inside
 from shardstore.manifest import MANIFEST_NAME, FileEntry, Manifest, ShardEntry
 
 if TYPE_CHECKING:
@@ -279,15 +278,17 @@ def merge(
     linked = copied = 0
     bar = tqdm(total=sum(p.nbytes for p in opened), unit="B", unit_scale=True, desc="merge",
                disable=None if progress is None else not progress)  # fmt: skip
+    # the commit succeeds only if manifest.json is still what it is now
+    txn = Transaction(root, version_id, overwrite=overwrite, fsync=fsync, base=manifest_state(root))
     try:
-        (root / prefix).mkdir(parents=True)
+        txn.begin()  # files go to .shardstore/staging/v-<id>/, renamed into place at commit
         for part in opened:
             for shard in part.shards:
                 index = len(shards)
                 files = []
                 for f in shard.files:
                     relpath = _new_path(prefix, index, shard, f.path)
-                    target = root / relpath
+                    target = txn.shard_root / relpath
                     target.parent.mkdir(parents=True, exist_ok=True)
                     src = resolve_inside(part.path, f.path)
                     try:
@@ -323,13 +324,9 @@ def merge(
             created_by=f"shardstore {__version__}",
         )
         Manifest.from_json(manifest.to_json())  # publish only what every reader accepts
-        if fsync:
-            for d in sorted({(root / f.path).parent for s in shards for f in s.files}):
-                fsync_dir(d)
-        previous = commit_manifest(root, manifest, overwrite=overwrite, fsync=fsync)
+        txn.commit(manifest)  # fsyncs the staged files' directories first
     except BaseException:
-        shutil.rmtree(root / prefix, ignore_errors=True)  # links and copies; parts untouched
-        remove_quietly(staging_path(root, version_id))
+        txn.abort()  # links and copies only: the parts are untouched
         if created_root:
             with contextlib.suppress(OSError):
                 root.rmdir()  # only if empty
@@ -347,6 +344,4 @@ def merge(
         copied,
         version_id,
     )
-    if previous is not None:
-        remove_previous(root, previous, manifest)
     return Dataset(root, manifest)

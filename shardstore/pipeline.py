@@ -16,17 +16,18 @@ per-element cost (microseconds) away from every record.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorflow as tf
 
-from shardstore.errors import InvalidInputError
-from shardstore.manifest import FeatureSpec
+from shardstore.errors import CapabilityError, InvalidInputError
+from shardstore.manifest import FeatureSpec, ShardEntry
 from shardstore.sources.base import ReadContext, Source
 
 if TYPE_CHECKING:
@@ -37,8 +38,16 @@ __all__ = ["BLOCK_BYTES", "WINDOW_BYTES", "ReadConfig", "build_pipeline"]
 #: Target bytes per block a source yields (measured: ~1 MiB is the sweet spot
 #: between per-element overhead and cache-friendly copies).
 BLOCK_BYTES = 1 << 20
+#: The largest block: a batch up to this size is read as one block.
+MAX_BLOCK_BYTES = 16 << 20
+#: Bytes of records one gather call reads (small records: many batches per call).
+GATHER_BYTES = 4 << 20
 #: Default bytes of records mixed together by the record shuffle.
 WINDOW_BYTES = 32 << 20
+#: How workers reading disjoint shares (``shard=`` / ``input_context=``) are
+#: given the same number of steps: drop the batches beyond the smallest
+#: share, repeat the smaller shares up to the largest, or not at all (None).
+BALANCE_POLICIES: tuple[str | None, ...] = ("drop", "repeat", None)
 #: Blocks held in the block shuffle buffer.
 BLOCK_SHUFFLE_BLOCKS = 16
 
@@ -49,6 +58,30 @@ def _positive_int(value: object, what: str, *, allow_none: bool = False, minimum
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise InvalidInputError(f"{what} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise InvalidInputError(f"{what} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _choice(value: Any, what: str, allowed: tuple[Any, ...]) -> Any:
+    if value not in allowed:
+        raise InvalidInputError(f"{what} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def _callable(value: Any, what: str) -> Any:
+    if value is not None and not callable(value):
+        raise InvalidInputError(f"{what} must be a callable or None, got {value!r}")
+    return value
+
+
+def _optional_str(value: Any, what: str) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise InvalidInputError(f"{what} must be a non-empty string or None, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -66,6 +99,13 @@ class ReadConfig:
     deterministic: bool
     prefetch: bool | int
     shuffle_buffer: int | None
+    tf_native: bool = False
+    start_step: int = 0
+    balance: str | None = "drop"
+    map_fn: Callable[..., Any] | None = None
+    service: str | None = None
+    service_sharding: str = "dynamic"
+    job_name: str | None = None
 
     @classmethod
     def create(
@@ -82,6 +122,13 @@ class ReadConfig:
         deterministic: bool | None,
         prefetch: bool | int,
         shuffle_buffer: int | None,
+        tf_native: bool = False,
+        start_step: int = 0,
+        balance: str | None = "drop",
+        map_fn: Callable[..., Any] | None = None,
+        service: str | None = None,
+        service_sharding: str = "dynamic",
+        job_name: str | None = None,
     ) -> ReadConfig:
         """Validate ``to_tf`` arguments; raise ``InvalidInputError`` naming the bad one."""
         batch_size = _positive_int(batch_size, "batch_size", allow_none=True)
@@ -112,6 +159,10 @@ class ReadConfig:
             if index >= count:
                 raise InvalidInputError(f"shard worker_index {index} is not < num_workers {count}")
             shard = (index, count)
+        if service is not None:  # tf.data service workers run serialised graphs
+            if not isinstance(tf_native, bool):
+                raise InvalidInputError(f"tf_native must be True or False, got {tf_native!r}")
+            tf_native = True
         if deterministic is None:
             deterministic = not shuffle or seed is not None
         if not isinstance(prefetch, bool):
@@ -130,13 +181,28 @@ class ReadConfig:
             deterministic=bool(deterministic),
             prefetch=prefetch,
             shuffle_buffer=_positive_int(shuffle_buffer, "shuffle_buffer", allow_none=True),
+            tf_native=_flag(tf_native, "tf_native"),
+            start_step=_positive_int(start_step, "start_step", minimum=0),
+            balance=_choice(balance, "balance", BALANCE_POLICIES),
+            map_fn=_callable(map_fn, "map_fn"),
+            service=_optional_str(service, "service"),
+            service_sharding=_choice(service_sharding, "service_sharding", ("dynamic", "off")),
+            job_name=_optional_str(job_name, "job_name"),
         )
 
 
 def _block_records(record_bytes: int, batch_size: int | None, longest_shard: int) -> int:
+    """Records per block: about ``BLOCK_BYTES``, made of whole batches where possible.
+
+    Blocks of whole batches rebatch by slicing only; a batch bigger than a
+    block (but at most ``MAX_BLOCK_BYTES``) becomes one block, so it is never
+    glued together from pieces.
+    """
     block = max(1, BLOCK_BYTES // max(1, record_bytes))
     if batch_size and batch_size <= block:
-        block -= block % batch_size  # blocks made of whole batches rebatch by slicing only
+        block -= block % batch_size
+    elif batch_size and batch_size * record_bytes <= MAX_BLOCK_BYTES:
+        block = batch_size
     return max(1, min(block, longest_shard))
 
 
@@ -146,65 +212,122 @@ def _seeds(seed: int | None, n: int) -> list[int | None]:
     return [int(s) for s in np.random.SeedSequence(seed).generate_state(n, dtype=np.uint32)]
 
 
-def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
-    """The ``tf.data.Dataset`` for ``dataset`` read with ``config``."""
-    global_shuffle = config.shuffle == "global"
-    source = dataset.source_for("random_access") if global_shuffle else dataset.source
-    specs = {name: dataset.features[name] for name in config.read_features}
-    shards = tuple(s for s in dataset.shards if s.num_records > 0)
-    if config.shard is not None:
+def _choose_source(dataset: Dataset, config: ReadConfig) -> tuple[Source, bool]:
+    """The source to read with, and whether batches are gathered from it by index.
+
+    Gathering by index is the fast path when the source's scattered reads are
+    cheap (``gather_batches``; ``npy`` datasets read through ``memmap``): one
+    ``numpy_function`` per batch reads the batch's records straight into its
+    tensors. ``shuffle="global"`` always gathers (it needs random access).
+    Otherwise the source's block reader (:meth:`~Source.tf_reader`) is
+    interleaved; ``tf_native=True`` asks for that path with TensorFlow ops
+    only (serialisable, for tf.data service).
+    """
+    if config.tf_native:
+        source = dataset.source
+        source.require("tf_native")
+        if config.shuffle == "global":
+            raise CapabilityError(
+                "shuffle='global' gathers records by index with a random_access source, "
+                "which a tf_native pipeline cannot do; use shuffle=True"
+            )
+        return source, False
+    if config.shuffle == "global":
+        return dataset.source_for("random_access"), True
+    try:
+        gatherer = dataset.source_for("random_access")
+    except CapabilityError:
+        return dataset.source, False
+    if gatherer.gather_batches:
+        return gatherer, True
+    return dataset.source, False
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one worker reads: its shards, and the batches it delivers per epoch."""
+
+    shards: tuple[ShardEntry, ...]
+    num_records: int
+    steps: int | None  # batches (records if unbatched) per epoch when balanced, else None
+
+    @classmethod
+    def create(cls, dataset: Dataset, config: ReadConfig) -> _Plan:
+        shards = tuple(s for s in dataset.shards if s.num_records > 0)
+        if config.shard is None:
+            return cls(shards, sum(s.num_records for s in shards), None)
         index, count = config.shard
         if len(shards) < count:
             raise InvalidInputError(
                 f"{len(shards)} shard(s) cannot be split among {count} workers; "
                 "write the dataset with smaller shards"
             )
-        shards = shards[index::count]
-    dataset.check_files(shards)
-    num_records = sum(s.num_records for s in shards)
+        shares = [sum(s.num_records for s in shards[i::count]) for i in range(count)]
+        unit = config.batch_size or 1
+        steps = None
+        if count == 1:
+            pass
+        elif config.balance == "drop":
+            steps = min(shares) // unit
+        elif config.balance == "repeat":
+            steps = max(-(-n // unit) for n in shares)
+        return cls(shards[index::count], shares[index], steps)
+
+
+def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
+    """The ``tf.data.Dataset`` for ``dataset`` read with ``config``."""
+    source, by_index = _choose_source(dataset, config)
+    if config.start_step and not by_index:
+        raise CapabilityError(
+            f"start_step needs a source whose batches are gathered by index (random_access, "
+            f"e.g. npy datasets); the {source.name!r} pipeline resumes through "
+            "tf.train.Checkpoint of its iterator instead"
+        )
+    specs = {name: dataset.features[name] for name in config.read_features}
+    plan = _Plan.create(dataset, config)
+    shards, num_records = plan.shards, plan.num_records
+    dataset.check_files(shards, features=config.read_features)  # only the files read
     record_bytes = sum(s.record_nbytes for s in specs.values())
     longest = max((s.num_records for s in shards), default=1)
     block = _block_records(record_bytes, config.batch_size, longest)
     ctx = ReadContext(dataset.path, shards, specs, block)
-    shard_seed, block_seed, window_seed = _seeds(config.seed, 3)
+    source.check_shards(ctx)
+    batch = config.batch_size
+    if plan.steps is not None:
+        cardinality = plan.steps
+    elif batch is None:
+        cardinality = num_records
+    else:
+        full, rest = divmod(num_records, batch)
+        cardinality = full + (1 if rest and not config.drop_remainder else 0)
 
-    if not shards:
+    if not shards or cardinality == 0:
         empty = {
             n: np.zeros((0, *(int(d or 0) for d in s.shape)), s.dtype) for n, s in specs.items()
         }
-        blocks = tf.data.Dataset.from_tensors(empty).take(0)
-    elif global_shuffle:
-        blocks = _global_batches(source, ctx, config, num_records, window_seed)
+        out = tf.data.Dataset.from_tensors(empty).take(0)
+    elif by_index:
+        order = _record_order(ctx, config, plan, record_bytes, block)
+        one_batch = _gather_group(batch, block, record_bytes) == batch
+        out = _gather_batches(source, ctx, config, order, in_file_order=one_batch)
+        if batch is not None:
+            out = out.rebatch(batch, drop_remainder=config.drop_remainder or plan.steps is not None)
+        else:
+            out = out.unbatch()
     else:
-        read_shard = source.tf_reader(ctx)
-        positions = tf.data.Dataset.range(len(shards))
-        if config.shuffle:
-            positions = positions.shuffle(
-                len(shards), seed=shard_seed, reshuffle_each_iteration=True
-            )
-        parallel = min(len(shards), config.num_parallel_reads or os.cpu_count() or 2)
-        blocks = positions.interleave(
-            read_shard,
-            cycle_length=parallel,
-            # ordered: drain a shard before moving on (others are read ahead meanwhile);
-            # sources yield ceil(n / block) blocks per shard (the contract in base.py)
-            block_length=1 if config.shuffle else math.ceil(longest / block),
-            num_parallel_calls=parallel,
-            deterministic=config.deterministic,
-        )
-        if config.shuffle:
-            blocks = _shuffle_records(blocks, config, block, record_bytes, block_seed, window_seed)
-
-    if config.batch_size is None:
-        out = blocks.unbatch()
-        cardinality = num_records
-    else:
-        if not global_shuffle:  # global batches are already cut to size
-            blocks = blocks.rebatch(config.batch_size, drop_remainder=config.drop_remainder)
-        out = blocks
-        full, rest = divmod(num_records, config.batch_size)
-        cardinality = full + (1 if rest and not config.drop_remainder else 0)
-    out = out.apply(tf.data.experimental.assert_cardinality(cardinality))
+        out = _block_pipeline(source, ctx, config, record_bytes)
+        if plan.steps is not None and config.balance == "repeat":
+            out = out.repeat()
+        if batch is not None:
+            out = out.rebatch(batch, drop_remainder=config.drop_remainder or plan.steps is not None)
+        else:
+            out = out.unbatch()
+        if plan.steps is not None:
+            out = out.take(plan.steps)
+    # a resumed first epoch is shorter than the next ones; a tf.data service
+    # worker reads only the splits the dispatcher hands it
+    if not config.start_step and config.service is None:
+        out = out.apply(tf.data.experimental.assert_cardinality(cardinality))
 
     if isinstance(config.output, str):
         name = config.output
@@ -215,7 +338,24 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
     else:
         names = tuple(dataset.features)  # manifest order, all features
         out = out.map(lambda e: {n: e[n] for n in names})
+    if config.map_fn is not None:
+        out = out.map(
+            config.map_fn,
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=config.deterministic,
+        )
 
+    if config.service is not None:
+        policy = tf.data.experimental.service.ShardingPolicy
+        out = out.apply(
+            tf.data.experimental.service.distribute(
+                processing_mode=policy.DYNAMIC
+                if config.service_sharding == "dynamic"
+                else policy.OFF,
+                service=config.service,
+                job_name=config.job_name,
+            )
+        )
     if config.prefetch is True:
         out = out.prefetch(tf.data.AUTOTUNE)
     elif config.prefetch:
@@ -223,43 +363,184 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
     return out
 
 
-def _global_batches(
+def _block_pipeline(
+    source: Source, ctx: ReadContext, config: ReadConfig, record_bytes: int
+) -> tf.data.Dataset:
+    """Blocks of records from the source's block reader, interleaved (and shuffled)."""
+    shard_seed, block_seed, window_seed = _seeds(config.seed, 3)
+    read_shard = source.tf_reader(ctx)
+    positions = tf.data.Dataset.range(len(ctx.shards))
+    if config.shuffle:
+        positions = positions.shuffle(
+            len(ctx.shards), seed=shard_seed, reshuffle_each_iteration=True
+        )
+    longest = max(s.num_records for s in ctx.shards)
+    parallel = min(len(ctx.shards), config.num_parallel_reads or os.cpu_count() or 2)
+    blocks = positions.interleave(
+        read_shard,
+        cycle_length=parallel,
+        # ordered: drain a shard before moving on (others are read ahead meanwhile);
+        # sources yield ceil(n / block) blocks per shard (the contract in base.py)
+        block_length=1 if config.shuffle else math.ceil(longest / ctx.block_records),
+        num_parallel_calls=parallel,
+        deterministic=config.deterministic,
+    )
+    if config.shuffle:
+        blocks = _shuffle_records(
+            blocks, config, ctx.block_records, record_bytes, block_seed, window_seed
+        )
+    return blocks
+
+
+def _gather_group(batch: int | None, block: int, record_bytes: int) -> int:
+    """Records gathered by one ``numpy_function`` call: whole batches, about ``GATHER_BYTES``.
+
+    Small records are gathered many batches at a time (then cut with
+    ``rebatch``), so the per-call cost (microseconds of Python) is spread
+    over megabytes; large ones one batch at a time.
+    """
+    if batch is None:
+        return block
+    return batch * max(1, GATHER_BYTES // max(1, batch * record_bytes))
+
+
+def _seed_key(seed: int | None) -> tf.Tensor:
+    """A stateless seed (``int64[2]``) from ``seed``, or from fresh entropy when ``None``."""
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy)  # type: ignore[arg-type]
+    words = np.random.SeedSequence(seed).generate_state(2, dtype=np.uint64).view(np.int64)
+    return tf.constant(words, tf.int64)
+
+
+def _epoch_counter(first: int) -> tf.data.Dataset:
+    """One element per iteration: the epoch number, ``first`` then ``first + 1``, ...
+
+    A Python counter behind a stateful ``numpy_function``: every iteration
+    over the pipeline (every epoch) asks for the next number, so the order of
+    epoch ``e`` is a pure function of ``(seed, e)`` and a job can resume at
+    any epoch.
+    """
+    counter = itertools.count(first)
+
+    def next_epoch() -> np.int64:
+        return np.int64(next(counter))
+
+    return tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).map(
+        lambda _: tf.reshape(tf.numpy_function(next_epoch, [], tf.int64, stateful=True), [])
+    )
+
+
+def _record_order(
+    ctx: ReadContext,
+    config: ReadConfig,
+    plan: _Plan,
+    record_bytes: int,
+    block: int,
+) -> tf.data.Dataset:
+    """Record numbers (``int64`` vectors of one gather group each) in reading order.
+
+    * ``shuffle=False``: consecutive ranges, in record order.
+    * ``shuffle=True``: blocks of ``block`` consecutive records in a random
+      order (across every shard), records permuted within windows of about
+      ``shuffle_buffer`` records. Each batch reads a few contiguous runs.
+    * ``shuffle="global"``: an exact permutation of all records.
+
+    Each epoch's order is one ``int64`` tensor (8 bytes per record), a pure
+    function of ``(seed, epoch)`` (stateless random ops keyed by both): what
+    lets ``start_step`` resume mid-epoch without reading what it skips, and
+    ``balance`` cut or extend a worker's epoch, by slicing.
+    """
+    num_records = plan.num_records
+    batch = config.batch_size or block
+    group = _gather_group(config.batch_size, block, record_bytes)
+    drop = config.drop_remainder and config.batch_size is not None
+    if plan.steps is not None:
+        used = plan.steps * (config.batch_size or 1)
+    else:
+        used = num_records // batch * batch if drop else num_records
+    per_epoch = max(1, -(-used // batch))
+    first_epoch, skip = divmod(config.start_step, per_epoch)
+    reps = max(1, -(-used // max(1, num_records)))
+    n = tf.constant(num_records, tf.int64)
+    key = _seed_key(config.seed)
+    starts = ctx.record_starts.tolist()
+    block_lo = np.concatenate([np.arange(a, b, block) for a, b in itertools.pairwise(starts)])
+    block_hi = np.concatenate(
+        [np.minimum(np.arange(a, b, block) + block, b) for a, b in itertools.pairwise(starts)]
+    )
+    window = config.shuffle_buffer or max(2 * block, WINDOW_BYTES // max(1, record_bytes))
+    per_window = max(1, -(-max(window, group) // block))
+    num_windows = -(-len(block_lo) // per_window)
+
+    def epoch_order(e: tf.Tensor) -> tf.Tensor:
+        ekey = tf.random.experimental.stateless_fold_in(key, e)
+        if not config.shuffle:
+            return tf.range(n)
+        if config.shuffle == "global":
+            return tf.random.experimental.stateless_shuffle(tf.range(n), seed=ekey)
+        los, his = tf.constant(block_lo, tf.int64), tf.constant(block_hi, tf.int64)
+        blocks = tf.random.experimental.stateless_shuffle(
+            tf.range(len(block_lo), dtype=tf.int64), seed=ekey
+        )
+
+        def window_records(j: tf.Tensor) -> tf.RaggedTensor:
+            picked = blocks[j * per_window : (j + 1) * per_window]
+            runs = tf.ragged.range(tf.gather(los, picked), tf.gather(his, picked))
+            wkey = tf.random.experimental.stateless_fold_in(ekey, j)
+            shuffled = tf.random.experimental.stateless_shuffle(runs.flat_values, seed=wkey)
+            return tf.RaggedTensor.from_tensor(shuffled[tf.newaxis])[0]
+
+        windows = tf.map_fn(
+            window_records,
+            tf.range(num_windows, dtype=tf.int64),
+            fn_output_signature=tf.RaggedTensorSpec([None], tf.int64, ragged_rank=0),
+        )
+        return windows.flat_values
+
+    # Group boundaries relative to the epoch's first record: one batch, then
+    # doubling up to ``group``, so the first batch arrives after one batch's
+    # worth of reading even when a group spans many shards.
+    bounds, size = [0], batch
+    while bounds[-1] < used:
+        bounds.append(bounds[-1] + min(size, group))
+        size *= 2
+    los, his = tf.constant(bounds[:-1], tf.int64), tf.constant(bounds[1:], tf.int64)
+
+    def groups(e: tf.Tensor) -> tf.data.Dataset:
+        order = epoch_order(e)
+        if reps > 1:  # balance="repeat": this share starts over
+            order = tf.tile(order, [reps])
+        start = tf.where(e == first_epoch, tf.constant(skip * batch, tf.int64), 0)
+        return (
+            tf.data.Dataset.from_tensor_slices((los + start, his + start))
+            .filter(lambda lo, hi: lo < used)
+            .map(lambda lo, hi: order[lo : tf.minimum(hi, used)])
+        )
+
+    return _epoch_counter(first_epoch).flat_map(groups)
+
+
+def _gather_batches(
     source: Source,
     ctx: ReadContext,
     config: ReadConfig,
-    num_records: int,
-    seed: int | None,
+    order: tf.data.Dataset,
+    in_file_order: bool,
 ) -> tf.data.Dataset:
-    """Exact global shuffle: a seeded permutation per epoch, one gather per batch.
+    """The records ``order`` names: one ``numpy_function`` call per group of numbers.
 
-    The permutation is drawn in the graph (``stateless_shuffle`` seeded by
-    ``Dataset.random``, which rerandomises every epoch); each batch's indices
-    are sorted, so the source reads each shard's rows in file order, and
-    handed to the source in ONE ``numpy_function`` call per batch.
+    With ``in_file_order`` (a group is one batch), each group is sorted first,
+    so the source reads every shard front to back straight into the batch.
     """
     from shardstore.random_access import gather_records
 
-    batch = config.batch_size or min(256, num_records)
-    drop = config.drop_remainder and config.batch_size is not None
-    num_batches = num_records // batch if drop else -(-num_records // batch)
     names = list(ctx.features)
     dtypes = [tf.as_dtype(ctx.features[n].dtype) for n in names]
-    shapes = [[batch if drop else None, *ctx.features[n].shape] for n in names]
-    n = tf.constant(num_records, tf.int64)
+    shapes = [[None, *ctx.features[n].shape] for n in names]
 
     def gather(indices: np.ndarray) -> list[np.ndarray]:
-        got = gather_records(source, ctx, indices)
+        got = gather_records(source, ctx, np.sort(indices) if in_file_order else indices)
         return [got[name] for name in names]
-
-    def epoch(r: tf.Tensor) -> tf.data.Dataset:
-        perm = tf.random.experimental.stateless_shuffle(
-            tf.range(n, dtype=tf.int64), seed=tf.stack([r, tf.constant(0x610BA1, tf.int64)])
-        )
-
-        def batch_indices(j: tf.Tensor) -> tf.Tensor:
-            return tf.sort(perm[j * batch : tf.minimum((j + 1) * batch, n)])
-
-        return tf.data.Dataset.range(num_batches).map(batch_indices)
 
     def fetch(indices: tf.Tensor) -> dict[str, tf.Tensor]:
         parts = tf.numpy_function(gather, [indices], dtypes, stateful=False)
@@ -268,9 +549,10 @@ def _global_batches(
             for name, part, shape in zip(names, parts, shapes, strict=True)
         }
 
-    epochs = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
-    return epochs.flat_map(epoch).map(
-        fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=config.deterministic
+    return order.map(
+        fetch,
+        num_parallel_calls=config.num_parallel_reads or tf.data.AUTOTUNE,
+        deterministic=config.deterministic,
     )
 
 

@@ -8,18 +8,19 @@ touches no shard file until asked. TensorFlow is imported only by
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from shardstore.checksum import hash_file
-from shardstore.errors import CapabilityError, ChecksumError
+from shardstore import integrity
+from shardstore.errors import CapabilityError, ChecksumError, InvalidInputError, ManifestError
 from shardstore.fsutil import resolve_inside
 from shardstore.manifest import FeatureSpec, Manifest, ShardEntry
+from shardstore.progress import progress_bar
 from shardstore.registry import get_source
 from shardstore.sources.base import ReadContext
 
@@ -37,16 +38,29 @@ class Dataset:
     Create it with :func:`shardstore.open` (or get it back from
     :func:`shardstore.write`). Attributes: :attr:`num_records`,
     :attr:`num_shards`, :attr:`features` (name -> :class:`FeatureSpec`),
-    :attr:`metadata`, :attr:`nbytes`.
+    :attr:`metadata`, :attr:`nbytes`, :attr:`verify_mode`.
+
+    ``verify`` chooses when shard files are checksummed on the read path
+    (:mod:`shardstore.integrity`): ``"once"`` (default) hashes each file
+    before this process first reads it, ``"size"`` only checks sizes.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], manifest: Manifest, *, source: str | None = None
+        self,
+        path: str | os.PathLike[str],
+        manifest: Manifest,
+        *,
+        source: str | None = None,
+        verify: str | None = None,
     ) -> None:
         self.path = Path(path)
         self.manifest = manifest
         self._source_name = source
         self._random_ctx: ReadContext | None = None
+        #: ``"once"`` or ``"size"``: see :mod:`shardstore.integrity`.
+        self.verify_mode = integrity.normalize_mode(verify)
+        # (shard, features) random access has checked already
+        self._checked: set[tuple[int, tuple[str, ...]]] = set()
 
     # -- metadata -----------------------------------------------------------------------
     @property
@@ -128,8 +142,8 @@ class Dataset:
         source = self.source_for("random_access")
         indices, scalar = normalize_index(key, self.num_records)
         if self._random_ctx is None:
-            self.check_files()
             self._random_ctx = ReadContext(self.path, self.shards, self.features, 1)
+        self._check_touched(self._random_ctx, indices)
         out = gather_records(source, self._random_ctx, indices)
         if scalar:
             return {name: arr[0] for name, arr in out.items()}
@@ -163,11 +177,11 @@ class Dataset:
             return
         from shardstore.random_access import gather_records
 
-        self.check_files()
         specs = {n: self.features[n] for n in names}
         ctx = ReadContext(self.path, self.shards, specs, 1)
         for lo in range(0, self.num_records, step):
             indices = np.arange(lo, min(lo + step, self.num_records), dtype=np.int64)
+            self._check_touched(ctx, indices)
             yield gather_records(source, ctx, indices)
 
     def to_tf(
@@ -183,6 +197,14 @@ class Dataset:
         deterministic: bool | None = None,
         prefetch: bool | int = True,
         shuffle_buffer: int | None = None,
+        tf_native: bool = False,
+        start_step: int = 0,
+        balance: str | None = "drop",
+        input_context: tf.distribute.InputContext | None = None,
+        map_fn: Callable[..., Any] | None = None,
+        service: str | None = None,
+        service_sharding: str = "dynamic",
+        job_name: str | None = None,
     ) -> tf.data.Dataset:
         """A ``tf.data.Dataset`` of batches read from this dataset.
 
@@ -191,28 +213,72 @@ class Dataset:
         batch_size : records per batch; ``None`` yields single records.
         features : ``None`` for a dict of every feature; a tuple of names for
             tuples in that order (Keras-ready ``(x, y)``); one name for bare tensors.
-        shuffle : ``False`` reads in record order. ``True`` shuffles shard order,
-            then blocks (a buffer of blocks), then records within a window of
-            ``shuffle_buffer`` records. ``"global"`` draws an exact seeded
-            permutation of all records each epoch and gathers every batch in one
-            call (needs random access; records inside a batch come sorted).
-            Every record appears once per epoch in all modes.
+        shuffle : ``False`` reads in record order. ``True`` reads blocks of
+            consecutive records (about 1 MiB each) in a random order and permutes
+            the records within windows of ``shuffle_buffer`` records.
+            ``"global"`` draws an exact seeded permutation of all records each
+            epoch (needs random access). Every record appears once per epoch in
+            all modes. A shuffled batch of 4 MiB or more is read in file order,
+            so its records come sorted by record number.
         seed : makes the shuffled order reproducible run to run; each
-            iteration over the returned dataset (each epoch) reshuffles. As with
-            tf.data's own ``shuffle(seed=...)``, TensorFlow's global seed
-            (``tf.random.set_seed``, ``keras.utils.set_random_seed``) is part of
-            the seed: same program, same order.
+            iteration over the returned dataset (each epoch) reshuffles. Where
+            batches are gathered by index (npy datasets, ``shuffle="global"``),
+            epoch ``e``'s order is a pure function of ``(seed, e)``. The
+            ``tf_native`` block pipeline shuffles with tf.data's own seeded ops,
+            so there TensorFlow's global seed (``tf.random.set_seed``) is part
+            of the seed too.
         drop_remainder : drop the last partial batch (static batch dimension).
         shard : ``(worker_index, num_workers)``: read only this worker's
-            disjoint share of the shards.
+            disjoint share of the shards (every ``num_workers``-th shard).
+        balance : with ``shard`` or ``input_context``, how workers whose shares
+            differ in size get the same number of steps per epoch, so no rank
+            waits for another: ``"drop"`` (default) stops every worker after the
+            smallest share's full batches; ``"repeat"`` lets smaller shares
+            start over until the largest share's last batch (all batches full);
+            ``None`` reads each share once, as it is.
         num_parallel_reads : shards read concurrently (default: CPU count).
         deterministic : keep a reproducible order (default: True unless
             shuffling without a seed).
         prefetch : ``True`` for an autotuned prefetch, an int for a fixed one.
-        shuffle_buffer : records mixed together by the record shuffle.
+        shuffle_buffer : records mixed together by ``shuffle=True`` (default:
+            about 32 MiB of records).
+        start_step : resume a job: the first iteration starts at this global
+            step (``epoch * steps_per_epoch + step``, e.g. a Keras optimizer's
+            ``iterations``) without reading the skipped batches; later
+            iterations are the following epochs. Needs batches gathered by index;
+            ``tf_native`` pipelines resume with ``tf.train.Checkpoint`` of their
+            iterator.
+        input_context : the ``tf.distribute.InputContext`` given to the
+            function of ``strategy.distribute_datasets_from_function``: this
+            input pipeline reads its share of the shards, ``batch_size`` is the
+            GLOBAL batch size (each replica gets its share), and tf.data
+            auto-sharding is switched off so nothing is sharded twice.
+        map_fn : applied to every batch (the output structure: dict, tuple or
+            tensor) in parallel, e.g. augmentation with ``tf.image``.
+        service : the address of a tf.data service dispatcher
+            (``"grpc://host:port"``): the pipeline runs on its workers
+            (``tf.data.experimental.service.distribute``). Implies
+            ``tf_native=True``; a source that is not TF-native raises
+            ``CapabilityError`` here rather than failing inside a worker.
+        service_sharding : ``"dynamic"`` (default): the dispatcher hands shards
+            to workers as they ask, so each record is read once per epoch
+            across all workers; ``"off"``: every worker reads everything.
+        job_name : share one job (and its epoch) between several consumers.
+        tf_native : build the pipeline from TensorFlow ops only (serialisable;
+            what tf.data service needs), from the source's block reader. The
+            default reads each batch with one ``numpy_function`` call from a
+            random-access source when the dataset has one (``npy`` datasets:
+            ``memmap``), the fastest path. Raises ``CapabilityError`` when the
+            source is not ``tf_native``.
         """
         from shardstore.pipeline import ReadConfig, build_pipeline
 
+        if input_context is not None:
+            if shard is not None:
+                raise InvalidInputError("give shard or input_context, not both")
+            shard = (input_context.input_pipeline_id, input_context.num_input_pipelines)
+            if batch_size is not None:
+                batch_size = input_context.get_per_replica_batch_size(batch_size)
         config = ReadConfig.create(
             self.features,
             batch_size=batch_size,
@@ -225,50 +291,106 @@ class Dataset:
             deterministic=deterministic,
             prefetch=prefetch,
             shuffle_buffer=shuffle_buffer,
+            tf_native=tf_native,
+            start_step=start_step,
+            balance=balance,
+            map_fn=map_fn,
+            service=service,
+            service_sharding=service_sharding,
+            job_name=job_name,
         )
-        return build_pipeline(self, config)
+        pipeline = build_pipeline(self, config)
+        if input_context is not None:
+            import tensorflow as tf
 
-    def check_files(self, shards: Sequence[ShardEntry] | None = None) -> None:
-        """Cheap integrity check: every file exists inside the dataset with its recorded size."""
-        for shard in self.shards if shards is None else shards:
-            for f in shard.files:
-                path = self._resolve(f.path)
-                try:
-                    size = path.stat().st_size
-                except FileNotFoundError:
-                    raise self._damaged(shard, f.path, "is missing") from None
-                if size != f.size:
-                    raise self._damaged(
-                        shard, f.path, f"has {size} bytes, the manifest records {f.size}"
-                    )
+            options = tf.data.Options()
+            options.experimental_distribute.auto_shard_policy = (
+                tf.data.experimental.AutoShardPolicy.OFF
+            )
+            pipeline = pipeline.with_options(options)
+        return pipeline
+
+    def check_files(
+        self,
+        shards: Sequence[ShardEntry] | None = None,
+        *,
+        features: Sequence[str] | None = None,
+    ) -> None:
+        """Check the files of ``shards`` (default: all) before they are read.
+
+        Every file must exist inside the dataset with its recorded size and,
+        with ``verify="once"`` (the default), its recorded checksum, hashed
+        the first time this process reads it (:mod:`shardstore.integrity`).
+        ``to_tf`` calls this with the shards it is about to read, random
+        access with the shards it touches. With ``features``, only those
+        features' files (and files of no single feature) are checked.
+
+        Raises
+        ------
+        ChecksumError
+            Naming the dataset, the shard and the first damaged file.
+        """
+        shards = self.shards if shards is None else shards
+        self._check_plausible(shards)
+        if features is not None:
+            wanted = set(features)
+            shards = [
+                dataclasses.replace(
+                    s, files=tuple(f for f in s.files if f.feature is None or f.feature in wanted)
+                )
+                for s in shards
+            ]
+        integrity.check_shards(shards, self._resolve, self._damaged, mode=self.verify_mode)
+
+    def _check_plausible(self, shards: Sequence[ShardEntry]) -> None:
+        """Refuse a shard claiming far more record bytes than its files could hold.
+
+        Readers allocate what the manifest's shapes and counts imply; a
+        manifest whose claims are not backed by bytes on disk (more than
+        :data:`~shardstore.integrity.MAX_EXPANSION` times, compression
+        included) is refused before anything is allocated.
+        """
+        specs = list(self.features.values())
+        if not all(s.is_fixed for s in specs):
+            return
+        record_bytes = sum(s.record_nbytes for s in specs)
+        for shard in shards:
+            claimed = shard.num_records * record_bytes
+            if claimed > integrity.MAX_EXPANSION * shard.nbytes + (1 << 20):
+                raise ManifestError(
+                    f"dataset {str(self.path)!r}, shard {shard.index}: claims {claimed} bytes "
+                    f"of records in {shard.nbytes} bytes of files (more than "
+                    f"{integrity.MAX_EXPANSION}-fold); refusing to read it"
+                )
+
+    def _check_touched(self, ctx: ReadContext, indices: np.ndarray) -> None:
+        """``check_files`` for the shards holding ``indices`` not checked by this object yet."""
+        if not len(indices):
+            return
+        positions = np.unique(np.searchsorted(ctx.record_starts, indices, side="right") - 1)
+        names = tuple(ctx.features)
+        new = [ctx.shards[int(p)] for p in positions if (int(p), names) not in self._checked]
+        if new:
+            self.check_files(new, features=names)
+            self._checked.update((s.index, names) for s in new)
 
     def verify(self, *, progress: bool | None = None) -> None:
-        """Re-check the size and checksum of every file.
+        """Re-check the size and checksum of every file (always hashing, whatever ``verify_mode``).
 
         Raises
         ------
         ChecksumError
             Naming the dataset, the shard and the file that does not match.
         """
-        total = self.nbytes
-        with tqdm(
-            total=total,
-            unit="B",
-            unit_scale=True,
-            desc="verify",
-            disable=None if progress is None else not progress,
-        ) as bar:
-            for shard in self.shards:
-                self.check_files([shard])
-                for f in shard.files:
-                    _, checksum = hash_file(self._resolve(f.path))
-                    if checksum != f.checksum:
-                        raise self._damaged(
-                            shard,
-                            f.path,
-                            f"has checksum {checksum}, the manifest records {f.checksum}",
-                        )
-                    bar.update(f.size)
+        with progress_bar(total=self.nbytes, desc="verify", unit="B", enabled=progress) as bar:
+            integrity.check_shards(
+                self.shards,
+                self._resolve,
+                self._damaged,
+                mode="once",
+                rehash=True,
+                progress=bar.update,
+            )
 
     def _resolve(self, relpath: str) -> Path:
         return resolve_inside(self.path, relpath)

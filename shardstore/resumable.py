@@ -6,9 +6,11 @@ again after an interruption. The records are described up front as
 shard boundaries are known before the first byte is written and a re-run
 cuts exactly the same shards.
 
-The journal ``v-<version_id>/.ingest-journal`` lives in the new version's
-own directory, next to the shard files (the staging area: nothing there is
-visible to readers until the manifest is committed). Its first line names
+The journal ``.shardstore/staging/v-<version_id>/.ingest-journal`` lives in
+the new version's staging directory, next to the shard files (nothing there
+is visible to readers until the commit renames it into place). Another write
+to the same dataset garbage-collects an abandoned staging directory, after
+which the ingest starts over. Its first line names
 the *plan*: a digest of the inputs (paths, sizes, modification times,
 labels) and of every write setting. After it, one line per finished shard,
 appended only once the shard's files are complete and ``fsync``-ed, holds
@@ -43,9 +45,9 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from tqdm.auto import tqdm
 
 from shardstore.checksum import new_hasher
-from shardstore.commit import commit_manifest, remove_previous, staging_path
-from shardstore.errors import DatasetExistsError, ManifestError, ShardStoreError
-from shardstore.fsutil import fsync_dir, remove_quietly
+from shardstore.commit import Transaction, manifest_state, staging_dir
+from shardstore.errors import DatasetExistsError, ManifestError
+from shardstore.fsutil import remove_quietly
 from shardstore.manifest import MANIFEST_NAME, FeatureSpec, Manifest, ShardEntry
 from shardstore.parallel import ShardDispatcher
 from shardstore.sources.base import ArrayLike, ShardWriteContext, Source
@@ -144,7 +146,8 @@ def _resume_point(
 ) -> tuple[str | None, dict[int, ShardEntry]]:
     """The version id and finished shards of an interrupted run of this plan, if any."""
     found: tuple[str | None, dict[int, ShardEntry]] = (None, {})
-    for directory in sorted(root.iterdir()):
+    staging = staging_dir(root)
+    for directory in sorted(staging.iterdir()) if staging.is_dir() else ():
         m = _VERSION_DIR.fullmatch(directory.name)
         journal = directory / JOURNAL_NAME
         if m is None or m.group(1) == committed or not journal.is_file():
@@ -162,8 +165,8 @@ def _resume_point(
             shutil.rmtree(directory, ignore_errors=True)
             continue
         prefix = directory.name
-        done = {e.index: e for e in entries if e.index < num_shards and _intact(root, prefix, e)}
-        keep = {journal} | {root / f.path for e in done.values() for f in e.files}
+        done = {e.index: e for e in entries if e.index < num_shards and _intact(staging, prefix, e)}
+        keep = {journal} | {staging / f.path for e in done.values() for f in e.files}
         strays = _remove_strays(directory, keep)
         log.info(
             "resuming the ingest in %s: %d of %d shards already written (%d stray files removed)",
@@ -174,13 +177,6 @@ def _resume_point(
         )
         found = (m.group(1), done)
     return found
-
-
-def _committed_version(root: Path) -> str | None:
-    try:
-        return Manifest.from_json((root / MANIFEST_NAME).read_bytes()).version_id
-    except (OSError, ShardStoreError):
-        return None
 
 
 def write_resumable(
@@ -239,19 +235,22 @@ def write_resumable(
     )
     created_root = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
+    base = manifest_state(root)  # the commit succeeds only if manifest.json is unchanged
     version_id, done = _resume_point(
         root,
         plan_id,
         resume=resume,
-        committed=_committed_version(root),
+        committed=base.version_id,
         num_shards=len(bounds),
     )
     fresh = version_id is None
     version_id = version_id or secrets.token_hex(8)
     prefix = f"v-{version_id}"
-    journal_path = root / prefix / JOURNAL_NAME
+    txn = Transaction(root, version_id, overwrite=overwrite, fsync=fsync, base=base)
+    # an earlier run's staging directory is kept: no garbage collection here
+    txn.begin(collect_garbage=False)
+    journal_path = txn.staged / JOURNAL_NAME
     if fresh:
-        (root / prefix).mkdir()
         header = {"format": _JOURNAL_FORMAT, "plan": plan_id, "version_id": version_id,
                   "num_shards": len(bounds)}  # fmt: skip
         journal_path.write_text(json.dumps(header) + "\n", encoding="utf-8")
@@ -278,7 +277,7 @@ def write_resumable(
             if index in done:
                 continue
             ctx = ShardWriteContext(
-                root=root,
+                root=txn.shard_root,  # .shardstore/staging: renamed into place at commit
                 prefix=prefix,
                 index=index,
                 num_records=hi - lo,
@@ -299,24 +298,21 @@ def write_resumable(
         Manifest.from_json(manifest.to_json())  # publish only what every reader accepts
         journal.close()
         remove_quietly(journal_path)  # the version directory now holds shards only
-        if fsync:
-            for d in sorted({(root / f.path).parent for s in shards for f in s.files}):
-                fsync_dir(d)
-        previous = commit_manifest(root, manifest, overwrite=overwrite, fsync=fsync)
+        txn.commit(manifest)
     except (KeyboardInterrupt, SystemExit):
         dispatcher.close()
         journal.close()
+        txn.suspend()
         log.warning(
             "interrupted: the finished shards are kept in %s; run the same ingest again to "
             "resume (resume=False starts over)",
-            root / prefix,
+            txn.staged,
         )
         raise
     except BaseException:
         dispatcher.close()
         journal.close()
-        shutil.rmtree(root / prefix, ignore_errors=True)
-        remove_quietly(staging_path(root, version_id))
+        txn.abort()
         if created_root:
             with contextlib.suppress(OSError):
                 root.rmdir()  # only if empty
@@ -331,6 +327,4 @@ def write_resumable(
         len(done),
         version_id,
     )
-    if previous is not None:
-        remove_previous(root, previous, manifest)
     return Dataset(root, manifest)

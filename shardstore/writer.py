@@ -5,12 +5,17 @@ leading length), cuts them into shards of ``records_per_shard`` records,
 hands each shard to the chosen source, and commits the manifest last:
 
 1. every input is validated before anything touches the disk;
-2. shard files go to a fresh directory ``v-<version_id>/`` inside the
-   dataset, created with ``O_EXCL`` and hashed as they are written;
-3. ``manifest.json`` is published atomically (see :mod:`shardstore.fsutil`);
-   until then no reader can see the new data;
+2. shard files go to a fresh staging directory ``.shardstore/staging/v-<version_id>/``
+   inside the dataset, created with ``O_EXCL`` and hashed as they are written;
+   the writer holds a lock for its whole life so that no clean-up touches them;
+3. at commit, if ``manifest.json`` is still what it was when the writer was
+   created (else :class:`~shardstore.errors.CommitConflictError`), the
+   directory becomes ``v-<version_id>/`` and ``manifest.json`` is published
+   atomically (see :mod:`shardstore.commit`); until then no reader can see
+   the new data;
 4. on an exception, or :meth:`Writer.abort`, the new files are removed;
-   after an overwrite, the previous version's files are removed.
+   after an overwrite, the previous version is kept for a grace period (for
+   readers that opened it), then removed by a later write or ``shardstore gc``.
 
 Full shards are written straight from views of the input, so a memory-mapped
 array is copied record range by record range, never loaded whole; only the
@@ -28,16 +33,14 @@ import math
 import os
 import re
 import secrets
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from shardstore.commit import commit_manifest, remove_previous, staging_path
+from shardstore.commit import Transaction, manifest_state
 from shardstore.errors import (
     DatasetExistsError,
     InvalidInputError,
@@ -45,7 +48,6 @@ from shardstore.errors import (
     ShardStoreError,
     UnsupportedDTypeError,
 )
-from shardstore.fsutil import fsync_dir, remove_quietly
 from shardstore.manifest import (
     MANIFEST_NAME,
     SUPPORTED_DTYPES,
@@ -56,6 +58,7 @@ from shardstore.manifest import (
     feature_specs_from_arrays,
 )
 from shardstore.parallel import ShardDispatcher, is_dask_collection
+from shardstore.progress import progress_bar
 from shardstore.registry import get_source
 from shardstore.sources.base import ArrayLike, ShardWriteContext
 
@@ -167,7 +170,9 @@ class Writer:
     format : the source that writes the shards (``"npy"`` by default).
     shard_size : target bytes per shard (int or ``"64MiB"``); the default.
     records_per_shard : records per shard instead of ``shard_size``.
-    overwrite : replace an existing dataset (atomically) instead of refusing.
+    overwrite : replace an existing dataset (atomically) instead of refusing; the
+        commit fails with ``CommitConflictError`` if another writer committed
+        at ``path`` after this writer was created.
     metadata : free-form JSON-serialisable user metadata for the manifest.
     fsync : flush files to stable storage before the commit (default True).
     progress : show a progress bar (default: only on a terminal).
@@ -178,6 +183,8 @@ class Writer:
         ``batch`` are on disk, so the batch's arrays may then be reused.
     **options : source-specific options (e.g. ``compression`` for zarr).
 
+    Notes
+    -----
     The commit happens on a clean exit of the ``with`` block (or
     :meth:`close`); an exception inside the block removes everything written.
     """
@@ -226,6 +233,13 @@ class Writer:
         self._fsync = fsync
         self.version_id = secrets.token_hex(8)
         self._prefix = f"v-{self.version_id}"
+        # What manifest.json holds now: the commit succeeds only if it is unchanged.
+        base = manifest_state(self.root)
+        #: The ``version_id`` this write replaces (``None``: no dataset when it started).
+        self.replaces: str | None = base.version_id
+        self._txn = Transaction(
+            self.root, self.version_id, overwrite=self._overwrite, fsync=fsync, base=base
+        )
         self._created_root = not self.root.exists()
         self._features: dict[str, FeatureSpec] | None = None
         self._rps = 0
@@ -235,8 +249,7 @@ class Writer:
         self._next_index = 0
         self._dispatcher = ShardDispatcher(executor, self._source, on_done=self._shard_done)
         self._state = "open"
-        self._bar = tqdm(total=total, unit="rec", unit_scale=True, desc="write", disable=(
-            None if progress is None else not progress))  # fmt: skip
+        self._bar = progress_bar(total=total, desc="write", unit="rec", enabled=progress)
 
     # -- public API -------------------------------------------------------------------
     @property
@@ -285,8 +298,7 @@ class Writer:
         self._state = "aborted"
         self._dispatcher.close()  # no task may create files after the clean-up
         self._bar.close()
-        shutil.rmtree(self.root / self._prefix, ignore_errors=True)
-        remove_quietly(staging_path(self.root, self.version_id))
+        self._txn.abort()
         if self._created_root:
             with contextlib.suppress(OSError):
                 self.root.rmdir()  # only if empty: never removes anything we did not write
@@ -363,9 +375,9 @@ class Writer:
     def _write_shard(self, arrays: Mapping[str, ArrayLike]) -> None:
         assert self._features is not None
         n = int(next(iter(arrays.values())).shape[0])
-        (self.root / self._prefix).mkdir(parents=True, exist_ok=True)
+        self._txn.begin()
         ctx = ShardWriteContext(
-            root=self.root,
+            root=self._txn.shard_root,  # .shardstore/staging: renamed into place at commit
             prefix=self._prefix,
             index=self._next_index,
             num_records=n,
@@ -391,12 +403,7 @@ class Writer:
             metadata=self._metadata,
             created_by=f"shardstore {__version__}",
         )
-        self.root.mkdir(parents=True, exist_ok=True)
-        if self._fsync and self._shards:
-            fsync_dir(self.root / self._prefix)
-        previous = commit_manifest(
-            self.root, manifest, overwrite=self._overwrite, fsync=self._fsync
-        )
+        self._txn.commit(manifest)
         self._state = "committed"
         log.info(
             "committed %s: %d records in %d shards (version %s)",
@@ -405,6 +412,4 @@ class Writer:
             len(manifest.shards),
             self.version_id,
         )
-        if previous is not None:
-            remove_previous(self.root, previous, manifest)
         return Dataset(self.root, manifest)

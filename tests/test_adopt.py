@@ -321,9 +321,13 @@ def test_corruption_of_an_adopted_file_is_detected(
         ds.verify(progress=False)
     assert exc.value.file == victim.path
     assert exc.value.shard == 1
-    # Reading fails too: TFRecordDataset checks each record's CRC.
+    # Reading fails too: the file is hashed before it is first read...
+    with pytest.raises(ChecksumError):
+        ds.to_tf(batch_size=4)
+    # ...and without that, TFRecordDataset checks each record's CRC.
+    unchecked = shardstore.open(ds.path, verify="size")
     with pytest.raises(tf.errors.DataLossError):
-        collect(ds.to_tf(batch_size=4))
+        collect(unchecked.to_tf(batch_size=4))
 
 
 def test_a_resized_original_is_refused_before_reading(
@@ -476,7 +480,9 @@ def test_an_existing_dataset_is_kept_unless_overwrite(
     old_dir = (tmp_path / "ds" / first.shards[0].files[0].path).parent
     ds = index_tfrecords(tmp_path / "ds", sources, FEATURES, overwrite=True, progress=False)
     assert ds.num_records == N
-    assert not old_dir.exists()  # the previous version's links are cleaned up...
+    assert old_dir.exists()  # kept for readers of the old version until gc...
+    shardstore.gc(tmp_path / "ds", grace=0)
+    assert not old_dir.exists()  # ...then its links are cleaned up...
     assert all(s.exists() for s in sources)  # ...never the originals
     assert_bitwise_equal(collect(shardstore.open(tmp_path / "ds").to_tf(5, features="flag")),
                          data["flag"])  # fmt: skip

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,34 +51,184 @@ def _damage(ds: Dataset, shard: int = 1, file: int = 0) -> str:
 
 
 # -- info -------------------------------------------------------------------------------------
+def _info_rows(out: str) -> dict[str, str]:
+    """``label -> value`` of the ``label:  value`` lines of ``info``."""
+    rows = {}
+    for line in out.splitlines():
+        label, sep, value = line.partition(":")
+        if sep and not line.startswith(" "):
+            rows[label] = value.strip()
+    return rows
+
+
 def test_info_human(dataset: Dataset, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["info", str(dataset.path)]) == 0
-    out = capsys.readouterr().out
-    assert str(dataset.path) in out
-    assert dataset.manifest.version_id in out
-    assert f"records:  {RECORDS}" in out
-    assert f"shards:   {SHARDS}" in out
-    assert "sources:  npy" in out
-    assert f"({dataset.nbytes} bytes)" in out
-    assert "KiB" in out
-    lines = out.splitlines()
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    rows = _info_rows(captured.out)
+    assert rows["path"] == str(dataset.path)
+    assert rows["version"] == f"{dataset.manifest.version_id} (format v1)"
+    assert rows["records"] == str(RECORDS)
+    sizes = [s.nbytes for s in dataset.shards]
+    assert rows["shards"] == (
+        f"{SHARDS} (2 to 16 records each; {cli._human_bytes(min(sizes))} to "
+        f"{cli._human_bytes(max(sizes))}, mean {cli._human_bytes(round(sum(sizes) / SHARDS))})"
+    )
+    assert rows["on disk"] == (
+        f"{cli._human_bytes(dataset.nbytes)} ({dataset.nbytes} bytes) in {2 * SHARDS} files"
+    )
+    decoded = RECORDS * (8 + 8)  # x: 2 float32, y: 1 int64
+    ratio = decoded / dataset.nbytes
+    assert rows["decoded"] == (
+        f"{cli._human_bytes(decoded)}; compression ratio {ratio:.2f} (decoded/on disk)"
+    )
+    assert rows["sources"] == "npy"
+    assert rows["checksums"].startswith("xxh3_64, sizes OK")
+    assert rows["features"] == "2"
+    lines = captured.out.splitlines()
     x_line = next(line for line in lines if line.split()[:1] == ["x"])
     y_line = next(line for line in lines if line.split()[:1] == ["y"])
-    assert x_line.split() == ["x", "float32", "(2,)"]
-    assert y_line.split() == ["y", "int64", "()"]
+    assert x_line.split() == ["x", "float32", "(2,)", "8", "B", "per", "record"]
+    assert y_line.split() == ["y", "int64", "()", "8", "B", "per", "record"]
+    assert "metadata" not in rows
+
+
+def test_info_shows_metadata_and_equal_shards(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ds = shardstore.write(
+        tmp_path / "d", {"v": np.zeros((32, 3), np.uint8)}, records_per_shard=8,
+        metadata={"split": "train", "origin": "test"}, fsync=False,
+    )  # fmt: skip
+    assert cli.main(["info", str(ds.path)]) == 0
+    rows = _info_rows(capsys.readouterr().out)
+    assert rows["metadata"] == "origin, split"
+    assert rows["shards"].startswith("4 (8 records each; ")
+
+
+def test_info_compression_ratio_of_a_compressed_dataset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    zeros = np.zeros((64, 32, 32), np.float32)  # 256 KiB decoded, compresses to almost nothing
+    ds = shardstore.write(tmp_path / "z", {"img": zeros}, format="zarr", fsync=False)
+    assert cli.main(["info", str(ds.path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["decoded_nbytes"] == zeros.nbytes
+    assert info["compression_ratio"] == pytest.approx(zeros.nbytes / ds.nbytes)
+    assert info["compression_ratio"] > 10
+    assert cli.main(["info", str(ds.path)]) == 0
+    ratio = _info_rows(capsys.readouterr().out)["decoded"].split("compression ratio ")[1]
+    assert float(ratio.split()[0]) == round(zeros.nbytes / ds.nbytes, 2)
 
 
 def test_info_json(dataset: Dataset, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["info", str(dataset.path), "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    info = json.loads(captured.out)  # stdout is JSON and nothing else
     assert info["num_records"] == RECORDS
     assert info["num_shards"] == SHARDS
     assert info["nbytes"] == dataset.nbytes
     assert info["sources"] == ["npy"]
     assert info["features"] == {
-        "x": {"dtype": "<f4", "shape": [2]},
-        "y": {"dtype": "<i8", "shape": []},
+        "x": {"dtype": "<f4", "shape": [2], "record_nbytes": 8},
+        "y": {"dtype": "<i8", "shape": [], "record_nbytes": 8},
     }
+    assert info["num_files"] == 2 * SHARDS
+    assert info["decoded_nbytes"] == RECORDS * 16
+    assert info["compression_ratio"] == pytest.approx(RECORDS * 16 / dataset.nbytes)
+    assert info["shard_records"] == {"min": 2, "max": 16, "mean": RECORDS / SHARDS}
+    sizes = [s.nbytes for s in dataset.shards]
+    assert info["shard_nbytes"] == {"min": min(sizes), "max": max(sizes), "mean": sum(sizes) / 4}
+    assert info["checksums"] == {
+        "algorithm": "xxh3_64",
+        "files": 2 * SHARDS,
+        "state": "sizes-ok",
+        "error": None,
+    }
+    assert "plot" not in info
+
+
+def test_info_of_an_empty_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ds = shardstore.write(tmp_path / "e", {"x": np.zeros((0, 3), np.float32)}, fsync=False)
+    png = tmp_path / "e.png"
+    assert cli.main(["info", str(ds.path), "--plot", str(png)]) == 0
+    rows = _info_rows(capsys.readouterr().out)
+    assert (rows["records"], rows["shards"], rows["sources"]) == ("0", "0", "-")
+    assert rows["on disk"] == "0 B (0 bytes) in 0 files"
+    assert "decoded" not in rows  # no ratio of nothing to nothing
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert cli.main(["info", str(ds.path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["shard_records"] == {"min": None, "max": None, "mean": None}
+    assert info["compression_ratio"] is None
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+@pytest.mark.parametrize("as_json", [False, True], ids=["human", "json"])
+def test_info_reports_a_damaged_dataset_and_exits_1(
+    dataset: Dataset, damage: str, as_json: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rel = dataset.shards[2].files[1].path
+    target = dataset.path / rel
+    if damage == "truncate":
+        target.write_bytes(target.read_bytes()[:-3])
+    else:
+        target.unlink()
+    assert cli.main(["info", str(dataset.path), *(["--json"] if as_json else [])]) == 1
+    captured = capsys.readouterr()
+    err_lines = captured.err.splitlines()
+    assert len(err_lines) == 1
+    assert err_lines[0].startswith("shardstore: info: dataset is DAMAGED: ")
+    assert rel in err_lines[0]
+    assert "shard 2" in err_lines[0]
+    if as_json:
+        checks = json.loads(captured.out)["checksums"]
+        assert checks["state"] == "damaged"
+        assert rel in checks["error"]
+    else:
+        rows = _info_rows(captured.out)
+        assert rows["records"] == str(RECORDS)  # the summary is still printed
+        assert "DAMAGED" in rows["checksums"]
+        assert rel in rows["checksums"]
+
+
+def test_info_plot_writes_a_png(
+    dataset: Dataset, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    png = tmp_path / "shards.png"
+    assert cli.main(["info", str(dataset.path), "--plot", str(png)]) == 0
+    assert _info_rows(capsys.readouterr().out)["plot"] == str(png)
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (880, 550)  # 8x5 inches at 110 dpi
+    png.unlink()
+    assert cli.main(["info", str(dataset.path), "--json", "--plot", str(png)]) == 0
+    assert json.loads(capsys.readouterr().out)["plot"] == str(png)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_info_plot_without_matplotlib_is_one_clear_line(
+    dataset: Dataset,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # None in sys.modules makes `import matplotlib...` raise ImportError, as if not installed.
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)
+    png = tmp_path / "shards.png"
+    assert cli.main(["info", str(dataset.path), "--plot", str(png)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("shardstore: error: plotting needs matplotlib")
+    assert "pip install 'shardstore[plot]'" in lines[0]
+    assert not png.exists()
+    with pytest.raises(shardstore.MissingDependencyError):
+        cli.main(["info", str(dataset.path), "--plot", str(png), "--debug"])
 
 
 @pytest.mark.parametrize(
@@ -183,6 +335,61 @@ def test_usage_error_returns_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main([]) == 2
 
 
+def test_unexpected_error_is_one_line_with_a_hint(
+    dataset: Dataset, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(args: object) -> int:
+        raise RuntimeError("something\nunexpected")
+
+    monkeypatch.setattr(cli, "_cmd_info", broken)  # bound when the parser is built
+    assert cli.main(["info", str(dataset.path)]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "shardstore: error: RuntimeError: something unexpected (run with --debug for the traceback)"
+    ]
+    with pytest.raises(RuntimeError, match="unexpected"):
+        cli.main(["info", str(dataset.path), "--debug"])
+
+
+# -- help -------------------------------------------------------------------------------------
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = cli._build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in _subcommands():
+        assert re.search(rf"^    {name}\s+\S", out, re.M), f"{name} missing from --help"
+    assert "global options:" in out
+    assert "Exit status: 0 on success, 1 when a file of the dataset is damaged" in " ".join(
+        out.split()
+    )
+
+
+@pytest.mark.parametrize("command", sorted(_subcommands()))
+def test_every_command_help_reads_well(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("COLUMNS", "88")
+    assert cli.main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: shardstore {command} ")
+    assert all(len(line) <= 88 for line in out.splitlines()), out
+    sub = _subcommands()[command]
+    assert sub.description, f"{command} has no description"
+    assert "global options:" in out  # -v/--debug grouped apart from the command's own options
+    assert "\nexamples:\n  shardstore " + command in out
+    for action in sub._actions:
+        if action.option_strings and action.help is not argparse.SUPPRESS:
+            assert action.help, f"{command} {action.option_strings} has no help"
+        if not action.option_strings and action.dest != "help":
+            assert action.help, f"{command} {action.dest} has no help"
+            assert action.metavar, f"{command} {action.dest} has no METAVAR"
+
+
 # -- plugins ----------------------------------------------------------------------------------
 def test_plugins_lists_npy(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["plugins"]) == 0
@@ -250,7 +457,7 @@ def test_python_dash_m(dataset: Dataset) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert f"records:  {RECORDS}" in result.stdout
+    assert _info_rows(result.stdout)["records"] == str(RECORDS)
     assert "float32" in result.stdout
 
 

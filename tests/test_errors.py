@@ -17,10 +17,12 @@ from shardstore import errors
         (errors.ManifestError, ValueError),
         (errors.DatasetNotFoundError, FileNotFoundError),
         (errors.DatasetExistsError, FileExistsError),
+        (errors.CommitConflictError, errors.DatasetExistsError),
         (errors.ChecksumError, OSError),
         (errors.SourceNotFoundError, LookupError),
         (errors.PluginLoadError, ImportError),
         (errors.CapabilityError, NotImplementedError),
+        (errors.MissingDependencyError, ImportError),
     ],
 )
 def test_error_hierarchy(cls: type[Exception], builtin: type[Exception]) -> None:

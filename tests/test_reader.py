@@ -141,12 +141,62 @@ def test_small_shuffle_buffer_still_covers(ds: shardstore.Dataset) -> None:
 @pytest.mark.parametrize("workers", [1, 2, 3, 11])
 def test_worker_shards_are_disjoint_and_complete(ds: shardstore.Dataset, workers: int) -> None:
     parts = [
-        labels(ds.to_tf(batch_size=8, features="label", shard=(i, workers), shuffle=True, seed=2))
+        labels(
+            ds.to_tf(
+                batch_size=8,
+                features="label",
+                shard=(i, workers),
+                shuffle=True,
+                seed=2,
+                balance=None,
+            )
+        )
         for i in range(workers)
     ]
     flat = np.concatenate(parts).tolist()
     assert sorted(flat) == list(range(N))
     assert len(set(flat)) == N
+
+
+@pytest.mark.parametrize(
+    ("shuffle", "tf_native"),
+    [(False, False), (True, False), ("global", False), (False, True), (True, True)],
+)
+def test_balanced_workers_get_equal_full_steps(
+    ds: shardstore.Dataset, shuffle: bool | str, tf_native: bool
+) -> None:
+    """11 shards of 19 (the last 13) over 3 workers: shares of 76, 70 and 57 records."""
+    shares = [sum(s.num_records for s in ds.shards[i::3]) for i in range(3)]
+    assert shares == [76, 70, 57]
+    for balance, steps in (("drop", 57 // 8), ("repeat", -(-76 // 8))):
+        seen: list[int] = []
+        for i in range(3):
+            tfds = ds.to_tf(
+                batch_size=8,
+                features="label",
+                shard=(i, 3),
+                shuffle=shuffle,
+                seed=4,
+                balance=balance,
+                tf_native=tf_native,
+            )
+            batches = [b.numpy() for b in tfds]
+            assert tfds.cardinality().numpy() == steps
+            assert [len(b) for b in batches] == [8] * steps  # every rank: same full steps
+            mine = {
+                r
+                for s in ds.shards[i::3]
+                for r in range(19 * s.index, 19 * s.index + s.num_records)
+            }
+            flat = np.concatenate(batches).tolist()
+            assert set(flat) <= mine
+            if balance == "drop":
+                assert len(set(flat)) == len(flat)  # nothing twice
+            else:
+                assert set(flat) == mine  # every record at least once
+            seen += flat
+        if balance == "repeat":
+            assert sorted(set(seen)) == list(range(N))
 
 
 def test_more_workers_than_shards_is_refused(ds: shardstore.Dataset) -> None:
@@ -196,7 +246,6 @@ def test_global_shuffle_batches_mix_the_whole_dataset(ds: shardstore.Dataset) ->
     tfds = ds.to_tf(batch_size=20, features="label", shuffle="global", seed=9)
     epochs = [labels(tfds).tolist() for _ in range(2)]
     first = epochs[0][:20]
-    assert first == sorted(first)  # one sorted gather per batch
     assert max(first) - min(first) > N // 2  # drawn from the whole dataset, not a window
     assert epochs[0] != epochs[1]  # a new permutation every epoch
     again = labels(ds.to_tf(batch_size=20, features="label", shuffle="global", seed=9))
@@ -238,12 +287,33 @@ def test_unknown_source_at_open(ds: shardstore.Dataset) -> None:
         shardstore.open(ds.path, source="nope")
 
 
-def test_pipeline_is_tf_native(ds: shardstore.Dataset) -> None:
-    """No py_function/numpy_function: the graph serialises (tf.data service, auto-sharding)."""
-    tfds = ds.to_tf(batch_size=16, shuffle=True, seed=0)
+def _py_ops(tfds: tf.data.Dataset) -> set[bytes]:
     serialized = tfds._as_serialized_graph().numpy()
-    for op in (b"PyFunc", b"EagerPyFunc", b"NumpyFunction"):
-        assert op not in serialized
+    return {op for op in (b"PyFunc", b"EagerPyFunc", b"NumpyFunction") if op in serialized}
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_tf_native_pipeline_has_no_python(ds: shardstore.Dataset, shuffle: bool) -> None:
+    """tf_native=True: no py_function/numpy_function, so the graph serialises (tf.data service)."""
+    tfds = ds.to_tf(batch_size=16, shuffle=shuffle, seed=0, tf_native=True)
+    assert _py_ops(tfds) == set()
+    got = collect(tfds)
+    order = np.argsort(got["label"])  # labels are the record numbers
+    assert order.tolist() != list(range(len(order))) if shuffle else True
+    for name, expected in ds[:].items():
+        assert_bitwise_equal(got[name][order], expected)
+
+
+def test_default_pipeline_gathers_batches_in_numpy(ds: shardstore.Dataset) -> None:
+    """By default an npy dataset is read by index through memmap: one numpy_function per batch."""
+    assert _py_ops(ds.to_tf(batch_size=16)) == {b"PyFunc"}
+
+
+def test_tf_native_refused_for_numpy_sources(ds: shardstore.Dataset) -> None:
+    with pytest.raises(CapabilityError, match="tf_native"):
+        shardstore.open(ds.path, source="memmap").to_tf(batch_size=4, tf_native=True)
+    with pytest.raises(CapabilityError, match="global"):
+        ds.to_tf(batch_size=4, shuffle="global", tf_native=True)
 
 
 def test_empty_dataset_reads_nothing(tmp_path: Path) -> None:
@@ -368,3 +438,17 @@ def test_seeded_order_is_identical_across_processes(ds: shardstore.Dataset) -> N
     ]  # fmt: skip
     assert runs[0] == runs[1]
     assert sorted(int(v) for v in runs[0].split(",")) == list(range(N))
+
+
+def test_shard_directory_symlink_escaping_the_dataset_is_refused(
+    ds: shardstore.Dataset, tmp_path: Path
+) -> None:
+    bad = copy_dataset(ds, tmp_path / "bad")
+    version_dir = bad.path / bad.shards[0].files[0].path.split("/")[0]
+    outside = tmp_path / "outside"
+    version_dir.rename(outside)
+    version_dir.symlink_to(outside)
+    with pytest.raises(ManifestError, match="outside the dataset"):
+        bad.to_tf(batch_size=8)
+    with pytest.raises(ManifestError, match="outside the dataset"):
+        bad.check_files()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import shardstore
-from shardstore.errors import ManifestError
+from shardstore.errors import ChecksumError, ManifestError
 from shardstore.sources import memmap as memmap_module
 from shardstore.testing import SourceConformance, assert_bitwise_equal, collect
 
@@ -40,8 +40,10 @@ def test_file_that_contradicts_the_manifest_is_refused(tmp_path: Path) -> None:
     victim = ds.path / ds.shards[1].files[0].path
     victim.unlink()
     np.save(victim, np.zeros((4, 2), np.float64)[:, :1])  # other dtype/shape, same byte size
-    with pytest.raises(ManifestError, match="manifest says"):
+    with pytest.raises(ChecksumError, match="has checksum"):  # the default: hashed first
         shardstore.open(ds.path)[5]
+    with pytest.raises(ManifestError, match="manifest says"):  # the source's own check
+        shardstore.open(ds.path, verify="size")[5]
 
 
 def test_open_maps_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 import shardstore
-from shardstore.errors import ManifestError
+from shardstore.errors import ChecksumError, ManifestError
 from shardstore.manifest import FeatureSpec
 from shardstore.sources import tfrecord as tfr
 from shardstore.sources.tfrecord import (
@@ -197,11 +197,13 @@ def test_a_damaged_record_fails_the_read(tmp_path: Path) -> None:
     ds = shardstore.write(tmp_path / "d", data, format="tfrecord", fsync=False)
     path = ds.path / ds.shards[0].files[0].path
     raw = bytearray(path.read_bytes())
-    raw[len(raw) // 2] ^= 0x10
+    raw[len(raw) // 20 * 10 + 20] ^= 0x10  # inside the data of record 10 (not a header)
     os.chmod(path, 0o644)
     path.write_bytes(bytes(raw))
-    with pytest.raises(tf.errors.DataLossError):
-        collect(ds.to_tf(4))
+    with pytest.raises(ChecksumError):  # hashed before the first read
+        ds.to_tf(4)
+    with pytest.raises(tf.errors.DataLossError):  # and TFRecordDataset's own CRC check
+        collect(shardstore.open(ds.path, verify="size").to_tf(4))
 
 
 def _edit_info(path: Path, edit: object) -> None:

@@ -285,9 +285,13 @@ def test_reading_one_feature_never_touches_the_others(tmp_path: Path) -> None:
     ctx = ReadContext(ds.path, ds.shards, {"label": ds.features["label"]}, 8)
     assert_bitwise_equal(ds.source.read_records(ctx, 1, np.array([2, 3]))["label"],
                          data["label"][[27, 28]])  # fmt: skip
-    # the control: reading the damaged feature does fail
-    with pytest.raises(Exception, match=r"image/zarr\.json' .* is damaged"):
-        collect(ds.to_tf(batch_size=8, features="image"))
+    # the control: reading the damaged feature does fail, before reading (checksums)...
+    with pytest.raises(ChecksumError, match=r"zarr/image/.*has checksum"):
+        ds.to_tf(batch_size=8, features="image")
+    # ...and without checksums, when zarr is handed the damaged metadata
+    unchecked = shardstore.open(tmp_path / "d", verify="size")
+    with pytest.raises(Exception, match=r"image/zarr\.json' .*"):
+        collect(unchecked.to_tf(batch_size=8, features="image"))
 
 
 def test_damaged_chunk_is_reported_with_its_file(tmp_path: Path) -> None:
@@ -297,7 +301,9 @@ def test_damaged_chunk_is_reported_with_its_file(tmp_path: Path) -> None:
     with open(ds.path / victim.path, "r+b") as f:
         f.seek(5)
         f.write(b"\xff\xff\xff\xff")  # the first chunk's Blosc header (its decoded size)
-    ds = shardstore.open(tmp_path / "d")
+    with pytest.raises(ChecksumError, match=re.escape(victim.path) + ".*has checksum"):
+        shardstore.open(tmp_path / "d").to_tf(batch_size=8, features="image")
+    ds = shardstore.open(tmp_path / "d", verify="size")  # the decoder's own check
     with pytest.raises(Exception, match=re.escape(victim.path) + ".*damaged"):
         collect(ds.to_tf(batch_size=8, features="image"))
     ctx = ReadContext(ds.path, ds.shards, {"image": ds.features["image"]}, 10)
@@ -325,8 +331,11 @@ def test_damaged_shard_index_is_detected(tmp_path: Path) -> None:
     ds = write(tmp_path / "d", compressible(30), records_per_shard=30, chunk_records=10)
     victim = data_file(ds, 0, "image")
     flip_bit(ds.path / victim.path, -20)  # inside the (offset, length) table
-    with pytest.raises(Exception, match="CRC32C"):
-        collect(shardstore.open(tmp_path / "d").to_tf(batch_size=8, features="image"))
+    with pytest.raises(ChecksumError, match="has checksum"):
+        shardstore.open(tmp_path / "d").to_tf(batch_size=8, features="image")
+    with pytest.raises(Exception, match="CRC32C"):  # the reader's own check
+        unchecked = shardstore.open(tmp_path / "d", verify="size")
+        collect(unchecked.to_tf(batch_size=8, features="image"))
 
 
 @pytest.mark.parametrize(("chunk", "batch"), [(7, 5), (3, 64), (50, 4), (1, 3)])

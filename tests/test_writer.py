@@ -266,13 +266,23 @@ def test_existing_dataset_is_not_replaced_without_overwrite(tmp_path: Path) -> N
     assert shardstore.open(path).num_records == 10
 
 
-def test_overwrite_replaces_and_removes_the_old_version(tmp_path: Path) -> None:
+def test_overwrite_replaces_and_keeps_the_old_version_until_gc(tmp_path: Path) -> None:
     path = tmp_path / "d"
     old = shardstore.write(path, arrays(10))
     new = shardstore.write(path, {"z": np.ones((4, 2), np.uint8)}, overwrite=True)
     assert new.manifest.version_id != old.manifest.version_id
     reopened = shardstore.open(path)
     assert list(reopened.features) == ["z"]
+    old_dir = f"v-{old.manifest.version_id}"
+    assert sorted(p.name for p in path.iterdir()) == sorted(
+        [".shardstore", "manifest.json", old_dir, f"v-{new.manifest.version_id}"]
+    )
+    assert (path / ".shardstore" / "retired" / old_dir).is_file()
+    old.verify()  # a reader of the old version still has its files
+    report = shardstore.gc(path)  # within the grace period: kept
+    assert report.removed == [] and [p for p, _ in report.kept_retired] == [old_dir]
+    report = shardstore.gc(path, grace=0)
+    assert old_dir in report.removed and report.bytes_freed >= old.nbytes
     assert sorted(p.name for p in path.iterdir()) == [
         "manifest.json",
         f"v-{new.manifest.version_id}",

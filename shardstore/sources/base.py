@@ -59,7 +59,7 @@ from shardstore.errors import (
     ManifestError,
     UnsupportedDTypeError,
 )
-from shardstore.fsutil import HashingFile, resolve_inside
+from shardstore.fsutil import HashingFile, InsideResolver, make_dirs
 from shardstore.manifest import (
     SUPPORTED_DTYPES,
     FeatureSpec,
@@ -131,7 +131,9 @@ class ShardWriteContext:
 
     Attributes
     ----------
-    root : the dataset directory.
+    root : where files are created: the write's staging area
+        (``<dataset>/.shardstore/staging``), moved into the dataset at commit.
+        Paths relative to it (``prefix/...``) are the manifest's paths.
     prefix : directory (relative to ``root``) that holds this write's files.
     index : the shard's index.
     num_records : records in this shard.
@@ -161,7 +163,7 @@ class ShardWriteContext:
             relpath = check_relative_path(f"{self.prefix}/{stem}{suffix}")
         except ManifestError as exc:
             raise InvalidInputError(f"invalid file suffix {suffix!r}: {exc}") from None
-        (self.root / relpath).parent.mkdir(parents=True, exist_ok=True)
+        make_dirs((self.root / relpath).parent)
         return ShardFile(self, relpath, feature)
 
     def entry(self, source: str) -> ShardEntry:
@@ -188,7 +190,15 @@ class ReadContext:
 
     def resolve(self, relpath: str) -> Path:
         """Absolute path of a manifest path, refusing escapes from the dataset."""
-        return resolve_inside(self.root, relpath)
+        return self._resolver.resolve(relpath)
+
+    def resolve_str(self, relpath: str) -> str:
+        """:meth:`resolve` as a ``str``: no ``Path`` object, for tables of many paths."""
+        return self._resolver.resolve_str(relpath)
+
+    @cached_property
+    def _resolver(self) -> InsideResolver:
+        return InsideResolver(self.root)
 
     @cached_property
     def record_starts(self) -> np.ndarray:
@@ -215,6 +225,11 @@ class Source(ABC):
     #: with it; the reader then uses that one for ``ds[i]`` and
     #: ``shuffle="global"`` unless the user chose a source explicitly.
     random_access_source: ClassVar[str | None] = None
+    #: A random-access source whose scattered reads cost about the bytes they
+    #: copy (no chunk to decode whole, e.g. uncompressed files) sets this: the
+    #: reader then gathers every batch through :meth:`read_records_into`, in
+    #: every shuffle mode, instead of reading blocks with :meth:`tf_reader`.
+    gather_batches: ClassVar[bool] = False
 
     def can_read(self, written_by: str) -> bool:
         """Whether this source reads shards written by the source ``written_by``."""
@@ -249,6 +264,15 @@ class Source(ABC):
     def write_shard(self, shard: ShardWriteContext, arrays: Mapping[str, ArrayLike]) -> None:
         """Write ``arrays`` (one shard's records) through ``shard.create``."""
 
+    def check_shards(self, ctx: ReadContext) -> None:  # noqa: B027 (an optional hook)
+        """Check ``ctx.shards`` against the manifest before a pipeline is built.
+
+        Called by the reader once per pipeline, with the shards it will read,
+        so that what can be refused from the manifest alone (a lying header
+        length, a size that contradicts the layout) fails at ``to_tf`` time
+        with a ``ManifestError``, not mid-epoch. The default checks nothing.
+        """
+
     @abstractmethod
     def tf_reader(self, ctx: ReadContext) -> Callable[[tf.Tensor], tf.data.Dataset]:
         """Return ``position -> tf.data.Dataset`` of blocks (see module docstring)."""
@@ -265,6 +289,25 @@ class Source(ABC):
         threads at once (keep per-shard handles thread-safe, e.g. read-only maps).
         """
         raise CapabilityError(f"the {self.name!r} source does not support random_access")
+
+    def read_records_into(
+        self,
+        ctx: ReadContext,
+        position: int,
+        rows: np.ndarray,
+        out: Mapping[str, np.ndarray],
+    ) -> None:
+        """Like :meth:`read_records`, but into ``out`` (``feature -> array``).
+
+        Each ``out[feature]`` is a C-contiguous array of shape
+        ``(len(rows), *shape)`` to fill. The reader gathers every batch
+        through this method, so a source that can read straight into the
+        caller's memory (e.g. with ``os.preadv``) should override it and save
+        a copy; this default copies what :meth:`read_records` returns.
+        """
+        got = self.read_records(ctx, position, rows)
+        for feature, dest in out.items():
+            dest[...] = got[feature]
 
     def require(self, capability: str) -> None:
         """Raise ``CapabilityError`` unless this source has ``capability``."""

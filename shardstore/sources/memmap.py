@@ -1,10 +1,14 @@
-"""The ``memmap`` source: random access to ``.npy`` shards through memory maps.
+"""The ``memmap`` source: random access to ``.npy`` shards, straight into the caller's arrays.
 
-It reads the very files the ``npy`` source writes (``reads = {"npy"}``), via
-``np.load(..., mmap_mode="r")``: nothing is copied until records are
-gathered. That gives ``ds[i]``, ``ds[i:j]``, ``ds[[i, k]]`` without
-TensorFlow, and the exact global shuffle of ``to_tf(shuffle="global")``,
-where each batch is one sorted gather per shard it touches.
+It reads the very files the ``npy`` source writes (``reads = {"npy"}``),
+after parsing each file's header and checking it against the manifest (never
+``np.load``). Runs of consecutive records are read with ``os.preadv``
+directly into the output array (one copy, from the page cache; the GIL is
+released during the read, so several reader threads run in parallel);
+scattered small records are gathered from a read-only ``np.memmap`` map
+instead, where one system call per record would cost more than the copy.
+That gives ``ds[i]``, ``ds[i:j]``, ``ds[[i, k]]`` without TensorFlow, and the
+batch gathers behind every ``to_tf`` pipeline of an ``npy`` dataset.
 
 Reading goes through ``tf.numpy_function`` (one call per block or batch,
 never per record), so pipelines built on it are not serialisable:
@@ -13,6 +17,7 @@ never per record), so pipelines built on it are not serialisable:
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -21,9 +26,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from shardstore.errors import ManifestError
+from shardstore.errors import ChecksumError, ManifestError
+from shardstore.manifest import FeatureSpec, ShardEntry
+from shardstore.random_access import aligned_empty
 from shardstore.sources.base import ArrayLike, ReadContext, ShardWriteContext, Source
-from shardstore.sources.npy import NpySource
+from shardstore.sources.npy import NpySource, npy_layout, read_npy_header
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -32,6 +39,61 @@ __all__ = ["MemmapSource"]
 
 #: Memory maps kept open at once (each costs a virtual memory area, not RAM).
 MAX_OPEN_MAPS = 1024
+#: File descriptors kept open at once (well under the usual 1024 soft limit).
+MAX_OPEN_FILES = 256
+#: Records at least this large are read with one ``preadv`` per run of
+#: consecutive rows; smaller scattered records are gathered from a memory map.
+PREAD_MIN_RECORD_BYTES = 4096
+
+
+def _open_map(path: Path, shard: ShardEntry, relpath: str, size: int, spec: FeatureSpec) -> Any:
+    """A read-only map of one ``.npy`` shard file, after checking its header against the manifest.
+
+    The header is parsed (never executed, never trusted): its dtype, shape and
+    order must be the manifest's and the file exactly as long as they say,
+    before anything is mapped. No ``np.load``: object dtypes cannot even be
+    described here, and no size a header claims is ever allocated.
+    """
+    expected = (shard.num_records, *(int(d) for d in spec.shape if d is not None))
+    where = f"shard {shard.index}, file {relpath!r}"
+    try:
+        with open(path, "rb") as f:
+            try:
+                header = read_npy_header(f)
+            except ValueError as exc:
+                raise ChecksumError(
+                    f"{where}: not a valid .npy file ({exc})", shard=shard.index, file=relpath
+                ) from None
+            if (
+                header.shape != expected
+                or header.dtype != spec.dtype
+                or header.fortran_order
+                or header.dtype.hasobject
+            ):
+                order = "Fortran order" if header.fortran_order else "C order"
+                raise ManifestError(
+                    f"{where}: holds {header.dtype} {header.shape} in {order}, "
+                    f"the manifest says {spec.dtype} {expected}"
+                )
+            data_bytes = spec.record_nbytes * shard.num_records
+            actual = os.fstat(f.fileno()).st_size
+            if header.data_offset + data_bytes != actual or actual != size:
+                raise ChecksumError(
+                    f"{where}: has {actual} bytes; its header and the manifest say "
+                    f"{header.data_offset + data_bytes}",
+                    shard=shard.index,
+                    file=relpath,
+                )
+            if data_bytes == 0:
+                return np.empty(expected, spec.dtype)
+            return np.memmap(f, dtype=spec.dtype, mode="r", offset=header.data_offset,
+                             shape=expected)  # fmt: skip
+    except (ChecksumError, ManifestError):
+        raise
+    except (OSError, ValueError) as exc:  # the file changed under us, or cannot be mapped
+        raise ChecksumError(
+            f"{where}: cannot be mapped ({exc})", shard=shard.index, file=relpath
+        ) from None
 
 
 class MemmapSource(Source):
@@ -40,54 +102,158 @@ class MemmapSource(Source):
     name: ClassVar[str] = "memmap"
     tf_native: ClassVar[bool] = False
     random_access: ClassVar[bool] = True
+    gather_batches: ClassVar[bool] = True
     reads: ClassVar[frozenset[str]] = frozenset({"npy"})
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._maps: OrderedDict[Path, np.ndarray] = OrderedDict()
+        # keyed by (dataset directory, manifest path, checksum): resolved (symlinks
+        # checked) once; another file at the same path is opened anew
+        self._maps: OrderedDict[tuple[Path, str, str], np.ndarray] = OrderedDict()
+        self._files: OrderedDict[tuple[Path, str, str], int] = OrderedDict()
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_files", {}).values():
+            os.close(fd)
 
     def write_shard(self, shard: ShardWriteContext, arrays: Mapping[str, ArrayLike]) -> None:
         """Write standard ``.npy`` files, exactly as the ``npy`` source does."""
         NpySource().write_shard(shard, arrays)
 
+    def check_shards(self, ctx: ReadContext) -> None:
+        """Check every file's recorded header length and size against the features."""
+        npy_layout(ctx)
+
     def _map(self, ctx: ReadContext, position: int, feature: str) -> np.ndarray:
         shard = ctx.shards[position]
         entry = shard.file_for(feature)
-        path = ctx.resolve(entry.path)
+        key = (ctx.root, entry.path, entry.checksum)
         with self._lock:
-            cached = self._maps.get(path)
+            cached = self._maps.get(key)
             if cached is not None:
-                self._maps.move_to_end(path)
+                self._maps.move_to_end(key)
                 return cached
-        spec = ctx.features[feature]
-        mm: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
-        expected = (shard.num_records, *spec.shape)
-        if mm.shape != expected or mm.dtype != spec.dtype or not mm.flags.c_contiguous:
-            raise ManifestError(
-                f"shard {shard.index}, file {entry.path!r}: holds {mm.dtype} {mm.shape}, "
-                f"the manifest says {spec.dtype} {expected}"
-            )
+        mm: np.ndarray = _open_map(
+            ctx.resolve(entry.path), shard, entry.path, entry.size, ctx.features[feature]
+        )
         with self._lock:
-            self._maps[path] = mm
+            self._maps[key] = mm
             while len(self._maps) > MAX_OPEN_MAPS:
                 self._maps.popitem(last=False)
         return mm
 
+    def _file(self, ctx: ReadContext, position: int, feature: str) -> tuple[int, int]:
+        """An open descriptor of the feature's file, and where its records start.
+
+        The ``.npy`` header is read and checked against the manifest the first
+        time a file is opened, so a file that lies about its contents is refused.
+        """
+        shard = ctx.shards[position]
+        entry = shard.file_for(feature)
+        key = (ctx.root, entry.path, entry.checksum)
+        header = entry.info.get("header_bytes")
+        if type(header) is not int or not 0 < header <= entry.size:
+            raise ManifestError(
+                f"shard {shard.index}, file {entry.path!r}: invalid info.header_bytes {header!r}"
+            )
+        with self._lock:
+            fd = self._files.get(key)
+            if fd is not None:
+                self._files.move_to_end(key)
+                return fd, header
+        spec = ctx.features[feature]
+        fd = os.open(ctx.resolve(entry.path), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            with os.fdopen(os.dup(fd), "rb") as f:
+                parsed = read_npy_header(f)
+        except (ValueError, OSError) as exc:
+            os.close(fd)
+            raise ChecksumError(
+                f"shard {shard.index}, file {entry.path!r}: not a valid .npy file ({exc})",
+                shard=shard.index,
+                file=entry.path,
+            ) from None
+        expected = (shard.num_records, *(int(d or 0) for d in spec.shape))
+        if (
+            parsed.shape != expected
+            or parsed.dtype != spec.dtype
+            or parsed.fortran_order
+            or parsed.data_offset != header
+        ):
+            os.close(fd)
+            raise ManifestError(
+                f"shard {shard.index}, file {entry.path!r}: holds {parsed.dtype} {parsed.shape} "
+                f"(data at byte {parsed.data_offset}), the manifest says {spec.dtype} {expected} "
+                f"at byte {header}"
+            )
+        with self._lock:
+            self._files[key] = fd
+            while len(self._files) > MAX_OPEN_FILES:
+                os.close(self._files.popitem(last=False)[1])
+        return fd, header
+
     def read_records(
         self, ctx: ReadContext, position: int, rows: np.ndarray
     ) -> dict[str, np.ndarray]:
-        """Gather ``rows`` (sorted) of one shard from its memory maps."""
-        out = {}
-        for feature in ctx.features:
-            mm = self._map(ctx, position, feature)
-            if len(rows) and rows[-1] - rows[0] + 1 == len(rows):  # a contiguous run
-                out[feature] = np.array(mm[rows[0] : rows[-1] + 1])
-            else:
-                out[feature] = np.take(mm, rows, axis=0)
+        """Gather ``rows`` (sorted) of one shard."""
+        out = {
+            name: aligned_empty((len(rows), *(int(d or 0) for d in spec.shape)), spec.dtype)
+            for name, spec in ctx.features.items()
+        }
+        self.read_records_into(ctx, position, rows, out)
         return out
 
+    def read_records_into(
+        self,
+        ctx: ReadContext,
+        position: int,
+        rows: np.ndarray,
+        out: Mapping[str, np.ndarray],
+    ) -> None:
+        """Read ``rows`` (sorted, unique) of one shard into ``out``, preadv or memory map."""
+        n = len(rows)
+        if n == 0:
+            return
+        breaks = (np.flatnonzero(np.diff(rows) != 1) + 1).tolist()
+        run_starts = [0, *breaks]
+        run_ends = [*breaks, n]
+        for feature, dest in out.items():
+            record_bytes = ctx.features[feature].record_nbytes
+            if record_bytes == 0:
+                continue
+            if len(run_starts) > 1 and record_bytes < PREAD_MIN_RECORD_BYTES:
+                np.take(self._map(ctx, position, feature), rows, axis=0, out=dest)
+                continue
+            fd, header = self._file(ctx, position, feature)
+            buf = dest.reshape(-1).view(np.uint8).data
+            for lo, hi in zip(run_starts, run_ends, strict=True):
+                offset = header + int(rows[lo]) * record_bytes
+                self._pread(
+                    ctx, position, feature, fd, buf[lo * record_bytes : hi * record_bytes], offset
+                )
+
+    @staticmethod
+    def _pread(
+        ctx: ReadContext, position: int, feature: str, fd: int, buf: memoryview, offset: int
+    ) -> None:
+        """Fill ``buf`` from ``offset``; a short file is damage, never silently zeros."""
+        done = 0
+        while done < len(buf):
+            got = os.preadv(fd, [buf[done:]], offset + done)
+            if got == 0:
+                shard = ctx.shards[position]
+                path = shard.file_for(feature).path
+                raise ChecksumError(
+                    f"dataset {str(ctx.root)!r}, shard {shard.index}: file {path!r} ends at "
+                    f"byte {offset + done}, before the records the manifest records",
+                    dataset=str(ctx.root),
+                    shard=shard.index,
+                    file=path,
+                )
+            done += got
+
     def tf_reader(self, ctx: ReadContext) -> Callable[[tf.Tensor], tf.data.Dataset]:
-        """Blocks of records, each copied out of the maps by one ``numpy_function``."""
+        """Blocks of records, each read by one ``numpy_function``."""
         import tensorflow as tf
 
         counts = tf.constant([s.num_records for s in ctx.shards], tf.int64)
@@ -97,8 +263,8 @@ class MemmapSource(Source):
         block = ctx.block_records
 
         def fetch(position: Any, start: Any, stop: Any) -> list[np.ndarray]:
-            pos, lo, hi = int(position), int(start), int(stop)
-            return [np.array(self._map(ctx, pos, n)[lo:hi]) for n in names]
+            got = self.read_records(ctx, int(position), np.arange(int(start), int(stop)))
+            return [got[n] for n in names]
 
         def read_shard(position: tf.Tensor) -> tf.data.Dataset:
             n = counts[position]

@@ -50,17 +50,20 @@ This module also holds the TensorFlow-free TFRecord helpers that
 from __future__ import annotations
 
 import math
+import os
 import struct
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, ClassVar, Final
 
 import google_crc32c
 import numpy as np
 
 from shardstore.checksum import CHUNK_BYTES
-from shardstore.errors import InvalidInputError, ManifestError
-from shardstore.manifest import FeatureSpec
+from shardstore.errors import ChecksumError, InvalidInputError, ManifestError
+from shardstore.manifest import FeatureSpec, ShardEntry
 from shardstore.sources.base import ArrayLike, ReadContext, ShardWriteContext, Source
 
 if TYPE_CHECKING:
@@ -73,6 +76,7 @@ __all__ = [
     "TFRecordFormatError",
     "TFRecordSource",
     "check_encoding",
+    "check_framing",
     "encode_records",
     "iter_frames",
     "masked_crc32c",
@@ -584,6 +588,95 @@ def _decoder(
     return decode
 
 
+# -- framing check before TensorFlow reads a file ----------------------------------------------
+_framing_lock = threading.Lock()
+_framing_ok: dict[str, tuple[int, int, int, int]] = {}
+
+
+def check_framing(path: Path, shard: ShardEntry, *, dataset: str | None = None) -> None:
+    """Check that every record header of ``path`` is sound before TensorFlow reads it.
+
+    ``TFRecordDataset`` trusts each record's length once its CRC matches: a
+    crafted file announcing a 2**40-byte record crashes the process (seen
+    with TF 2.21). This walks the headers: every length CRC must match, every
+    record must fit in the file, the last one must end it, and there must be
+    ``num_records`` of them. Files whose records all have one length (what
+    this source writes) are checked in one vectorised pass; others record by
+    record. A file that passed is remembered (by path, inode, size, mtime) for
+    the life of the process.
+
+    Raises
+    ------
+    ChecksumError
+        Naming the shard and the file, and the byte offset of the bad header.
+    """
+    entry = shard.files[0]
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ChecksumError(
+            f"shard {shard.index}: file {entry.path!r} cannot be read ({exc})",
+            dataset=dataset,
+            shard=shard.index,
+            file=entry.path,
+        ) from None
+    sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    with _framing_lock:
+        if _framing_ok.get(str(path)) == sig:
+            return
+    try:
+        count = _count_frames(path, st.st_size, shard.num_records)
+    except TFRecordFormatError as exc:
+        raise ChecksumError(
+            f"shard {shard.index}: file {entry.path!r} is not a sound TFRecord file: {exc}",
+            dataset=dataset,
+            shard=shard.index,
+            file=entry.path,
+        ) from None
+    if count != shard.num_records:
+        raise ChecksumError(
+            f"shard {shard.index}: file {entry.path!r} holds {count} records, the manifest "
+            f"says {shard.num_records}",
+            dataset=dataset,
+            shard=shard.index,
+            file=entry.path,
+        )
+    with _framing_lock:
+        _framing_ok[str(path)] = sig
+
+
+def _count_frames(path: Path, size: int, expected: int) -> int:
+    """Walk the record headers of a TFRecord file; return how many records it holds."""
+    with open(path, "rb", buffering=0) as f:
+        fd = f.fileno()
+        first = os.pread(fd, _HEADER.size, 0)
+        if len(first) == _HEADER.size and expected > 0:
+            length = _HEADER.unpack(first)[0]
+            frame = length + FRAME_OVERHEAD
+            if masked_crc32c(first[:8]) == _HEADER.unpack(first)[1] and frame * expected == size:
+                # one length for every record: compare every header with the first at once
+                data = np.memmap(f, dtype=np.uint8, mode="r", shape=(expected, frame))
+                heads = data[:, : _HEADER.size]
+                if np.array_equal(heads, np.broadcast_to(heads[0], heads.shape)):
+                    return expected
+        offset = count = 0
+        while offset < size:
+            header = os.pread(fd, _HEADER.size, offset)
+            if len(header) < _HEADER.size:
+                raise TFRecordFormatError(f"truncated record header at byte {offset}")
+            length, length_crc = _HEADER.unpack(header)
+            if masked_crc32c(header[:8]) != length_crc:
+                raise TFRecordFormatError(f"bad length checksum at byte {offset}")
+            if length > size - offset - FRAME_OVERHEAD:
+                raise TFRecordFormatError(
+                    f"the record at byte {offset} announces {length} bytes, past the end "
+                    f"of the {size}-byte file"
+                )
+            offset += FRAME_OVERHEAD + length
+            count += 1
+        return count
+
+
 # -- the source ------------------------------------------------------------------------------
 class TFRecordSource(Source):
     """Shards as standard TFRecord files of ``tf.train.Example`` records."""
@@ -623,7 +716,10 @@ class TFRecordSource(Source):
         import tensorflow as tf
 
         layout = _file_layouts(ctx)
-        paths = tf.constant([str(ctx.resolve(s.files[0].path)) for s in ctx.shards], tf.string)
+        resolved = [ctx.resolve(s.files[0].path) for s in ctx.shards]
+        for shard, path in zip(ctx.shards, resolved, strict=True):
+            check_framing(path, shard, dataset=str(ctx.root))
+        paths = tf.constant([str(p) for p in resolved], tf.string)
         decode = _decoder(ctx.features, layout)
         block = ctx.block_records
 

@@ -31,9 +31,17 @@ block of records (never per record). It reads a shard file's index once
 (CRC-checked, cached), then ``pread``s and decodes whole chunks; a chunk that
 straddles two blocks is decoded once. Arrays this fast path does not
 recognise are read through zarr itself. :meth:`ZarrSource.read_records`
-(random access) decodes runs of rows the same way and uses zarr's orthogonal
-selection (``arr.oindex``) for scattered rows. ``docs/format.md`` section 11
-specifies the layout.
+(random access) decodes the chunks holding the rows asked for the same way.
+``docs/format.md`` section 11 specifies the layout.
+
+**Untrusted data.** Before zarr parses an array's ``zarr.json``, shardstore
+checks it (:func:`_check_array_metadata`): numeric data types only, the
+manifest's shape and dtype, chunk shapes no larger than the array, and codecs
+from a short list of pure decoders (``bytes``, ``blosc``, ``zstd``, ``gzip``,
+``crc32c``, ``transpose``, ``sharding_indexed``), so no object, string or
+pickle codec is ever instantiated. On the fast path every chunk's stored
+length and announced size are checked before anything is allocated
+(decompression bombs fail with a :class:`ChecksumError`).
 """
 
 from __future__ import annotations
@@ -56,7 +64,9 @@ from shardstore.errors import (
     ManifestError,
     UnsupportedDTypeError,
 )
+from shardstore.integrity import MAX_EXPANSION
 from shardstore.manifest import FeatureSpec, ShardEntry
+from shardstore.random_access import aligned_empty
 from shardstore.sources.base import ArrayLike, ReadContext, ShardWriteContext, Source
 
 if TYPE_CHECKING:
@@ -210,10 +220,13 @@ class _ArrayRef:
     meta_relpath: str  # manifest path of the array's zarr.json
     data_relpath: str  # manifest path of the chunk (shard) file
     data_path: Path  # absolute path of that file
+    checksum: str = ""  # the manifest's checksum of the metadata and the data file
 
     @property
     def key(self) -> str:
-        return str(self.data_path)
+        # the checksums too: another version of the file at the same path (an in-place
+        # edit) must not be read through what was cached for the old one
+        return f"{self.data_path}\n{self.checksum}"
 
 
 @dataclass(frozen=True)
@@ -262,23 +275,38 @@ class _ChunkFile:
         self._chunk_nbytes = ref.chunk_records * ref.spec.record_nbytes
         self._chunk_shape = (ref.chunk_records, *ref.shape)
 
-    def chunk(self, index: int) -> np.ndarray:
-        """Chunk ``index``, all ``chunk_records`` rows, in a new array.
+    def chunk(self, index: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Chunk ``index``, all ``chunk_records`` rows, in ``out`` or a new array.
 
-        Raw and Blosc chunks are read or decoded straight into the array
-        (after checking the size Blosc's header announces), so each byte is
-        written once.
+        Raw and compressed chunks are read or decoded straight into the array,
+        so each byte is written once (into ``out`` when given: C-contiguous, the
+        chunk's shape). Nothing is allocated before the chunk's
+        stored length and the size its Blosc or Zstandard header announces
+        are checked against the declared chunk size (and against
+        :data:`~shardstore.integrity.MAX_EXPANSION`): a decompression bomb
+        fails here, having cost one read of its compressed bytes.
         """
         ref = self.ref
         offset, length = int(self._offsets[index]), int(self._lengths[index])
         if self._offsets[index] == _EMPTY and self._lengths[index] == _EMPTY:
-            return np.full(self._chunk_shape, self._fill_value, ref.spec.dtype)
-        out = np.empty(self._chunk_shape, ref.spec.dtype)
-        dest = out.reshape(-1).view(np.uint8)
+            if out is None:
+                out = aligned_empty(self._chunk_shape, ref.spec.dtype)
+            out[...] = self._fill_value
+            return out
+        want = self._chunk_nbytes
+        if self._codec is None and length != want:
+            raise _damaged(ref, f"raw chunk {index} has {length} bytes, not {want}")
+        if self._codec is not None and want > length * MAX_EXPANSION:
+            raise _damaged(
+                ref,
+                f"chunk {index} would expand {length} bytes into {want} (more than "
+                f"{MAX_EXPANSION}-fold: refused as a decompression bomb)",
+            )
         with open(ref.data_path, "rb", buffering=0) as f:
             if self._codec is None:
-                if length != self._chunk_nbytes:
-                    raise _damaged(ref, f"raw chunk {index} has {length} bytes, not {dest.nbytes}")
+                if out is None:
+                    out = aligned_empty(self._chunk_shape, ref.spec.dtype)
+                dest = out.reshape(-1).view(np.uint8)
                 f.seek(offset)
                 view, got = dest.data, 0
                 while got < length and (n := f.readinto(view[got:])):
@@ -289,23 +317,64 @@ class _ChunkFile:
             raw = os.pread(f.fileno(), length, offset)
         if len(raw) != length:
             raise _damaged(ref, f"chunk {index} is cut short ({len(raw)} of {length} bytes)")
+        if self._blosc is not None:
+            # Blosc's header: bytes 4-7 decoded size, 12-15 compressed size (little-endian)
+            nbytes = int.from_bytes(raw[4:8], "little")
+            cbytes = int.from_bytes(raw[12:16], "little")
+            if length < 16 or nbytes != want or cbytes != length:
+                raise _damaged(
+                    ref,
+                    f"chunk {index} does not decode (its Blosc header announces {nbytes} bytes "
+                    f"in {cbytes}; the chunk is {want} bytes in {length})",
+                )
+        else:
+            announced = _zstd_content_size(raw)
+            if announced != want:
+                raise _damaged(
+                    ref,
+                    f"chunk {index} does not decode (its Zstandard header announces "
+                    f"{'no size' if announced is None else f'{announced} bytes'}; "
+                    f"the chunk is {want} bytes)",
+                )
+        if out is None:  # allocated only now: after every check on what the chunk claims
+            out = aligned_empty(self._chunk_shape, ref.spec.dtype)
+        dest = out.reshape(-1).view(np.uint8)
         try:
             if self._blosc is not None:
-                # Blosc's header: bytes 4-7 decoded size, 12-15 compressed size (little-endian)
-                nbytes = int.from_bytes(raw[4:8], "little")
-                cbytes = int.from_bytes(raw[12:16], "little")
-                if length < 16 or nbytes != dest.nbytes or cbytes != length:
-                    raise ValueError(f"its Blosc header announces {nbytes} bytes in {cbytes}")
                 self._blosc.decode(raw, out=dest)
             else:
                 assert self._zstd is not None
-                decoded = memoryview(self._zstd.decode(raw))
-                if decoded.nbytes != dest.nbytes:
-                    raise ValueError(f"it holds {decoded.nbytes} bytes, not {dest.nbytes}")
-                dest[:] = np.frombuffer(decoded, np.uint8)
+                self._zstd.decode(raw, out=dest)
         except Exception as exc:
             raise _damaged(ref, f"chunk {index} does not decode ({exc})") from None
         return out
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """Records ``rows`` (sorted, unique, local to the shard), one chunk decoded at a time."""
+        ref = self.ref
+        out = np.empty((len(rows), *ref.shape), ref.spec.dtype)
+        chunks = rows // ref.chunk_records
+        bounds = np.flatnonzero(np.diff(chunks)) + 1
+        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(rows)], strict=True):
+            if lo == hi:
+                continue
+            c = int(chunks[lo])
+            out[lo:hi] = self.chunk(c)[rows[lo:hi] - c * ref.chunk_records]
+        return out
+
+
+def _zstd_content_size(frame: bytes) -> int | None:
+    """The decoded size a Zstandard frame header announces (RFC 8878, 3.1.1.1), or ``None``."""
+    if len(frame) < 6 or frame[:4] != b"\x28\xb5\x2f\xfd":
+        return None
+    descriptor = frame[4]
+    single_segment = (descriptor >> 5) & 1
+    pos = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 3]
+    size_bytes = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
+    if size_bytes == 0 or len(frame) < pos + size_bytes:
+        return None
+    value = int.from_bytes(frame[pos : pos + size_bytes], "little")
+    return value + 256 if size_bytes == 2 else value
 
 
 def _damaged(ref: _ArrayRef, what: str, *, relpath: str | None = None) -> ChecksumError:
@@ -503,6 +572,10 @@ class ZarrSource(Source):
             meta_relpath=f"{root}/{feature}/zarr.json",
             data_relpath=data.path,
             data_path=ctx.resolve(data.path),
+            checksum=data.checksum
+            + next(
+                (f.checksum for f in shard.files if f.path == f"{root}/{feature}/zarr.json"), ""
+            ),
         )
 
     def _zarr_array(self, ref: _ArrayRef) -> Any:
@@ -516,6 +589,7 @@ class ZarrSource(Source):
         with self._lock:
             arr = self._arrays.get(ref.key)
             if arr is None:
+                _check_array_metadata(ref)  # before zarr parses it (codecs can run code)
                 store = LocalStore(ref.root, read_only=True)
                 try:
                     arr = zarr.open_array(store, path=ref.feature, mode="r", zarr_format=3)
@@ -554,21 +628,24 @@ class ZarrSource(Source):
 
     # -- reading --------------------------------------------------------------------------
     def _read_rows(self, ref: _ArrayRef, lo: int, hi: int, *, cache: bool = True) -> np.ndarray:
-        """Records ``lo:hi`` of ``ref``, decoding whole chunks.
+        """Records ``lo:hi`` of ``ref`` in a new aligned array, decoding whole chunks.
 
-        With ``cache``, a chunk that continues past ``hi`` is kept for the next
-        call, so a sequential pass decodes each chunk once.
+        Chunks that lie inside ``lo:hi`` are decoded straight into it. With
+        ``cache``, a chunk that continues past ``hi`` is kept for the next call,
+        so a sequential pass decodes each chunk once.
         """
         reader = self._chunk_file(ref)
         if reader is None:
-            return np.asarray(self._zarr_array(ref)[lo:hi], dtype=ref.spec.dtype)
+            return self._through_zarr(ref, lambda arr: arr[lo:hi])
         chunk_records = ref.chunk_records
-        first, last = lo // chunk_records, (hi - 1) // chunk_records
-        pieces = []
-        for c in range(first, last + 1):
+        out = aligned_empty((hi - lo, *ref.shape), ref.spec.dtype)
+        for c in range(lo // chunk_records, (hi - 1) // chunk_records + 1):
             c_lo = c * chunk_records
             c_end = min(ref.num_records, c_lo + chunk_records)  # rows of this chunk in use
             s_lo, s_hi = max(lo, c_lo), min(hi, c_end)
+            if c_lo >= lo and c_lo + chunk_records <= hi:
+                reader.chunk(c, out=out[c_lo - lo : c_lo - lo + chunk_records])  # no copy
+                continue
             if not cache or (s_lo == c_lo and s_hi == c_end):
                 data = reader.chunk(c)  # the block takes every row of this chunk
             else:  # the chunk straddles blocks: decode once, keep it for the next block
@@ -579,8 +656,8 @@ class ZarrSource(Source):
                     self._chunks.pop(key)
                 else:
                     self._chunks.put(key, data)
-            pieces.append(data[s_lo - c_lo : s_hi - c_lo])
-        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+            out[s_lo - lo : s_hi - lo] = data[s_lo - c_lo : s_hi - c_lo]
+        return out
 
     def _plan(self, ctx: ReadContext, shard: ShardEntry) -> _ShardPlan:
         # Blocks of exactly ctx.block_records: the ordered reader interleaves
@@ -636,12 +713,22 @@ class ZarrSource(Source):
                 out[fname] = np.empty((0, *ref.shape), spec.dtype)
                 continue
             lo, hi = int(rows[0]), int(rows[-1]) + 1
+            reader = self._chunk_file(ref)
             if hi - lo == rows.size:  # a run (ds[i], ds[i:j], iter_numpy): decode whole chunks
                 out[fname] = self._read_rows(ref, lo, hi, cache=False)
+            elif reader is not None:  # scattered rows: each chunk holding some, decoded once
+                out[fname] = reader.rows(rows)
             else:
-                arr = self._zarr_array(ref)
-                out[fname] = np.asarray(arr.oindex[rows], dtype=spec.dtype)
+                out[fname] = self._through_zarr(ref, lambda arr: arr.oindex[rows])
         return out
+
+    def _through_zarr(self, ref: _ArrayRef, select: Callable[[Any], Any]) -> np.ndarray:
+        """``select(array)`` read by zarr itself; its decoding errors become ``ChecksumError``."""
+        arr = self._zarr_array(ref)
+        try:
+            return np.asarray(select(arr), dtype=ref.spec.dtype)
+        except Exception as exc:
+            raise _damaged(ref, f"zarr cannot decode it ({type(exc).__name__}: {exc})") from None
 
 
 @dataclass(frozen=True)
@@ -723,3 +810,96 @@ def _read_shard_index(ref: _ArrayRef, layout: _Layout) -> tuple[np.ndarray, np.n
     if np.any(offsets[used] > end) or np.any(lengths[used] > end - offsets[used]):
         raise _damaged(ref, "the shard index points past the end of the file")
     return offsets, lengths
+
+
+#: Codecs a shard's arrays may use: pure decoders of numeric data (no object,
+#: string or pickle codecs, which can run code or allocate without bound).
+ALLOWED_CODECS = frozenset(
+    {"bytes", "blosc", "zstd", "gzip", "crc32c", "transpose", "sharding_indexed"}
+)
+#: NumPy dtype string -> Zarr v3 ``data_type``.
+_ZARR_DTYPES = {
+    "|b1": "bool", "|i1": "int8", "<i2": "int16", "<i4": "int32", "<i8": "int64",
+    "|u1": "uint8", "<u2": "uint16", "<u4": "uint32", "<u8": "uint64", "<f2": "float16",
+    "<f4": "float32", "<f8": "float64", "<c8": "complex64", "<c16": "complex128",
+}  # fmt: skip
+#: Largest ``zarr.json`` accepted.
+_MAX_METADATA_BYTES = 1 << 20
+
+
+def _check_array_metadata(ref: _ArrayRef) -> None:
+    """Refuse an array ``zarr.json`` that zarr should not be allowed to act on.
+
+    Raises
+    ------
+    ManifestError
+        Naming the shard, the file and what is wrong.
+    """
+    path = ref.root / ref.feature / "zarr.json"
+    where = f"shard {ref.shard}, {ref.meta_relpath!r}"
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(_MAX_METADATA_BYTES + 1)
+    except OSError as exc:
+        raise _damaged(ref, f"cannot be read ({exc})", relpath=ref.meta_relpath) from None
+    if len(raw) > _MAX_METADATA_BYTES:
+        raise ManifestError(f"{where}: longer than {_MAX_METADATA_BYTES} bytes")
+    try:
+        meta = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise _damaged(ref, f"not valid JSON ({exc})", relpath=ref.meta_relpath) from None
+    expected = [ref.num_records, *ref.shape]
+
+    def fail(what: str) -> ManifestError:
+        return ManifestError(f"{where}: {what}")
+
+    if not isinstance(meta, dict) or meta.get("zarr_format") != 3:
+        raise fail("not Zarr v3 array metadata")
+    if meta.get("node_type") != "array":
+        raise fail(f"node_type is {meta.get('node_type')!r}, not 'array'")
+    data_type = meta.get("data_type")
+    if data_type != _ZARR_DTYPES.get(ref.spec.dtype.str):
+        raise fail(
+            f"data_type {data_type!r} is not the manifest's {ref.spec.dtype} "
+            "(only numeric data types are read)"
+        )
+    if meta.get("shape") != expected:
+        raise fail(f"shape {meta.get('shape')!r} is not the manifest's {expected}")
+    if meta.get("storage_transformers"):
+        raise fail("storage transformers are not supported")
+    grid = meta.get("chunk_grid")
+    config = grid.get("configuration") if isinstance(grid, dict) else None
+    chunk_shape = config.get("chunk_shape") if isinstance(config, dict) else None
+    if not isinstance(grid, dict) or grid.get("name") != "regular":
+        raise fail("only a regular chunk grid is supported")
+    _check_chunk_shape(chunk_shape, [max(1, 2 * d) for d in expected], fail)
+    _check_codecs(meta.get("codecs"), chunk_shape, fail)
+
+
+def _check_chunk_shape(shape: Any, limit: list[int], fail: Callable[[str], Exception]) -> None:
+    if (
+        not isinstance(shape, list)
+        or len(shape) != len(limit)
+        or not all(type(d) is int and 1 <= d <= lim for d, lim in zip(shape, limit, strict=True))
+    ):
+        raise fail(f"chunk shape {shape!r} is not positive or exceeds the array ({limit})")
+
+
+def _check_codecs(codecs: Any, chunk_shape: Any, fail: Callable[[str], Exception]) -> None:
+    if not isinstance(codecs, list) or not codecs:
+        raise fail("codecs must be a non-empty list")
+    for codec in codecs:
+        name = codec.get("name") if isinstance(codec, dict) else codec
+        if not isinstance(name, str) or name not in ALLOWED_CODECS:
+            raise fail(
+                f"codec {name!r} is not allowed (shardstore reads numeric data with "
+                f"{', '.join(sorted(ALLOWED_CODECS))} only)"
+            )
+        if name == "sharding_indexed":
+            cfg = codec.get("configuration") if isinstance(codec, dict) else None
+            if not isinstance(cfg, dict):
+                raise fail("sharding_indexed needs a configuration")
+            inner = cfg.get("chunk_shape")
+            _check_chunk_shape(inner, chunk_shape, fail)
+            _check_codecs(cfg.get("codecs"), inner, fail)
+            _check_codecs(cfg.get("index_codecs"), [1, 2], fail)

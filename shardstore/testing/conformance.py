@@ -276,7 +276,11 @@ class SourceConformance:
         self, dataset: shardstore.Dataset, workers: int
     ) -> None:
         parts = [
-            self.ids(dataset.to_tf(8, features="id", shard=(i, workers), shuffle=True, seed=0))
+            self.ids(
+                dataset.to_tf(
+                    8, features="id", shard=(i, workers), shuffle=True, seed=0, balance=None
+                )
+            )
             for i in range(workers)
         ]
         flat = [i for part in parts for i in part]

@@ -1,0 +1,512 @@
+"""The results document: rows, ratios, targets, validation and markdown tables.
+
+One JSON document per run (schema ``shardstore-bench/1``)::
+
+    {"schema", "date", "machine": {cpus, ram_gb, ...}, "settings": {...},
+     "read": [row], "write": [row], "memory": [row], "scaling": [row],
+     "targets": [{"id", "target", "measured", "goal", "met"}]}
+
+Read rows carry ``records_per_s``, ``gb_per_s`` (decoded bytes), ``vs_floor``
+and ``vs_best_peer``; a row measured on a subset says so (``measured_records``
+< ``records``) and its ``seconds`` is scaled to the full epoch.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+__all__ = [
+    "SCHEMA",
+    "Row",
+    "evaluate_targets",
+    "finish_read",
+    "finish_write",
+    "format_report",
+    "machine_info",
+    "machine_line",
+    "memory_table",
+    "new_document",
+    "read_row",
+    "read_tables",
+    "scaling_table",
+    "targets_table",
+    "validate",
+    "write_row",
+    "write_table",
+]
+
+SCHEMA = "shardstore-bench/1"
+Row = dict[str, Any]
+
+_READ_KEYS = {
+    "workload": str,
+    "id": str,
+    "approach": str,
+    "kind": str,
+    "records": int,
+    "measured_records": int,
+    "seconds": float,
+    "records_per_s": float,
+    "gb_per_s": float,
+    "vs_floor": (float, type(None)),
+    "vs_best_peer": (float, type(None)),
+}
+_WRITE_KEYS = {
+    "id": str,
+    "approach": str,
+    "kind": str,
+    "fsync": bool,
+    "files": int,
+    "nbytes": int,
+    "seconds": float,
+    "gb_per_s": float,
+    "vs_floor": (float, type(None)),
+}
+_MEMORY_KEYS = {
+    "what": str,
+    "mode": str,
+    "dataset_gb": float,
+    "baseline_anon_mb": float,
+    "peak_anon_mb": float,
+}
+_SCALING_KEYS = {"what": str, "mode": str, "shards": int, "seconds": float}
+_TARGET_KEYS = {
+    "id": str,
+    "target": str,
+    "measured": (float, type(None)),
+    "goal": float,
+    "met": (bool, type(None)),
+}
+_KINDS = {"floor", "shardstore", "peer"}
+_VERDICT = {True: "met", False: "NOT met", None: "not measured"}
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU count, RAM and software versions of this machine."""
+    import numpy
+    import tensorflow
+
+    import shardstore
+
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    return {
+        "cpus": os.cpu_count() or 0,
+        "ram_gb": round(ram / 2**30, 1),
+        "platform": platform.platform(terse=True),
+        "python": platform.python_version(),
+        "tensorflow": tensorflow.__version__,
+        "numpy": numpy.__version__,
+        "shardstore": shardstore.__version__,
+    }
+
+
+def new_document(machine: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """An empty results document stamped with the current local time."""
+    now = datetime.datetime.now().replace(microsecond=0).isoformat()
+    return {
+        "schema": SCHEMA,
+        "date": now,
+        "machine": machine,
+        "settings": settings,
+        "read": [],
+        "write": [],
+        "memory": [],
+        "scaling": [],
+        "targets": [],
+    }
+
+
+def read_row(
+    workload: str,
+    row_id: str,
+    approach: str,
+    kind: str,
+    *,
+    records: int,
+    measured_records: int,
+    seconds: float,
+    record_nbytes: int,
+) -> Row:
+    """A read measurement: ``measured_records`` read in ``seconds``, scaled to ``records``."""
+    rate = measured_records / seconds
+    return {
+        "workload": workload,
+        "id": row_id,
+        "approach": approach,
+        "kind": kind,
+        "records": records,
+        "measured_records": measured_records,
+        "seconds": seconds * records / measured_records,
+        "records_per_s": rate,
+        "gb_per_s": rate * record_nbytes / 1e9,
+        "vs_floor": None,
+        "vs_best_peer": None,
+    }
+
+
+def write_row(
+    row_id: str, approach: str, kind: str, *, fsync: bool, files: int, nbytes: int, seconds: float
+) -> Row:
+    """A write measurement: ``nbytes`` of records into ``files`` files in ``seconds``."""
+    return {
+        "id": row_id,
+        "approach": approach,
+        "kind": kind,
+        "fsync": fsync,
+        "files": files,
+        "nbytes": nbytes,
+        "seconds": seconds,
+        "gb_per_s": nbytes / 1e9 / seconds,
+        "vs_floor": None,
+    }
+
+
+def finish_read(rows: list[Row]) -> None:
+    """Fill ``vs_floor`` and ``vs_best_peer`` of every read row, per workload."""
+    for workload in {r["workload"] for r in rows}:
+        mine = [r for r in rows if r["workload"] == workload]
+        floor = max((r["gb_per_s"] for r in mine if r["kind"] == "floor"), default=None)
+        peer = max((r["gb_per_s"] for r in mine if r["kind"] == "peer"), default=None)
+        for r in mine:
+            r["vs_floor"] = r["gb_per_s"] / floor if floor else None
+            r["vs_best_peer"] = r["gb_per_s"] / peer if peer else None
+
+
+def finish_write(rows: list[Row]) -> None:
+    """Fill ``vs_floor`` of every write row: against the floor with the same ``fsync``."""
+    for r in rows:
+        floor = [f["gb_per_s"] for f in rows if f["kind"] == "floor" and f["fsync"] == r["fsync"]]
+        r["vs_floor"] = r["gb_per_s"] / floor[0] if floor else None
+
+
+# -- targets ------------------------------------------------------------------------------
+def _find(rows: Iterable[Row], **match: Any) -> Row | None:
+    for r in rows:
+        if all(r.get(k) == v for k, v in match.items()):
+            return r
+    return None
+
+
+def _value(row: Row | None, key: str, scale: float = 1.0) -> float | None:
+    value = row.get(key) if row else None
+    return None if value is None else float(value) * scale
+
+
+def _ratio(a: Row | None, b: Row | None, key: str = "gb_per_s") -> float | None:
+    return a[key] / b[key] if a and b and b[key] else None
+
+
+def _best(rows: Iterable[Row | None], key: str = "gb_per_s") -> Row | None:
+    present = [r for r in rows if r is not None]
+    return max(present, key=lambda r: float(r[key])) if present else None
+
+
+def _target(
+    tid: str, text: str, measured: float | None, goal: float, *, below: bool = False
+) -> Row:
+    met = None if measured is None else (measured < goal if below else measured >= goal)
+    return {"id": tid, "target": text, "measured": measured, "goal": goal, "met": met}
+
+
+def _read_targets(read: list[Row]) -> list[Row]:
+    def img(row_id: str) -> Row | None:
+        return _find(read, workload="images", id=row_id)
+
+    seq = _best([img("npy:sequential"), img("memmap:sequential")])
+    tab = _best(
+        [_find(read, workload="tabular", id=i) for i in ("npy:sequential", "memmap:sequential")],
+        "records_per_s",
+    )
+    fts = _find(read, workload="tabular", id="peer:from_tensor_slices")
+    return [
+        _target(
+            "images-seq-floor",
+            "images, sequential (npy or memmap) >= 0.75 x floor",
+            _value(seq, "vs_floor"),
+            0.75,
+        ),
+        _target(
+            "images-seq-load",
+            "images, sequential (npy or memmap) >= 2 x Dataset.load",
+            _ratio(seq, img("peer:save_load")),
+            2.0,
+        ),
+        _target(
+            "images-global-floor",
+            "images, shuffle='global' (memmap) >= 0.6 x floor",
+            _value(img("npy:global"), "vs_floor"),
+            0.6,
+        ),
+        _target(
+            "tabular-seq-rate",
+            "tabular, sequential >= 20M records/s (batch 4096)",
+            _value(tab, "records_per_s", 1e-6),
+            20.0,
+        ),
+        _target(
+            "tabular-seq-fts",
+            "tabular, sequential ~30 x from_tensor_slices (20M / DESIGN's 686k; this run's fts)",
+            _ratio(tab, fts, "records_per_s"),
+            30.0,
+        ),
+        _target(
+            "zarr-compressed",
+            "images, zarr zstd >= 0.5 x npy (decoded GB/s, in order)",
+            _ratio(img("zarr-zstd:sequential"), img("npy:sequential")),
+            0.5,
+        ),
+    ]
+
+
+def _write_targets(write: list[Row]) -> list[Row]:
+    npy = [_find(write, id="npy", fsync=f) for f in (True, False)]
+    ours = _find(write, id="tfrecord", fsync=False)
+    usual = _find(write, id="peer:TFRecordWriter")
+    worst_npy = min((r["vs_floor"] for r in npy if r and r["vs_floor"]), default=None)
+    return [
+        _target(
+            "write-npy",
+            "write npy >= 0.7 x np.save floor (same fsync; worse of on/off)",
+            worst_npy,
+            0.7,
+        ),
+        _target(
+            "write-tfrecord",
+            "write tfrecord (fsync off) > TFRecordWriter loop (ratio > 1)",
+            _ratio(ours, usual),
+            1.0,
+        ),
+    ]
+
+
+def _memory_targets(memory: list[Row]) -> list[Row]:
+    streams = [r for r in memory if r["what"] == "stream"]
+    growth = []
+    for mode in sorted({r["mode"] for r in streams}):
+        sizes = sorted((r for r in streams if r["mode"] == mode), key=lambda r: r["dataset_gb"])
+        if len(sizes) >= 2:
+            growth.append(sizes[-1]["peak_anon_mb"] - sizes[0]["peak_anon_mb"])
+    writes = [r for r in memory if r["what"] == "write"]
+    biggest = max(writes, key=lambda r: r["dataset_gb"], default=None)
+    return [
+        _target(
+            "memory-stream",
+            "streaming: peak anon RSS, largest - smallest dataset < 100 MB (worst mode)",
+            max(growth) if growth else None,
+            100.0,
+            below=True,
+        ),
+        _target(
+            "memory-write",
+            "write() from the largest memmap: peak anon RSS < 1024 MB",
+            _value(biggest, "peak_anon_mb"),
+            1024.0,
+            below=True,
+        ),
+    ]
+
+
+def _scaling_targets(scaling: list[Row]) -> list[Row]:
+    ttfb = _find(scaling, what="first batch", mode="sequential")
+    opened = _find(scaling, what="open")
+    return [
+        _target(
+            "ttfb-10k",
+            f"time to first batch, {ttfb['shards'] if ttfb else 10000} shards, sequential < 1 s",
+            _value(ttfb, "seconds"),
+            1.0,
+            below=True,
+        ),
+        _target(
+            "open-100k",
+            f"open() of a {opened['shards'] if opened else 100000}-shard manifest < 2 s",
+            _value(opened, "seconds"),
+            2.0,
+            below=True,
+        ),
+    ]
+
+
+def evaluate_targets(doc: dict[str, Any]) -> list[Row]:
+    """Every issue-4 target with its measured value and whether it is met (None: not measured)."""
+    return (
+        _read_targets(doc["read"])
+        + _write_targets(doc["write"])
+        + _memory_targets(doc["memory"])
+        + _scaling_targets(doc["scaling"])
+    )
+
+
+# -- validation ---------------------------------------------------------------------------
+def _check_rows(rows: object, keys: dict[str, Any], where: str) -> None:
+    if not isinstance(rows, list):
+        raise ValueError(f"{where}: expected a list")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}[{i}]: expected an object")
+        for key, types in keys.items():
+            value = row.get(key, KeyError)
+            if value is KeyError:
+                raise ValueError(f"{where}[{i}]: missing {key!r}")
+            if isinstance(value, bool) and types in (int, float):
+                raise ValueError(f"{where}[{i}].{key}: expected a number, got {value!r}")
+            ok = isinstance(value, int | float) if types is float else isinstance(value, types)
+            if not ok:
+                raise ValueError(f"{where}[{i}].{key}: unexpected {type(value).__name__}")
+        if "kind" in keys and row["kind"] not in _KINDS:
+            raise ValueError(f"{where}[{i}].kind: {row['kind']!r} is not one of {sorted(_KINDS)}")
+
+
+def validate(doc: object) -> dict[str, Any]:
+    """Return ``doc`` if it is a results document of this schema, else raise ``ValueError``."""
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise ValueError(f"not a {SCHEMA} document")
+    for key in ("date", "machine", "settings"):
+        if key not in doc:
+            raise ValueError(f"missing {key!r}")
+    datetime.datetime.fromisoformat(doc["date"])
+    for key in ("cpus", "ram_gb"):
+        if not isinstance(doc["machine"].get(key), int | float):
+            raise ValueError(f"machine.{key}: expected a number")
+    _check_rows(doc.get("read"), _READ_KEYS, "read")
+    _check_rows(doc.get("write"), _WRITE_KEYS, "write")
+    _check_rows(doc.get("memory"), _MEMORY_KEYS, "memory")
+    _check_rows(doc.get("scaling"), _SCALING_KEYS, "scaling")
+    _check_rows(doc.get("targets"), _TARGET_KEYS, "targets")
+    return doc
+
+
+# -- markdown -----------------------------------------------------------------------------
+def _md_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _read_cells(r: Row) -> list[str]:
+    label = r["approach"]
+    if r["measured_records"] < r["records"]:
+        label += f" (on {r['measured_records']:,} records, scaled)"
+    return [
+        label,
+        f"{r['records_per_s']:,.0f}",
+        f"{r['gb_per_s']:.2f}",
+        _x(r["vs_floor"]),
+        _x(r["vs_best_peer"]),
+    ]
+
+
+def read_tables(doc: dict[str, Any]) -> str:
+    """One markdown table per workload: records/s, GB/s, vs floor, vs best peer."""
+    out = []
+    for workload, spec in doc["settings"].get("workloads", {}).items():
+        rows = [r for r in doc["read"] if r["workload"] == workload]
+        if not rows:
+            continue
+        gb = spec["num_records"] * spec["record_nbytes"] / 1e9
+        out.append(
+            f"**{workload}**: {spec['num_records']:,} records of {spec['record_nbytes']:,} B "
+            f"({gb:.2f} GB decoded), batch {spec['batch_size']}"
+        )
+        out.append(
+            _md_table(
+                ["approach", "records/s", "GB/s", "vs floor", "vs best peer"],
+                (_read_cells(r) for r in rows),
+            )
+        )
+    return "\n\n".join(out)
+
+
+def write_table(doc: dict[str, Any]) -> str:
+    """Write throughput: GB/s and ratio to the np.save floor with the same fsync setting."""
+    rows = (
+        [
+            r["approach"],
+            "on" if r["fsync"] else "off",
+            str(r["files"]),
+            f"{r['gb_per_s']:.2f}",
+            _x(r["vs_floor"]),
+        ]
+        for r in doc["write"]
+    )
+    return _md_table(["write (images workload)", "fsync", "files", "GB/s", "vs floor"], rows)
+
+
+def memory_table(doc: dict[str, Any]) -> str:
+    """Anonymous RSS (baseline after setup, peak during the run) per size and mode."""
+    rows = (
+        [
+            r["what"],
+            r["mode"],
+            f"{r['dataset_gb']:.2f}",
+            f"{r['baseline_anon_mb']:.0f}",
+            f"{r['peak_anon_mb']:.0f}",
+        ]
+        for r in doc["memory"]
+    )
+    return _md_table(
+        ["memory", "mode", "dataset GB", "anon RSS before MB", "peak anon RSS MB"], rows
+    )
+
+
+def scaling_table(doc: dict[str, Any]) -> str:
+    """Time to first batch on many shards, open() of a huge manifest."""
+    rows = (
+        [
+            r["what"],
+            r["mode"],
+            f"{r['shards']:,}",
+            f"{r['seconds']:.3f}",
+            ", ".join(f"{k} {v:.3f}" for k, v in r.get("detail", {}).items()),
+        ]
+        for r in doc["scaling"]
+    )
+    return _md_table(["scaling", "mode", "shards", "seconds", "detail (s)"], rows)
+
+
+def targets_table(doc: dict[str, Any]) -> str:
+    """Each target, its measured value and whether it is met."""
+    rows = ([t["target"], _x(t["measured"]), _VERDICT[t["met"]]] for t in doc["targets"])
+    return _md_table(["target", "measured", ""], rows)
+
+
+def machine_line(doc: dict[str, Any]) -> str:
+    """``2026-11-21, 2 CPUs, 23.4 GiB RAM, Linux, Python 3.11.7, TensorFlow 2.21.0``."""
+    m = doc["machine"]
+    return (
+        f"{doc['date'][:10]}, {m['cpus']} CPUs, {m['ram_gb']} GiB RAM, {m.get('platform', '?')}, "
+        f"Python {m.get('python', '?')}, TensorFlow {m.get('tensorflow', '?')}"
+    )
+
+
+def format_report(doc: dict[str, Any]) -> str:
+    """The whole run as markdown: settings, every table, the targets."""
+    s = doc["settings"]
+    parts = [
+        f"shardstore benchmark, {machine_line(doc)}",
+        f"scale {s.get('scale')}, best of {s.get('repeats')} epoch(s) after a warm-up, "
+        "warm page cache, consumed in graph",
+    ]
+    if s.get("note"):
+        parts.append(f"note: {s['note']}")
+    if isinstance(doc.get("elapsed_s"), dict) and doc["elapsed_s"]:
+        took = ", ".join(f"{k} {v:.0f} s" for k, v in doc["elapsed_s"].items())
+        parts.append(f"wall time per suite: {took}")
+    for table, present in (
+        (read_tables, doc["read"]),
+        (write_table, doc["write"]),
+        (memory_table, doc["memory"]),
+        (scaling_table, doc["scaling"]),
+        (targets_table, doc["targets"]),
+    ):
+        if present:
+            parts.append(table(doc))
+    return "\n\n".join(parts) + "\n"

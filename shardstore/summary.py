@@ -1,0 +1,85 @@
+"""What ``shardstore info`` reports: a JSON-ready summary of a dataset.
+
+The summary extends :meth:`shardstore.Dataset.info` with what a person (or a
+script) asks first about a dataset: how big the shards are, how much the data
+takes decoded against on disk (the compression ratio), and whether every file
+the manifest lists is present with its recorded size. That last check reads
+no data (one ``stat`` per file); :meth:`shardstore.Dataset.verify` re-hashes
+every byte.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shardstore.errors import ChecksumError
+from shardstore.manifest import CHECKSUM_ALGORITHM
+from shardstore.reader import Dataset
+
+__all__ = ["summarize"]
+
+
+def _spread(values: list[int]) -> dict[str, float | int | None]:
+    """``min``, ``max`` and ``mean`` of ``values`` (``None`` each when empty)."""
+    if not values:
+        return {"min": None, "max": None, "mean": None}
+    return {"min": min(values), "max": max(values), "mean": sum(values) / len(values)}
+
+
+def decoded_nbytes(ds: Dataset) -> int | None:
+    """Bytes the records take in memory, or ``None`` if a feature has a variable shape."""
+    specs = list(ds.features.values())
+    if not all(s.is_fixed for s in specs):
+        return None
+    return ds.num_records * sum(s.record_nbytes for s in specs)
+
+
+def summarize(ds: Dataset) -> dict[str, Any]:
+    """A JSON-ready summary of ``ds`` (what ``shardstore info --json`` prints).
+
+    Parameters
+    ----------
+    ds : Dataset
+        An opened dataset.
+
+    Returns
+    -------
+    dict
+        The keys of :meth:`Dataset.info` plus:
+
+        * ``num_files``: files listed by the manifest;
+        * ``decoded_nbytes``: bytes of the records in memory (``None`` when a
+          feature has a variable dimension);
+        * ``compression_ratio``: ``decoded_nbytes / nbytes`` (``None`` when
+          either is unknown or zero);
+        * ``shard_records`` and ``shard_nbytes``: ``min``/``max``/``mean`` over
+          the shards;
+        * ``features``: each with ``record_nbytes`` added (``None`` if variable);
+        * ``checksums``: ``algorithm``, ``files``, ``state`` (``"sizes-ok"``:
+          every file present with its recorded size, not re-hashed;
+          ``"damaged"``: see ``error``) and ``error`` (the first problem found,
+          or ``None``).
+    """
+    out = ds.info()
+    decoded = decoded_nbytes(ds)
+    num_files = sum(len(s.files) for s in ds.shards)
+    out["num_files"] = num_files
+    out["decoded_nbytes"] = decoded
+    out["compression_ratio"] = decoded / ds.nbytes if decoded and ds.nbytes else None
+    out["shard_records"] = _spread([s.num_records for s in ds.shards])
+    out["shard_nbytes"] = _spread([s.nbytes for s in ds.shards])
+    for name, feature in out["features"].items():
+        spec = ds.features[name]
+        feature["record_nbytes"] = spec.record_nbytes if spec.is_fixed else None
+    state, error = "sizes-ok", None
+    try:
+        ds.check_files()
+    except ChecksumError as exc:
+        state, error = "damaged", str(exc)
+    out["checksums"] = {
+        "algorithm": CHECKSUM_ALGORITHM,
+        "files": num_files,
+        "state": state,
+        "error": error,
+    }
+    return out

@@ -1,0 +1,412 @@
+"""The benchmark harness (``benchmarks/``): everything that can be checked without timing.
+
+Peers must deliver exactly the records they are given, bit for bit; results
+documents must validate; targets, the README block, the chart and the probes
+must do what they say. No assertion here depends on how fast anything runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import shardstore
+from benchmarks import peers, probe, readme, results, run, scaling, write
+from benchmarks.chart import save_chart
+from benchmarks.peers import PEERS, Peer
+from benchmarks.read import VARIANTS, epoch_time, run_read_suite
+from benchmarks.workloads import IMAGES, TABULAR, Workload, make_arrays
+from shardstore.testing import assert_bitwise_equal, collect
+
+N = 37
+TINY = Workload("tiny", N, (4, 4, 3), 8)
+
+
+@pytest.fixture(scope="module")
+def arrays() -> dict[str, np.ndarray]:
+    """Records with unique labels, and bit patterns (-0.0, a NaN payload) a copy must keep."""
+    x = np.random.default_rng(3).random((N, 4, 4, 3), dtype=np.float32)
+    x[0, 0, 0, 0] = -0.0
+    x.view(np.uint32)[1, 0, 0, 0] = 0x7FC0_1234
+    return {"x": x, "label": np.arange(N, dtype=np.int64) * 3 - 50}
+
+
+# -- peers --------------------------------------------------------------------------------
+@pytest.mark.parametrize("peer", PEERS, ids=lambda p: p.name)
+def test_every_peer_yields_exactly_the_records(
+    peer: Peer, arrays: dict[str, np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(peers, "FILE_BYTES", 10 * 200)  # several files of 10 records
+    x, label = collect(peer.build(arrays, tmp_path, 8))
+    assert x.shape == arrays["x"].shape
+    if not peer.ordered:  # interleaved files: the same records, in another order
+        order = np.argsort(label)
+        x, label = x[order], label[order]
+    assert_bitwise_equal(label, arrays["label"])
+    assert_bitwise_equal(x, arrays["x"])
+
+
+def test_file_based_peers_write_several_files(
+    arrays: dict[str, np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(peers, "FILE_BYTES", 10 * 200)
+    assert peers.records_per_file(arrays) == 10
+    assert len(peers.write_tfrecords(arrays, tmp_path, 10)) == 4
+
+
+def test_slow_peers_run_on_a_subset_and_say_so() -> None:
+    by_name = {p.name: p for p in PEERS}
+    assert peers.subset_size(by_name["from_generator"], "tabular", 4_000_000) == 1 << 15
+    assert peers.subset_size(by_name["from_generator"], "tabular", 100) == 100
+    assert peers.subset_size(by_name["save_load"], "images", 16384) == 16384
+    row = results.read_row(
+        "w",
+        "peer:x",
+        "x",
+        "peer",
+        records=1000,
+        measured_records=100,
+        seconds=1.0,
+        record_nbytes=10,
+    )
+    assert row["seconds"] == 10.0 and row["records_per_s"] == 100.0
+    assert "on 100 records, scaled" in results._read_cells(row)[0]
+
+
+def test_workloads_match_the_issue() -> None:
+    assert (IMAGES.num_records, IMAGES.shape, IMAGES.batch_size) == (16384, (64, 64, 3), 256)
+    assert (TABULAR.num_records, TABULAR.shape, TABULAR.batch_size) == (4_000_000, (16,), 4096)
+    assert IMAGES.scaled(0.001).num_records == 256  # never less than one batch
+    small = make_arrays(IMAGES.scaled(0.02))
+    assert small["x"].shape == (328, 64, 64, 3) and small["x"].dtype == np.float32
+    assert small["label"].dtype == np.int64
+    assert_bitwise_equal(
+        make_arrays(TABULAR.scaled(0.0001))["x"], make_arrays(TABULAR.scaled(0.0001))["x"]
+    )
+
+
+# -- read and write suites ----------------------------------------------------------------
+def test_read_suite_measures_floor_every_variant_and_every_peer(
+    arrays: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    rows = run_read_suite(TINY, arrays, tmp_path, repeats=1, log=lambda _: None)
+    ids = [r["id"] for r in rows]
+    assert ids == ["floor"] + [v[0] for v in VARIANTS] + [f"peer:{p.name}" for p in PEERS]
+    assert all(r["records"] == N for r in rows)
+    assert all(r["measured_records"] == N for r in rows)  # no row is cut short at this size
+    results.finish_read(rows)
+    assert rows[0]["vs_floor"] == 1.0
+    assert max(r["vs_best_peer"] for r in rows if r["kind"] == "peer") == 1.0
+    assert list(tmp_path.iterdir()) == []  # the datasets and peer files are cleaned up
+
+
+def test_slow_variants_are_measured_on_a_prefix_and_scaled(
+    arrays: dict[str, np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import read
+
+    monkeypatch.setattr(read, "VARIANTS", read.VARIANTS[:1])
+    monkeypatch.setattr(read, "SLOW_VARIANTS", {"npy:sequential": {"tiny": 20}})
+    datasets = {"npy": shardstore.write(tmp_path / "npy", arrays, fsync=False)}
+    (row,) = read.shardstore_rows(TINY, datasets, 1, lambda _: None)
+    assert (row["records"], row["measured_records"]) == (N, 16)  # two batches of 8
+    assert row["seconds"] == pytest.approx(N / row["records_per_s"])
+
+
+def test_epoch_time_reads_the_whole_epoch(arrays: dict[str, np.ndarray]) -> None:
+    import tensorflow as tf
+
+    seen = []
+    tfds = (
+        tf.data.Dataset.range(5)
+        .map(lambda i: tf.py_function(lambda j: seen.append(int(j)) or j, [i], tf.int64))
+        .batch(2)
+    )
+    assert epoch_time(tfds, 2) > 0
+    assert seen == [0, 1, 2, 3, 4] * 3  # warm-up + 2 timed epochs, every element
+
+
+def test_np_save_floor_writes_the_same_files_as_shardstore(
+    arrays: dict[str, np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(peers, "FILE_BYTES", 10 * 200)
+    files = write.np_save_files(arrays, tmp_path / "floor", fsync=True)
+    assert files == 8  # 4 shards x 2 features
+    loaded = [np.load(p) for p in sorted((tmp_path / "floor").glob("*.x.npy"))]
+    assert_bitwise_equal(np.concatenate(loaded), arrays["x"])
+    seconds, count = write.time_write(
+        lambda p: write.shardstore_files(arrays, p, fmt="npy", fsync=False), tmp_path / "s"
+    )
+    assert count == 2 and seconds > 0  # one 64 MiB shard: shardstore's own shard size
+    assert not (tmp_path / "s").exists()
+
+
+def test_write_suite_rows(arrays: dict[str, np.ndarray], tmp_path: Path) -> None:
+    rows = write.run_write_suite(arrays, tmp_path, repeats=1, log=lambda _: None)
+    results.finish_write(rows)
+    keys = [(r["id"], r["fsync"]) for r in rows]
+    assert keys == [
+        ("floor", False),
+        ("npy", False),
+        ("tfrecord", False),
+        ("floor", True),
+        ("npy", True),
+        ("tfrecord", True),
+        ("peer:TFRecordWriter", False),
+    ]
+    assert all(r["nbytes"] == arrays["x"].nbytes + arrays["label"].nbytes for r in rows)
+    assert [r["vs_floor"] for r in rows if r["id"] == "floor"] == [1.0, 1.0]
+
+
+# -- probes (run in-process here; the suites run them in fresh processes) ------------------
+def _probe(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
+    assert probe.main(list(args)) == 0
+    out: dict[str, Any] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    return out
+
+
+def test_rss_anon_and_peak_sampler() -> None:
+    assert probe.rss_anon_mb() > 0
+    with probe.peak_anon_mb() as peak:
+        block = np.ones(64 << 20, np.uint8)  # 64 MiB of anonymous memory, touched
+        del block
+    assert peak() >= probe.rss_anon_mb() + 32
+
+
+def test_write_and_stream_probes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.memory import make_input
+
+    n = make_input(tmp_path / "in.npy", 0.002)
+    got = _probe(capsys, "write", str(tmp_path / "in.npy"), str(tmp_path / "ds"), "--no-fsync")
+    assert got["records"] == n and got["peak_anon_mb"] >= got["baseline_anon_mb"] > 0
+    ds = shardstore.open(tmp_path / "ds")
+    assert_bitwise_equal(ds[n - 1]["x"], np.full((64, 64, 3), (n - 1) % 251, np.float32))
+    for mode in ("sequential", "shuffle", "global"):
+        got = _probe(capsys, "stream", str(tmp_path / "ds"), "--mode", mode, "--batch-size", "3")
+        assert got["records"] == n and got["nbytes"] == ds.nbytes
+
+
+def test_ttfb_and_open_probes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ds = scaling.many_shards(tmp_path / "many", 5)
+    assert (ds.num_shards, ds.num_records) == (5, 80)
+    for args in (["--mode", "global"], ["--mode", "sequential", "--tf-native"]):
+        got = _probe(capsys, "ttfb", str(ds.path), "--batch-size", "7", *args)
+        assert got["shards"] == 5 and got["seconds"] >= got["first_batch_s"] > 0
+    scaling.simulated_manifest(tmp_path / "sim", 250)
+    opened = shardstore.open(tmp_path / "sim")
+    assert (opened.num_shards, opened.num_records) == (250, 4000)
+    assert list((tmp_path / "sim").iterdir()) == [tmp_path / "sim" / "manifest.json"]
+    assert probe.run_probe("open", str(tmp_path / "sim"), "--repeats", "2")["shards"] == 250
+
+
+# -- results, targets, README, chart -------------------------------------------------------
+def _doc() -> dict[str, Any]:
+    doc = results.new_document(
+        {"cpus": 2, "ram_gb": 23.5},
+        {
+            "scale": 1.0,
+            "repeats": 2,
+            "note": "test",
+            "workloads": {"images": {"num_records": 100, "batch_size": 10, "record_nbytes": 1000}},
+        },
+    )
+    rate = {
+        "floor": 10.0,
+        "npy:sequential": 8.0,
+        "memmap:sequential": 7.0,
+        "npy:global": 5.0,
+        "zarr-zstd:sequential": 3.0,
+        "peer:save_load": 3.0,
+        "peer:from_tensor_slices": 1.0,
+    }
+    for row_id, per_s in rate.items():
+        kind = (
+            "floor" if row_id == "floor" else "peer" if row_id.startswith("peer") else "shardstore"
+        )
+        doc["read"].append(
+            results.read_row(
+                "images",
+                row_id,
+                row_id,
+                kind,
+                records=100,
+                measured_records=100,
+                seconds=100 / per_s,
+                record_nbytes=1000,
+            )
+        )
+    for row_id, kind, fsync, seconds in (
+        ("floor", "floor", False, 1.0),
+        ("npy", "shardstore", False, 1.25),
+        ("floor", "floor", True, 2.0),
+        ("npy", "shardstore", True, 4.0),
+        ("tfrecord", "shardstore", False, 1.0),
+        ("peer:TFRecordWriter", "peer", False, 2.0),
+    ):
+        doc["write"].append(
+            results.write_row(
+                row_id, row_id, kind, fsync=fsync, files=2, nbytes=10**9, seconds=seconds
+            )
+        )
+    for what, gb, peak in (("stream", 1.0, 300.0), ("stream", 4.0, 350.0), ("write", 4.0, 900.0)):
+        doc["memory"].append(
+            {
+                "what": what,
+                "mode": "sequential",
+                "dataset_gb": gb,
+                "baseline_anon_mb": 200.0,
+                "peak_anon_mb": peak,
+            }
+        )
+    doc["scaling"] = [
+        {
+            "what": "first batch",
+            "mode": "sequential",
+            "shards": 10000,
+            "seconds": 1.5,
+            "detail": {"open": 0.1},
+        }
+    ]
+    results.finish_read(doc["read"])
+    results.finish_write(doc["write"])
+    doc["targets"] = results.evaluate_targets(doc)
+    return doc
+
+
+def test_targets_are_evaluated_from_the_rows() -> None:
+    met = {t["id"]: (t["met"], t["measured"]) for t in _doc()["targets"]}
+    assert met["images-seq-floor"] == (True, pytest.approx(0.8))
+    assert met["images-seq-load"] == (True, pytest.approx(8 / 3))
+    assert met["images-global-floor"] == (False, pytest.approx(0.5))
+    assert met["zarr-compressed"] == (False, pytest.approx(3 / 8))
+    assert met["write-npy"] == (False, pytest.approx(0.5))  # the worse of fsync on / off
+    assert met["write-tfrecord"] == (True, pytest.approx(2.0))
+    assert met["memory-stream"] == (True, pytest.approx(50.0))
+    assert met["memory-write"] == (True, pytest.approx(900.0))
+    assert met["ttfb-10k"] == (False, pytest.approx(1.5))
+    assert met["open-100k"] == (None, None)  # not measured is not "met"
+    assert met["tabular-seq-rate"] == (None, None)
+
+
+def test_documents_validate_and_survive_json() -> None:
+    doc = json.loads(json.dumps(_doc()))
+    assert results.validate(doc) is doc
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d: d.pop("machine"),
+        lambda d: d.update(schema="other/1"),
+        lambda d: d["read"][0].pop("gb_per_s"),
+        lambda d: d["read"][0].update(kind="mystery"),
+        lambda d: d["write"][0].update(fsync="yes"),
+        lambda d: d["targets"][0].update(met="maybe"),
+        lambda d: d["memory"][0].update(peak_anon_mb=True),
+        lambda d: d.update(date="yesterday"),
+    ],
+)
+def test_invalid_documents_are_refused(damage: Any) -> None:
+    doc = _doc()
+    damage(doc)
+    with pytest.raises(ValueError):
+        results.validate(doc)
+
+
+def test_report_has_every_table_and_the_caveat() -> None:
+    text = results.format_report(_doc())
+    for needle in (
+        "| approach | records/s | GB/s | vs floor | vs best peer |",
+        "| write (images workload) | fsync |",
+        "| memory |",
+        "| scaling |",
+        "| target | measured |",
+        "NOT met",
+        "not measured",
+        "note: test",
+        "2 CPUs, 23.5 GiB RAM",
+    ):
+        assert needle in text
+
+
+def test_readme_block_is_replaced_between_the_markers(tmp_path: Path) -> None:
+    text = f"intro\n{readme.START}\nold table\n{readme.END}\noutro\n"
+    new = readme.replace_block(text, "NEW")
+    assert new == f"intro\n{readme.START}\nNEW\n{readme.END}\noutro\n"
+    assert readme.replace_block(new, "NEW") == new
+    path = tmp_path / "README.md"
+    path.write_text(text)
+    readme.update_readme(path, _doc())
+    body = path.read_text()
+    assert body.startswith("intro\n") and body.endswith(f"{readme.END}\noutro\n")
+    assert "old table" not in body and "2 CPUs, 23.5 GiB RAM" in body
+    readme.update_readme(path, _doc(), chart=tmp_path / "docs" / "assets" / "chart.png")
+    assert "![benchmark chart](docs/assets/chart.png)" in path.read_text()  # relative link
+
+
+@pytest.mark.parametrize("page", readme.PAGES)
+def test_the_repository_pages_have_the_markers_and_link_the_chart(page: str) -> None:
+    path = readme.REPO / page
+    text = path.read_text()
+    assert readme.replace_block(text, "x").count("x\n" + readme.END) == 1
+    if "(no results yet" not in text:  # after a published run: the chart link resolves
+        link = re.search(r"!\[benchmark chart\]\(([^)]+)\)", text)
+        assert link and (path.parent / link[1]).is_file()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "no markers",
+        f"{readme.START} only",
+        f"{readme.END} x {readme.START}",
+        f"{readme.START}{readme.END}{readme.START}{readme.END}",
+    ],
+)
+def test_readme_without_one_marker_pair_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        readme.replace_block(text, "x")
+
+
+def test_chart_is_a_png(tmp_path: Path) -> None:
+    save_chart(_doc(), tmp_path / "c.png")
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_writes_json_png_and_publishes_only_when_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = [
+        "--suite",
+        "write",
+        "--scale",
+        "0.001",
+        "--repeats",
+        "1",
+        "--out",
+        str(tmp_path / "out"),
+        "--workdir",
+        str(tmp_path / "work"),
+        "--readme",
+        str(tmp_path / "README.md"),
+        "--chart",
+        str(tmp_path / "chart.png"),
+    ]
+    (tmp_path / "README.md").write_text(f"a\n{readme.START}\n{readme.END}\n")
+    assert run.main(common) == 0
+    assert "| write (images workload) |" in capsys.readouterr().out
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert [Path(n).suffix for n in written] == [".json", ".png"]
+    doc = results.validate(json.loads((tmp_path / "out" / written[0]).read_text()))
+    assert doc["settings"]["scale"] == 0.001 and len(doc["write"]) == 7
+    assert not (tmp_path / "chart.png").exists() and "|" not in (tmp_path / "README.md").read_text()
+    assert list((tmp_path / "work").iterdir()) == []  # temporary data removed
+    assert run.main([*common, "--publish"]) == 0
+    assert {"latest.json", "latest.png"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    assert (tmp_path / "chart.png").exists()
+    assert "| shardstore.write, npy | on |" in (tmp_path / "README.md").read_text()

@@ -1,0 +1,138 @@
+"""The documentation site stays true to the code: tables, generated pages, links, nav.
+
+``make docs`` (part of ``make test``) builds the site with ``--strict``; these
+tests check what a successful build cannot: that the capability table agrees
+with the source classes, that the CLI reference covers every command, that
+the README's links resolve, and that every page is in the navigation.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from types import ModuleType
+
+import pytest
+import yaml
+from markdown_blocks import ROOT
+
+import shardstore
+from shardstore import cli
+
+DOCS = ROOT / "docs"
+
+
+def _tool(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- choosing a source: the capability table ----------------------------------------------------
+def _capability_table() -> dict[str, dict[str, bool]]:
+    """``source -> flag -> bool`` from the table under '## Capabilities' in docs/sources.md."""
+    text = (DOCS / "sources.md").read_text(encoding="utf-8")
+    section = text.split("## Capabilities", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    header = [c.strip().strip("`") for c in rows[0].strip("|").split("|")]
+    table = {}
+    for row in rows[2:]:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        name = re.match(r"`([^`]+)`", cells[0])
+        assert name, row
+        flags = {}
+        for flag in ("tf_native", "random_access", "supports_ragged"):
+            value = cells[header.index(flag)]
+            assert value in ("yes", "no"), row
+            flags[flag] = value == "yes"
+        table[name[1]] = flags
+    return table
+
+
+def test_capability_table_matches_the_source_classes() -> None:
+    table = _capability_table()
+    installed = shardstore.available_sources()
+    assert set(installed) <= set(table), (
+        f"sources missing from the table: {set(installed) - set(table)}"
+    )
+    for name, flags in table.items():
+        assert name in installed, f"{name} is documented but not installed"
+        assert shardstore.get_source(name).capabilities() == flags, name
+
+
+# -- command line: generated reference ----------------------------------------------------------
+def test_cli_reference_covers_every_command() -> None:
+    hooks = _tool("docs_hooks")
+    text = hooks.cli_reference_markdown()
+    parser = cli._build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, command in sub.choices.items():
+        heading = f"### `shardstore {name}`"
+        assert heading in text, name
+        section = text.split(heading, 1)[1].split("\n### ", 1)[0]
+        assert f"usage: shardstore {name} " in section
+        assert all(len(line) <= hooks.HELP_COLUMNS for line in section.splitlines())
+        for action in command._actions:
+            for option in action.option_strings:
+                assert option in section, (name, option)
+    assert hooks.CLI_MARKER in (DOCS / "cli.md").read_text(encoding="utf-8")
+    page = hooks.on_page_markdown(f"# CLI\n\n{hooks.CLI_MARKER}\n")
+    assert hooks.CLI_MARKER not in page
+    assert "### `shardstore verify`" in page
+
+
+# -- API reference: compact NumPy-style parameters ---------------------------------------------
+def test_compact_parameter_lines_become_descriptions() -> None:
+    expand = _tool("docs_griffe").expand_compact_params
+    doc = (
+        "Summary.\n\nParameters\n----------\npath : the dataset directory.\n"
+        'shard_size : target bytes (``"64MiB"``), or\n    more text\n'
+        "count : int\n    A count.\nflag : bool, optional\n    A flag.\n"
+        "\nReturns\n-------\nout : the result.\n"
+    )
+    assert expand(doc) == (
+        "Summary.\n\nParameters\n----------\npath\n    the dataset directory.\n"
+        'shard_size\n    target bytes (``"64MiB"``), or\n    more text\n'
+        "count : int\n    A count.\nflag : bool, optional\n    A flag.\n"
+        "\nReturns\n-------\nout : the result."  # only parameter and attribute sections
+    )
+
+
+# -- README and navigation ---------------------------------------------------------------------
+def test_readme_links_resolve() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text)
+    local = [link for link in links if not re.match(r"[a-z]+:", link)]
+    assert "docs/getting-started.md" in local
+    for link in local:
+        assert (ROOT / link).exists(), f"README links to missing {link}"
+
+
+def _nav_files(nav: list[object]) -> list[str]:
+    out: list[str] = []
+    for item in nav:
+        values = item.values() if isinstance(item, dict) else [item]
+        for value in values:
+            out.extend(_nav_files(value) if isinstance(value, list) else [str(value)])
+    return out
+
+
+def test_every_page_is_in_the_nav() -> None:
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+    nav = _nav_files(config["nav"])
+    pages = sorted(p.name for p in DOCS.glob("*.md"))
+    assert sorted(nav) == sorted(set(nav)), "a page is listed twice"
+    missing = [p for p in pages if p not in nav]
+    assert not missing, f"add {missing} to the nav of mkdocs.yml"
+    assert all((DOCS / p).exists() for p in nav)
+
+
+@pytest.mark.parametrize("target", ["make test", "make docs"])
+def test_make_builds_the_site_strictly(target: str) -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert "mkdocs build --strict" in makefile
+    rule = target.split()[1]
+    body = makefile.split(f"\n{rule}:", 1)[1].split("\n\n", 1)[0]
+    assert ("$(MAKE) docs" in body) if rule == "test" else ("mkdocs build --strict" in body)

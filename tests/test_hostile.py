@@ -1,0 +1,709 @@
+"""Hostile datasets: lying manifests, headers and metadata, escaping paths, code in data, bombs.
+
+An attacker controls every byte of the dataset directory, checksums
+included (they are recomputed after every edit here, so integrity checks do
+not hide the deeper ones). Whatever they write, reading must:
+
+* raise only ``ShardStoreError`` subclasses (from ``open``, ``verify``,
+  ``to_tf`` building, random access; iterating a ``tf.data`` pipeline can
+  only report through ``tf.errors.OpError``, which is accepted there), never
+  crash, never hang;
+* never allocate what a header claims (checked with ``tracemalloc``);
+* never open a file outside the dataset directory (checked with an audit hook);
+* never import or execute anything named by the data.
+
+``SHARDSTORE_STRESS=1`` (``make stress``) raises the hypothesis example counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import tracemalloc
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+import shardstore
+from shardstore.checksum import hash_file
+from shardstore.errors import (
+    ChecksumError,
+    ManifestError,
+    ShardStoreError,
+    SourceNotFoundError,
+    UnsupportedDTypeError,
+)
+from shardstore.manifest import Manifest
+from shardstore.sources.tfrecord import masked_crc32c
+from shardstore.testing import assert_bitwise_equal, collect
+
+STRESS = os.environ.get("SHARDSTORE_STRESS", "") not in ("", "0")
+EXAMPLES = 2000 if STRESS else 60
+SLOW_EXAMPLES = 300 if STRESS else 25  # examples that build tf.data pipelines
+#: Peak Python/NumPy allocation allowed while reading a hostile dataset.
+MEMORY_LIMIT = 64 << 20
+SETTINGS = {
+    "deadline": None,
+    "derandomize": not STRESS,  # the regular run is reproducible; the stress run explores
+    "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def records(n: int = 12) -> dict[str, np.ndarray]:
+    return {"a": np.arange(n * 3, dtype=np.int32).reshape(n, 3), "b": np.linspace(0, 1, n)}
+
+
+@pytest.fixture(scope="module")
+def originals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = {}
+    for fmt in ("npy", "zarr", "tfrecord"):
+        out[fmt] = tmp_path_factory.mktemp(fmt) / "d"
+        shardstore.write(out[fmt], records(), format=fmt, records_per_shard=5, fsync=False)
+    return out
+
+
+@contextlib.contextmanager
+def scratch_copy(original: Path) -> Iterator[Path]:
+    """A private copy of ``original`` (hypothesis runs many examples per test)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        dest = Path(tmp) / "d"
+        shutil.copytree(original, dest, symlinks=True)
+        yield dest
+
+
+def load(path: Path) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads((path / "manifest.json").read_bytes())
+    return result
+
+
+def save(path: Path, manifest: Any, *, fix_checksums: bool = True) -> None:
+    """Write a manifest, first recomputing every listed file's size and checksum (as an
+    attacker would) where the entry names a plain file inside the dataset."""
+    if fix_checksums:
+        for shard in _items(manifest, "shards"):
+            for f in _items(shard, "files"):
+                rel = f.get("path") if isinstance(f, dict) else None
+                if isinstance(rel, str) and re.fullmatch(r"v-[0-9a-f]+(/[\w.]+)+", rel):
+                    target = path / rel
+                    if target.is_file() and not target.is_symlink():
+                        f["size"], f["checksum"] = hash_file(target)
+    text = manifest if isinstance(manifest, str | bytes) else json.dumps(manifest)
+    data = text.encode() if isinstance(text, str) else text
+    (path / "manifest.json").write_bytes(data)
+
+
+def _items(obj: Any, key: str) -> list[Any]:
+    value = obj.get(key) if isinstance(obj, dict) else None
+    return value if isinstance(value, list) else []
+
+
+def try_everything(path: Path, *, tf_reads: bool = True) -> list[str]:
+    """Every way of reading ``path``; return how each ended. Any other exception propagates.
+
+    ``tf_reads=False`` skips iterating tf.data pipelines (slow to build; for data
+    that the Python readers behind them would see the same way)."""
+    outcomes = []
+
+    def attempt(name: str, fn: Callable[[], Any], *, tf_ok: bool = False) -> None:
+        allowed: tuple[type[BaseException], ...] = (ShardStoreError,)
+        if tf_ok:
+            allowed += (tf.errors.OpError,)
+        try:
+            fn()
+        except allowed as exc:
+            outcomes.append(f"{name}: {type(exc).__name__}")
+        else:
+            outcomes.append(f"{name}: ok")
+
+    try:
+        ds = shardstore.open(path)
+    except ShardStoreError as exc:
+        return [f"open: {type(exc).__name__}"]
+    attempt("verify", lambda: ds.verify(progress=False))
+    attempt("info", ds.info)
+    attempt("getitem", lambda: ds[np.arange(min(ds.num_records, 64))])
+    # without random access, iter_numpy reads through tf.data: tf.errors can report there
+    attempt("iter_numpy", lambda: next(iter(shardstore.open(path, verify="size").iter_numpy(4))),
+            tf_ok=True)  # fmt: skip
+    for verify in ("once", "size"):
+        unchecked = shardstore.open(path, verify=verify)
+        if tf_reads:
+            read = lambda d=unchecked: collect(d.to_tf(batch_size=4))  # noqa: E731
+        else:
+            read = lambda d=unchecked: d.to_tf(batch_size=4)  # noqa: E731
+        attempt(f"to_tf[{verify}]", read, tf_ok=True)
+    return outcomes
+
+
+@contextlib.contextmanager
+def bounded_memory(limit: int = MEMORY_LIMIT) -> Iterator[None]:
+    tracemalloc.start()
+    try:
+        yield
+        _, peak = tracemalloc.get_traced_memory()
+        assert peak < limit, f"{peak} bytes allocated reading a hostile dataset"
+    finally:
+        tracemalloc.stop()
+
+
+_OPENED: list[str] | None = None
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if _OPENED is not None and event == "open" and args and isinstance(args[0], str | bytes):
+        _OPENED.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_audit)
+
+
+def _allowed(opened: str, dataset: Path) -> bool:
+    """Inside the dataset, or Python's own files (modules imported on first use, and the
+    sources TF's autograph writes to the temp directory)."""
+    real = os.path.realpath(opened)
+    if real.endswith((".py", ".pyc", ".so")) or os.path.isdir(real):
+        return True
+    places = [dataset, Path(sys.prefix), Path(sys.base_prefix), ROOT, Path("/proc"), Path("/dev")]
+    return any(real.startswith(os.path.realpath(p) + os.sep) for p in places)
+
+
+@contextlib.contextmanager
+def opened_files() -> Iterator[list[str]]:
+    """Record every path Python opens in the block (builtins.open, os.open, io...)."""
+    global _OPENED
+    _OPENED = []
+    try:
+        yield _OPENED
+    finally:
+        _OPENED = None
+
+
+# -- manifests ---------------------------------------------------------------------------------
+BAD_STRINGS = [
+    "../x.npy", "/etc/passwd", "C:\\x.npy", "C:foo.npy", "c:/x", "a\x00b", "v-1\\x.npy",
+    "v-00/../../etc/passwd", "", ".", "manifest.json", "os:system", "os.path", "|O", "<U4",
+    ">f8", "xxh3_64:0000000000000000", "\u202e", "v-" + "a" * 5000,
+]  # fmt: skip
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.sampled_from([0, -1, 1, 2**31, 2**32, 2**40, 2**62, 2**63, 2**64])
+    | st.floats(allow_nan=False)
+    | st.text(max_size=12)
+    | st.sampled_from(BAD_STRINGS),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+def _paths(obj: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    yield prefix
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _paths(v, (*prefix, i))
+
+
+def _get(obj: Any, path: tuple[Any, ...]) -> Any:
+    for key in path:
+        obj = obj[key]
+    return obj
+
+
+@st.composite
+def mutated(draw: st.DrawFn, manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` with 1-3 random edits: a value replaced, a key deleted, an entry duplicated."""
+    out = copy.deepcopy(manifest)
+    for _ in range(draw(st.integers(1, 3))):
+        op = draw(st.sampled_from(["tweak", "tweak", "replace", "delete", "duplicate"]))
+        paths = [p for p in _paths(out) if p]
+        if op == "tweak":  # an integer becomes another plausible-looking integer
+            ints = [p for p in paths if type(_get(out, p)) is int]
+            paths = ints or paths
+        where = draw(st.sampled_from(paths))
+        parent = out
+        for key in where[:-1]:
+            parent = parent[key]
+        if op == "tweak" and type(parent[where[-1]]) is int:
+            value = parent[where[-1]]
+            parent[where[-1]] = draw(
+                st.sampled_from(
+                    [
+                        0,
+                        1,
+                        value + 1,
+                        max(0, value - 1),
+                        value * 2,
+                        value // 2,
+                        2**31,
+                        2**40,
+                        2**63 - 1,
+                    ]
+                )
+            )
+        elif op in ("replace", "tweak"):
+            parent[where[-1]] = draw(json_values)
+        elif op == "delete":
+            del parent[where[-1]]
+        elif isinstance(parent, list):
+            parent.append(copy.deepcopy(parent[where[-1]]))
+        else:
+            parent[where[-1]] = [parent[where[-1]]] * 2
+    return out
+
+
+@settings(max_examples=EXAMPLES * (5 if STRESS else 2), **SETTINGS)
+@given(st.binary(max_size=300) | json_values.map(json.dumps).map(str.encode))
+def test_any_bytes_parse_or_raise_manifest_error(data: bytes) -> None:
+    with contextlib.suppress(ManifestError):
+        Manifest.from_json(data)
+
+
+@settings(max_examples=EXAMPLES * (5 if STRESS else 2), **SETTINGS)
+@given(st.data())
+def test_mutated_manifests_parse_or_raise_manifest_error(data: st.DataObject) -> None:
+    valid = json.loads(_SAMPLE)
+    with contextlib.suppress(ManifestError):
+        Manifest.from_dict(data.draw(mutated(valid)))
+
+
+_SAMPLE = json.dumps(
+    {"format": "shardstore", "format_version": 1, "version_id": "00ff00ff00ff00ff",
+     "created_by": "t", "num_records": 8, "metadata": {"k": [1]},
+     "features": {"x": {"dtype": "<f4", "shape": [2, 2]}, "y": {"dtype": "<i8", "shape": []}},
+     "shards": [{"index": i, "source": "npy", "num_records": 4, "files": [
+         {"path": f"v-00ff00ff/00000{i}.x.npy", "size": 192, "checksum": "xxh3_64:0123456789abcdef",
+          "feature": "x", "info": {"header_bytes": 128}},
+         {"path": f"v-00ff00ff/00000{i}.y.npy", "size": 160, "checksum": "xxh3_64:0123456789abcdef",
+          "feature": "y", "info": {"header_bytes": 128}}]} for i in range(2)]}
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["npy", "zarr", "tfrecord"])
+@settings(max_examples=SLOW_EXAMPLES, **SETTINGS)
+@given(data=st.data())
+def test_mutated_manifests_of_real_datasets_only_raise_shardstore_errors(
+    originals: dict[str, Path], fmt: str, data: st.DataObject
+) -> None:
+    with scratch_copy(originals[fmt]) as path:
+        manifest = data.draw(mutated(load(path)))
+        save(path, manifest, fix_checksums=data.draw(st.booleans()))
+        with bounded_memory(), opened_files() as opened:
+            outcomes = try_everything(path)
+        assert [p for p in opened if not _allowed(p, path)] == []
+        event("deepest: " + outcomes[-1])
+
+
+# -- the 12-byte file that claims 2**40 elements -----------------------------------------------
+def _one_file_dataset(path: Path, payload: bytes, *, shape: list[int], num_records: int,
+                      source: str = "npy", info: dict[str, Any] | None = None) -> None:  # fmt: skip
+    (path / "v-00000000").mkdir(parents=True)
+    (path / "v-00000000" / "000000.x.npy").write_bytes(payload)
+    size, checksum = hash_file(path / "v-00000000" / "000000.x.npy")
+    manifest = {
+        "format": "shardstore", "format_version": 1, "version_id": "00000000",
+        "num_records": num_records, "features": {"x": {"dtype": "|u1", "shape": shape}},
+        "shards": [{"index": 0, "source": source, "num_records": num_records, "files": [
+            {"path": "v-00000000/000000.x.npy", "size": size, "checksum": checksum,
+             "feature": "x", "info": info or {"header_bytes": 1}}]}],
+    }  # fmt: skip
+    save(path, manifest, fix_checksums=False)
+
+
+@pytest.mark.parametrize(
+    ("shape", "num_records"),
+    [([], 2**40), ([2**20, 2**20], 1), ([2**13, 2**13, 2**13], 2), ([2**30], 2**10)],
+)
+def test_a_12_byte_file_claiming_2_40_elements_fails_before_allocating(
+    tmp_path: Path, shape: list[int], num_records: int
+) -> None:
+    _one_file_dataset(tmp_path / "d", b"\x93NUMPY\x01\x00abcd", shape=shape,
+                      num_records=num_records)  # fmt: skip
+    with bounded_memory():
+        ds = shardstore.open(tmp_path / "d")
+        for read in (lambda: ds[0], lambda: ds.to_tf(4), lambda: next(ds.iter_numpy(1))):
+            with pytest.raises(ShardStoreError, match=r"claims .* bytes of records in 12 bytes"):
+                read()
+
+
+def npy_file(header: dict[str, Any] | bytes, data: bytes, version: int = 1) -> bytes:
+    """A ``.npy`` file with an arbitrary (possibly lying) header."""
+    body = header if isinstance(header, bytes) else repr(header).encode("utf-8")
+    pad = 64 - (10 + len(body) + 1) % 64
+    body = body + b" " * pad + b"\n"
+    if version == 1:
+        return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(body)) + body + data
+    return b"\x93NUMPY\x02\x00" + struct.pack("<I", len(body) + 2) + body + data
+
+
+def test_an_npy_header_claiming_2_40_elements_is_refused_before_mapping(tmp_path: Path) -> None:
+    liar = npy_file({"descr": "|u1", "fortran_order": False, "shape": (2**40,)}, b"abc")
+    header = len(liar) - 3
+    _one_file_dataset(tmp_path / "d", liar, shape=[], num_records=3,
+                      info={"header_bytes": header})  # fmt: skip
+    with bounded_memory():
+        ds = shardstore.open(tmp_path / "d")
+        with pytest.raises(ManifestError, match=r"holds uint8 \(1099511627776,\)"):
+            ds[0]
+    # the default reader gathers through memmap, which parses the header: refused mid-pipeline
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"ManifestError: .*1099511627776"):
+        collect(ds.to_tf(3, features="x"))
+    # the TF-native reader never parses the header: it reads the 3 records the manifest describes
+    native = ds.to_tf(3, features="x", tf_native=True)
+    assert_bitwise_equal(collect(native), np.frombuffer(b"abc", np.uint8))
+
+
+npy_headers = st.fixed_dictionaries(
+    {
+        "descr": st.sampled_from(["|u1", "<f4", ">f4", "|O", "<U3", "|V4", "S2", "<i8", "(2,)u1",
+                                  "[('a', '<f4')]"]) | st.text(max_size=8),
+        "fortran_order": st.sampled_from([False, True, 0, "no", None]),
+        "shape": st.lists(st.integers(-5, 2**64), max_size=4).map(tuple)
+        | st.sampled_from([(3,), (3, 1), (), None, "3", (3.0,), (2**40,)]),
+    }
+)  # fmt: skip
+
+
+@settings(max_examples=EXAMPLES, **SETTINGS)
+@given(
+    header=npy_headers | st.binary(max_size=80),
+    version=st.sampled_from([1, 2]),
+    data=st.binary(min_size=1, max_size=8),
+)
+def test_hostile_npy_headers_only_raise_shardstore_errors(
+    header: dict[str, Any] | bytes, version: int, data: bytes
+) -> None:
+    raw = npy_file(header, data, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "d"
+        _one_file_dataset(path, raw, shape=[], num_records=len(data),
+                          info={"header_bytes": len(raw) - len(data)})  # fmt: skip
+        with bounded_memory():
+            ds = shardstore.open(path)
+            try:
+                got = ds[:]["x"]
+            except ShardStoreError:
+                pass
+            else:  # accepted: only a header that says exactly what the manifest says
+                assert isinstance(header, dict) and header["descr"] == "|u1"
+                assert got.tobytes() == data
+
+
+# -- zarr metadata -----------------------------------------------------------------------------
+def _zarr_meta(path: Path) -> Path:
+    return next(path.glob("v-*/000000.zarr/a/zarr.json"))
+
+
+@settings(max_examples=SLOW_EXAMPLES, **SETTINGS)
+@given(data=st.data())
+def test_mutated_zarr_metadata_only_raises_shardstore_errors(
+    originals: dict[str, Path], data: st.DataObject
+) -> None:
+    with scratch_copy(originals["zarr"]) as path:
+        meta = _zarr_meta(path)
+        meta.write_text(json.dumps(data.draw(mutated(json.loads(meta.read_text())))))
+        save(path, load(path))  # checksums recomputed: only the metadata checks stand
+        with bounded_memory():
+            outcomes = try_everything(path, tf_reads=False)  # tf.data: the same decoder
+        event("getitem: " + next((o for o in outcomes if o.startswith("getitem")), "not reached"))
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"data_type": "string"},
+        {"data_type": "object"},
+        {"shape": [2**40]},
+        {"chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [2**40, 3]}}},
+        {"codecs": [{"name": "numcodecs.pickle"}]},
+        {"codecs": [{"name": "vlen-utf8"}]},
+        {"codecs": [{"name": "bytes"}, {"name": "numcodecs.pickle", "configuration": {}}]},
+        {"storage_transformers": [{"name": "anything"}]},
+    ],
+)
+def test_zarr_metadata_that_could_run_code_or_allocate_is_refused(
+    originals: dict[str, Path], edit: dict[str, Any]
+) -> None:
+    with scratch_copy(originals["zarr"]) as path:
+        meta = _zarr_meta(path)
+        meta.write_text(json.dumps({**json.loads(meta.read_text()), **edit}))
+        save(path, load(path))
+        with bounded_memory():
+            ds = shardstore.open(path)
+            with pytest.raises(ManifestError, match=re.escape(meta.relative_to(path).as_posix())):
+                ds[0]
+            with pytest.raises(tf.errors.OpError, match="ManifestError"):
+                collect(ds.to_tf(4))
+
+
+def test_a_pickle_in_a_zarr_chunk_is_never_unpickled(
+    originals: dict[str, Path], tmp_path: Path
+) -> None:
+    marker = tmp_path / "pwned"
+    payload = f"cos\nsystem\n(S'touch {marker}'\ntR.".encode()  # pickle protocol 0
+    with scratch_copy(originals["zarr"]) as path:
+        meta = _zarr_meta(path)
+        spec = json.loads(meta.read_text())
+        pickle_codec = {"name": "numcodecs.pickle", "configuration": {"protocol": 0}}
+        spec["codecs"][0]["configuration"]["codecs"] = [pickle_codec]
+        meta.write_text(json.dumps(spec))
+        chunk = meta.parent / "c" / "0" / "0"
+        chunk.write_bytes(payload)
+        save(path, load(path))
+        outcomes = try_everything(path)
+    assert not marker.exists()
+    assert all(not o.endswith(": ok") for o in outcomes if o.startswith(("getitem", "to_tf")))
+
+
+# -- decompression bombs -----------------------------------------------------------------------
+def _replace_chunk(path: Path, new: bytes, pattern: str = "v-*/000000.zarr/a/c/0/0") -> None:
+    """Put ``new`` as the only chunk of a shard file, fixing the shard index and its CRC."""
+    import google_crc32c
+
+    data = next(path.glob(pattern))
+    raw = data.read_bytes()
+    nchunks = 1
+    index = np.frombuffer(raw[-(16 * nchunks + 4) : -4], "<u8").reshape(nchunks, 2).copy()
+    index[0] = (0, len(new))
+    body = index.astype("<u8").tobytes()
+    data.write_bytes(new + body + struct.pack("<I", google_crc32c.value(body)))
+
+
+@pytest.mark.parametrize("kind", ["blosc lies", "real blosc bomb", "zstd lies"])
+def test_decompression_bombs_fail_before_allocating(originals: dict[str, Path], kind: str) -> None:
+    import numcodecs
+
+    with scratch_copy(originals["zarr"]) as path:
+        declared = 5 * 3 * 4  # chunk_records x record bytes of feature "a" (int32 x 3)
+        if kind == "blosc lies":  # a valid header announcing 1 GiB instead of 60 bytes
+            chunk = bytearray(numcodecs.Blosc(cname="zstd").encode(np.zeros(15, np.int32)))
+            chunk[4:8] = struct.pack("<I", 1 << 30)
+        elif kind == "real blosc bomb":  # 64 MiB of zeros in ~16 KiB
+            chunk = bytearray(numcodecs.Blosc(cname="zstd").encode(np.zeros(16 << 20, np.int32)))
+        elif kind == "zstd lies":  # a bare zstd frame announcing 64 MiB
+            meta = _zarr_meta(path)
+            spec = json.loads(meta.read_text())
+            zstd = {"name": "zstd", "configuration": {"level": 1}}
+            spec["codecs"][0]["configuration"]["codecs"][1] = zstd
+            meta.write_text(json.dumps(spec))
+            chunk = bytearray(numcodecs.Zstd().encode(np.zeros(16 << 20, np.int32)))
+        assert len(chunk) < 1 << 20
+        _replace_chunk(path, bytes(chunk))
+        save(path, load(path))
+        shardstore.open(originals["zarr"])[0]  # imports done: only the read is measured
+        with bounded_memory(4 << 20):  # the bombs would take 64 MiB to 1 GiB
+            ds = shardstore.open(path)
+            with pytest.raises(ChecksumError, match="chunk 0") as exc:
+                ds[0]
+        assert exc.value.file is not None and exc.value.file.endswith("a/c/0/0")
+        with pytest.raises(tf.errors.OpError, match="chunk 0"):  # the same decoder, in tf.data
+            collect(ds.to_tf(4, features="a"))
+        assert declared < 1 << 20
+
+
+def test_a_chunk_expanding_more_than_65536_fold_is_refused(tmp_path: Path) -> None:
+    """Even when its header matches the declared chunk size (8 MiB announced in 16 bytes)."""
+    # 64 KiB records, 128 per chunk: one chunk of 8 MiB per shard; ds[0] needs 64 KiB
+    ds = shardstore.write(tmp_path / "d", {"v": np.zeros((256, 1 << 14), np.float32)},
+                          format="zarr", records_per_shard=128, chunk_records=128)  # fmt: skip
+    ds[1]  # imports done: only the hostile read below is measured
+    pattern = "v-*/000000.zarr/v/c/0/0"
+    header = bytearray(next(ds.path.glob(pattern)).read_bytes()[:16])
+    assert int.from_bytes(header[4:8], "little") == 1 << 23  # it does announce the 8 MiB
+    header[12:16] = struct.pack("<I", 16)  # ... from these 16 bytes
+    _replace_chunk(ds.path, bytes(header), pattern)
+    save(ds.path, load(ds.path))
+    with bounded_memory(4 << 20), pytest.raises(ChecksumError, match="decompression bomb"):
+        shardstore.open(ds.path)[0]
+
+
+# -- paths ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "bad",
+    ["../outside.npy", "/etc/passwd", "C:\\x.npy", "C:x.npy", "c:/x.npy", "v-0\\x.npy",
+     "v-0/x\x00.npy", "v-0/../../outside.npy", "./v-0/x.npy", "v-0//x.npy", "\\\\srv\\share\\x"],
+)  # fmt: skip
+def test_unsafe_paths_are_refused_before_any_file_is_opened(
+    originals: dict[str, Path], bad: str
+) -> None:
+    with scratch_copy(originals["npy"]) as path:
+        manifest = load(path)
+        manifest["shards"][1]["files"][0]["path"] = bad
+        save(path, manifest, fix_checksums=False)
+        with opened_files() as opened, pytest.raises(ManifestError, match="path"):
+            shardstore.open(path)
+        assert [os.path.realpath(p) for p in opened] == [os.path.realpath(path / "manifest.json")]
+
+
+@pytest.mark.parametrize("what", ["file", "version dir", "manifest", "dataset-internal"])
+def test_symlinks_leaving_the_dataset_are_refused_before_opening(
+    originals: dict[str, Path], tmp_path: Path, what: str
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    with scratch_copy(originals["npy"]) as path:
+        manifest = load(path)
+        victim = manifest["shards"][1]["files"][0]["path"]
+        if what == "file":
+            shutil.copy(path / victim, outside / "secret.npy")
+            (path / victim).unlink()
+            (path / victim).symlink_to(outside / "secret.npy")
+        elif what == "version dir":
+            vdir = path / victim.split("/")[0]
+            shutil.copytree(vdir, outside / "v")
+            shutil.rmtree(vdir)
+            vdir.symlink_to(outside / "v", target_is_directory=True)
+        elif what == "manifest":
+            shutil.copy(path / "manifest.json", outside / "manifest.json")
+            (path / "manifest.json").unlink()
+            (path / "manifest.json").symlink_to(outside / "manifest.json")
+        else:  # a symlink that stays inside is fine
+            (path / "copy.npy").write_bytes((path / victim).read_bytes())
+            (path / victim).unlink()
+            (path / victim).symlink_to(path / "copy.npy")
+        with opened_files() as opened:
+            if what == "dataset-internal":
+                assert_bitwise_equal(shardstore.open(path)[:]["a"], records()["a"])
+            else:
+                with pytest.raises(ManifestError, match="outside the dataset directory"):
+                    ds = shardstore.open(path)
+                    ds.to_tf(4)
+                with pytest.raises(ManifestError, match="outside the dataset directory"):
+                    shardstore.open(path)[:]
+        assert not [p for p in opened if str(outside) in os.path.realpath(p)]
+
+
+# -- no code from data ---------------------------------------------------------------------------
+def test_no_pickle_anywhere_in_the_code() -> None:
+    """Every np.load passes allow_pickle=False; no pickle, marshal, dill or cloudpickle."""
+    offenders = []
+    for py in [*(ROOT / "shardstore").rglob("*.py"), *(ROOT / "plugins").rglob("*.py")]:
+        text = py.read_text()
+        for m in re.finditer(r"np\.load\(", text):
+            call = text[m.start() : text.index(")", m.start()) + 1]
+            if "allow_pickle=False" not in call:
+                offenders.append(f"{py}: {call}")
+        for bad in ("allow_pickle=True", "import pickle", "import marshal", "import dill",
+                    "cloudpickle", "pickle.load"):  # fmt: skip
+            if bad in text:
+                offenders.append(f"{py}: {bad}")
+    assert offenders == []
+
+
+@pytest.mark.parametrize("fmt", ["npy", "memmap", "zarr", "tfrecord"])
+def test_object_dtypes_are_refused_on_write(tmp_path: Path, fmt: str) -> None:
+    for bad in (np.array([object(), None], dtype=object), np.array(["ab", "c"]),
+                np.array([b"x", b"y"]), np.zeros(2, dtype=[("a", "<f4")])):  # fmt: skip
+        with pytest.raises(UnsupportedDTypeError):
+            shardstore.write(tmp_path / "d", {"x": bad}, format=fmt)
+        assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("dtype", ["|O", "<U4", "|S3", "|V8", "<M8[s]", "[('a', '<f4')]"])
+def test_object_dtypes_are_refused_on_read(originals: dict[str, Path], dtype: str) -> None:
+    with scratch_copy(originals["npy"]) as path:
+        manifest = load(path)
+        manifest["features"]["a"]["dtype"] = dtype
+        save(path, manifest)
+        with pytest.raises(ManifestError, match="not a supported dtype"):
+            shardstore.open(path)
+
+
+@pytest.mark.parametrize(
+    "name", ["os:system", "os.path", "subprocess:run", "shardstore.sources.npy:NpySource", "../npy"]
+)
+def test_a_source_named_by_module_path_is_refused(originals: dict[str, Path], name: str) -> None:
+    with scratch_copy(originals["npy"]) as path:
+        manifest = load(path)
+        manifest["shards"][0]["source"] = name
+        save(path, manifest)
+        with pytest.raises(ManifestError, match="invalid source name"):
+            shardstore.open(path)
+
+
+def test_an_unknown_source_name_imports_nothing(originals: dict[str, Path]) -> None:
+    """A registered-name-shaped source that is not registered: SourceNotFoundError, no import.
+
+    ``this`` is a real stdlib module that prints the Zen of Python when imported.
+    """
+    with scratch_copy(originals["npy"]) as path:
+        manifest = load(path)
+        for shard in manifest["shards"]:
+            shard["source"] = "this"
+        save(path, manifest)
+        code = (
+            "import sys, shardstore\n"
+            f"ds = shardstore.open({str(path)!r})\n"
+            "for read in (lambda: ds[0], lambda: ds.to_tf(4), lambda: ds.source):\n"
+            "    try:\n"
+            "        read()\n"
+            "    except shardstore.SourceNotFoundError as e:\n"
+            "        print('refused:', e)\n"
+            "print('imported:', 'this' in sys.modules)\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=300, check=True).stdout  # fmt: skip
+    assert out.count("refused: no shardstore source named 'this'") == 3
+    assert "imported: False" in out and "Beautiful is better" not in out
+    with pytest.raises(SourceNotFoundError):
+        shardstore.get_source("this")
+    assert "this" not in sys.modules
+
+
+def test_disabling_autoload_loads_only_the_builtins() -> None:
+    """With the real shardstore-hdf5 distribution installed, the switch hides it."""
+    code = (
+        "import json, sys, shardstore\n"
+        "names = sorted(shardstore.available_sources())\n"
+        "for n in names: shardstore.get_source(n)\n"
+        "print(json.dumps([names, sorted(m for m in sys.modules if 'hdf5' in m or 'h5py' in m)]))"
+    )
+    env = {**os.environ, "SHARDSTORE_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300, check=True).stdout  # fmt: skip
+    names, modules = json.loads(out)
+    assert names == ["memmap", "npy", "tfrecord", "zarr"] and modules == []
+    env.pop("SHARDSTORE_DISABLE_PLUGIN_AUTOLOAD")
+    listing_only = code.replace("for n in names: shardstore.get_source(n)\n", "")
+    out = subprocess.run([sys.executable, "-c", listing_only], capture_output=True, text=True,
+                         env=env, timeout=300, check=True).stdout  # fmt: skip
+    assert "hdf5" in json.loads(out)[0]  # the control: installed, and found without the switch
+
+
+# -- TFRecord framing ----------------------------------------------------------------------------
+@pytest.mark.parametrize("length", [2**33, 2**40, 2**62, 2**64 - 1])
+def test_a_tfrecord_announcing_a_huge_record_is_refused_before_tensorflow_reads_it(
+    originals: dict[str, Path], length: int
+) -> None:
+    """TF 2.21's TFRecordDataset crashes the process (SIGSEGV) on a 2**40-byte length."""
+    with scratch_copy(originals["tfrecord"]) as path:
+        victim = next(path.glob("v-*/000001.tfrecord"))
+        raw = victim.read_bytes()
+        head = struct.pack("<Q", length)
+        victim.write_bytes(head + struct.pack("<I", masked_crc32c(head)) + raw[12:])
+        save(path, load(path))
+        for verify in ("once", "size"):
+            with pytest.raises(ChecksumError, match=r"announces .* past the end") as exc:
+                shardstore.open(path, verify=verify).to_tf(4)
+            assert exc.value.shard == 1
