@@ -600,8 +600,15 @@ examples:
   shardstore plugins --json""",
     "ingest": """\
 examples:
-  shardstore ingest --tfrecord data/train part-0.tfrecord part-1.tfrecord \\
+  shardstore ingest 'raw/*/*.npy' data/train --label-from parent
+  shardstore ingest 'raw/*.npy' data/train --labels labels.csv --on-error skip
+  shardstore ingest big.npz data/train --member images
+  shardstore ingest --tfrecord part-0.tfrecord part-1.tfrecord data/train \\
       --feature image:uint8:64x64x3 --feature label:int64:scalar:int64_list""",
+    "merge": """\
+examples:
+  shardstore merge parts/host-0 parts/host-1 parts/host-2 data/train
+  shardstore merge parts/* data/train --link copy --verify""",
     "convert": """\
 examples:
   shardstore convert data/train data/train-zarr --format zarr -o compression=lz4
@@ -808,8 +815,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument("--format", default="npy", help="the source that writes DEST (npy)")
     ingest_size = ingest.add_mutually_exclusive_group()
-    ingest_size.add_argument("--shard-size", help="target bytes per shard, e.g. 64MiB")
-    ingest_size.add_argument("--records-per-shard", type=int, help="records per shard")
+    ingest_size.add_argument(
+        "--shard-size", metavar="SIZE", help="target bytes per shard, e.g. 64MiB"
+    )
+    ingest_size.add_argument("--records-per-shard", metavar="N", type=int, help="records per shard")
     ingest.add_argument(
         "-o",
         "--option",

@@ -363,7 +363,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def journal_of(dest: Path) -> Path:
-    (journal,) = dest.glob(f"v-*/{JOURNAL_NAME}")
+    (journal,) = dest.glob(f".shardstore/staging/v-*/{JOURNAL_NAME}")
     return journal
 
 
@@ -391,8 +391,11 @@ def test_killed_ingest_resumes_to_the_same_dataset(tmp_path: Path) -> None:
     assert main(["ingest", *args[:1], str(dest), *args[1:]]) == 0  # resumes
     resumed = shardstore.open(dest)
     assert resumed.manifest.version_id == prefix.name[2:]
-    assert {p.name: p.stat().st_ino for p in prefix.glob("00000[0-3].*")} == kept  # not rewritten
-    assert not journal.exists()
+    published = dest / prefix.name  # the staging directory, renamed into place at the commit
+    assert {
+        p.name: p.stat().st_ino for p in published.glob("00000[0-3].*")
+    } == kept  # not rewritten
+    assert not journal.exists() and not (published / JOURNAL_NAME).exists()
 
     assert main(["ingest", *args[:1], str(tmp_path / "fresh"), *args[1:]]) == 0
     assert_same_dataset(resumed, shardstore.open(tmp_path / "fresh"))

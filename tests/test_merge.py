@@ -162,9 +162,11 @@ def test_damaged_part_with_copy(tmp_path: Path, parts: list[str]) -> None:
         shardstore.merge(parts, tmp_path / "all", link="copy")
     assert info.value.dataset == str(ds.path)
     assert not (tmp_path / "all").exists()
-    # hard links are size-checked only, unless verify=True
-    shardstore.merge(parts, tmp_path / "linked")
-    with pytest.raises(ChecksumError, match="does not match its checksum"):
+    # hard links too: the parts' files are checked (hashed once per process) before merging
+    with pytest.raises(ChecksumError, match=f"shard 2: file '{victim.path}'"):
+        shardstore.merge(parts, tmp_path / "linked")
+    assert not (tmp_path / "linked").exists()
+    with pytest.raises(ChecksumError):
         shardstore.merge(parts, tmp_path / "verified", verify=True)
     assert not (tmp_path / "verified").exists()
 
@@ -202,9 +204,11 @@ def test_existing_destination(tmp_path: Path, parts: list[str]) -> None:
     merged = shardstore.merge(parts, dest, overwrite=True, metadata={"name": "all"})
     assert merged.num_records == N
     assert shardstore.open(dest).metadata == {"name": "all"}
-    assert [p.name for p in dest.iterdir() if p.name.startswith("v-")] == [
-        merged.shards[0].files[0].path.split("/")[0]
-    ]  # the replaced version's files are gone
+    current = merged.shards[0].files[0].path.split("/")[0]
+    versions = {p.name for p in dest.iterdir() if p.name.startswith("v-")}
+    assert current in versions and len(versions) == 2  # the replaced version waits for gc
+    shardstore.gc(dest, grace=0)
+    assert [p.name for p in dest.iterdir() if p.name.startswith("v-")] == [current]
 
 
 def test_common_metadata_is_kept(tmp_path: Path) -> None:
