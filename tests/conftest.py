@@ -15,6 +15,10 @@ from shardstore import registry
 
 @pytest.fixture(autouse=True)
 def _fresh_registry() -> Iterator[None]:
-    """Tests that install throwaway plugins must not leak them into other tests."""
+    """Tests that install throwaway plugins (entry points or register_source) must not
+    leak them into other tests."""
+    registered = dict(registry._registered)
     yield
+    registry._registered.clear()
+    registry._registered.update(registered)
     registry.refresh()

@@ -189,9 +189,15 @@ class _SlowFailing(NpySource):
         super().write_shard(shard, arrays)
 
 
-def test_failure_waits_for_running_tasks_before_cleaning_up(tmp_path: Path) -> None:
+def test_failure_waits_for_running_tasks_before_cleaning_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Dask cannot stop a running task: the writer waits for it, then removes its files."""
-    shardstore.register_source(_SlowFailing)  # in-process workers (threads) see it
+    from shardstore import registry
+
+    # in-process workers (threads) see it; removed from the registry after the test
+    monkeypatch.setitem(registry._registered, _SlowFailing.name, _SlowFailing)
+    registry.refresh()
     with (
         distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                                  dashboard_address=":0") as cluster,
