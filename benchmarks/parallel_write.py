@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 
 import shardstore
-from shardstore.bench import IMAGE_SHAPE, synthetic_images
+from shardstore.bench import IMAGE_SHAPE, best_of, synthetic_images
 from shardstore.testing import comparable_manifest
 
 SHARD_RECORDS = (64 << 20) // (int(np.prod(IMAGE_SHAPE)) * 4 + 8)  # 64 MiB shards
@@ -63,16 +62,6 @@ def numpy_inputs(records: int) -> dict[str, np.ndarray]:
         for i, lo in enumerate(range(0, records, SHARD_RECORDS))
     ]
     return {k: np.concatenate([p[k] for p in parts]) for k in ("image", "label")}
-
-
-def best_of(fn: Callable[[], Any], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:

@@ -31,7 +31,6 @@ is decoded by :func:`shardstore.sources.tfrecord.parse_example`.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
@@ -503,7 +502,6 @@ def index_tfrecords(
 
     version_id = secrets.token_hex(8)
     prefix = f"v-{version_id}"
-    created_root = not root.exists()
     # the commit succeeds only if manifest.json is still what it is now
     txn = Transaction(root, version_id, overwrite=overwrite, fsync=fsync, base=manifest_state(root))
     file_info = {n: {"key": d.key, "encoding": d.encoding} for n, d in decls.items()}
@@ -534,9 +532,6 @@ def index_tfrecords(
         txn.commit(manifest)
     except BaseException:
         txn.abort()  # links and copies only: the originals stay
-        if created_root:
-            with contextlib.suppress(OSError):
-                root.rmdir()  # only if empty
         raise
     finally:
         bar.close()

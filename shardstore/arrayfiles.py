@@ -1,13 +1,14 @@
 """Whole-array inputs: one big ``.npy``, an ``.npz``, a Zarr array or group, read lazily.
 
-Nothing is loaded whole and nothing is unpickled:
+Nothing is loaded whole and no Python object is ever decoded:
 
-* a ``.npy`` file is memory-mapped from its parsed header (object dtypes,
-  which would need pickle, are refused before any data is touched);
+* a ``.npy`` file is memory-mapped from its parsed header (object dtypes
+  are refused before any data is touched);
 * an ``.npz`` member stored without compression is memory-mapped too, at
   its offset inside the zip file; a compressed member is decompressed as a
   stream, in record order, one shard at a time;
-* a Zarr array is sliced shard by shard (object dtypes and pickle codecs refused).
+* a Zarr array is sliced shard by shard (object dtypes refused; zarr itself
+  refuses to open an array whose codecs decode Python objects).
 
 Each input becomes :class:`~shardstore.resumable.Column` objects whose
 ``read(lo, hi)`` returns a lazy slice (read where the shard is written) or,
@@ -16,7 +17,6 @@ for a compressed stream, the decompressed records.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -28,7 +28,7 @@ import numpy as np
 
 from shardstore.errors import InvalidInputError, ManifestError, UnsupportedDTypeError
 from shardstore.manifest import SUPPORTED_DTYPES, FeatureSpec, check_feature_name
-from shardstore.npyfiles import NpyHeader, read_npy_header
+from shardstore.npyfiles import OBJECTS_REFUSED, NpyHeader, read_npy_header
 from shardstore.sources.base import ArrayLike
 
 __all__ = [
@@ -48,10 +48,7 @@ _STREAM_CHUNK = 8 << 20
 
 def _spec(where: str, dtype: np.dtype[Any], shape: tuple[int, ...]) -> FeatureSpec:
     if dtype.hasobject:
-        raise UnsupportedDTypeError(
-            f"{where} holds Python objects (dtype object): reading it would need pickle, "
-            "which shardstore never uses"
-        )
+        raise UnsupportedDTypeError(f"{where} {OBJECTS_REFUSED}")
     if dtype.newbyteorder("<").str not in SUPPORTED_DTYPES:
         raise UnsupportedDTypeError(
             f"{where} has dtype {dtype}; shardstore stores bool, (u)int8-64, float16-64 and "
@@ -284,9 +281,6 @@ def open_zarr(path: Path, feature: str, members: list[str] | None = None) -> dic
     columns: dict[str, ArrayColumn] = {}
     for name, arr in arrays.items():
         w = f"{where}, array {name!r}" if len(arrays) > 1 or name != feature else where
-        meta = json.dumps(arr.metadata.to_dict(), default=str).lower()
-        if "pickle" in meta:
-            raise UnsupportedDTypeError(f"{w} uses a pickle codec; shardstore never unpickles")
         dtype = np.dtype(arr.dtype)
         spec = _spec(w, dtype, tuple(int(d) for d in arr.shape))
         columns[_feature_name(w, name)] = ArrayColumn(arr, spec)

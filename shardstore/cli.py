@@ -627,6 +627,39 @@ examples:
 }
 
 
+def _add_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: only on a terminal)",
+    )
+
+
+def _add_fsync(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fsync",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="flush to stable storage before committing (default: yes)",
+    )
+
+
+def _add_shard_layout(parser: argparse.ArgumentParser, option_example: str) -> None:
+    """``--shard-size`` / ``--records-per-shard`` and repeatable ``-o KEY=VALUE`` options."""
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--shard-size", metavar="SIZE", help="target bytes per shard, e.g. 64MiB")
+    size.add_argument("--records-per-shard", metavar="N", type=int, help="records per shard")
+    parser.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"a source option, e.g. {option_example} (repeatable)",
+    )
+
+
 def _build_parser() -> argparse.ArgumentParser:
     """Build the argument parser.
 
@@ -693,12 +726,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "Exits 1 if a file is damaged.",
     )
     verify.add_argument("path", metavar="PATH", help="the dataset directory")
-    verify.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="show a progress bar (default: only on a terminal)",
-    )
+    _add_progress(verify)
     verify.set_defaults(func=_cmd_verify)
 
     gc = sub.add_parser(
@@ -814,19 +842,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="continue an interrupted ingest of the same inputs (default: yes)",
     )
     ingest.add_argument("--format", default="npy", help="the source that writes DEST (npy)")
-    ingest_size = ingest.add_mutually_exclusive_group()
-    ingest_size.add_argument(
-        "--shard-size", metavar="SIZE", help="target bytes per shard, e.g. 64MiB"
-    )
-    ingest_size.add_argument("--records-per-shard", metavar="N", type=int, help="records per shard")
-    ingest.add_argument(
-        "-o",
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a source option, e.g. -o compression=lz4 (repeatable)",
-    )
+    _add_shard_layout(ingest, "-o compression=lz4")
     ingest.add_argument(
         "--workers",
         type=int,
@@ -843,18 +859,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ingest.add_argument(
         "--overwrite", action="store_true", help="replace an existing dataset at DEST"
     )
-    ingest.add_argument(
-        "--fsync",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="flush to stable storage before committing (default: yes)",
-    )
-    ingest.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="show a progress bar (default: only on a terminal)",
-    )
+    _add_fsync(ingest)
+    _add_progress(ingest)
     ingest.set_defaults(func=_cmd_ingest)
 
     convert = sub.add_parser(
@@ -868,24 +874,9 @@ def _build_parser() -> argparse.ArgumentParser:
     convert.add_argument("src", metavar="SRC", help="the dataset to read")
     convert.add_argument("dst", metavar="DST", help="the dataset directory to write")
     convert.add_argument("--format", required=True, help="the source that writes DST")
-    size = convert.add_mutually_exclusive_group()
-    size.add_argument("--shard-size", metavar="SIZE", help="target bytes per shard, e.g. 64MiB")
-    size.add_argument("--records-per-shard", metavar="N", type=int, help="records per shard")
-    convert.add_argument(
-        "-o",
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a source option, e.g. -o compression=lz4 -o chunk_records=256 (repeatable)",
-    )
+    _add_shard_layout(convert, "-o compression=lz4 -o chunk_records=256")
     convert.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
-    convert.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="show a progress bar (default: only on a terminal)",
-    )
+    _add_progress(convert)
     convert.set_defaults(func=_cmd_convert)
 
     merge = sub.add_parser(
@@ -909,18 +900,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--verify", action="store_true", help="also re-hash hard-linked files (copies always are)"
     )
     merge.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
-    merge.add_argument(
-        "--fsync",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="flush to stable storage before committing (default: yes)",
-    )
-    merge.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="show a progress bar (default: only on a terminal)",
-    )
+    _add_fsync(merge)
+    _add_progress(merge)
     merge.set_defaults(func=_cmd_merge)
 
     demo = sub.add_parser(
@@ -981,12 +962,7 @@ def _add_bench_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "--features", default=None, metavar="A,B", help="features to read (default: all)"
     )
     bench.add_argument("--seed", metavar="N", type=int, default=0, help="shuffle seed (default 0)")
-    bench.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="show a progress bar (default: only on a terminal)",
-    )
+    _add_progress(bench)
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
     bench.set_defaults(func=_cmd_bench)
 

@@ -274,6 +274,7 @@ class Transaction:
         self.state = "new"  # new -> open -> committed | aborted
         self._writer_lock = FileLock(writer_lock_path(root, version_id))
         self._moved = False
+        self._created_root = not root.exists()
 
     @property
     def shard_root(self) -> Path:
@@ -366,6 +367,9 @@ class Transaction:
         self._writer_lock.release(unlink=True)
         with contextlib.suppress(OSError):
             tidy_control_dir(self.root)
+        if self._created_root:
+            with contextlib.suppress(OSError):
+                self.root.rmdir()  # only if empty: never removes anything this write did not
 
     def _conflict(self, now: ManifestState) -> DatasetExistsError:
         if not self.base.exists:

@@ -1,7 +1,7 @@
 """Ingest the data people already have: ``.npy`` files, a big ``.npy``/``.npz``, Zarr.
 
 :func:`ingest` turns existing files into a dataset, without loading them
-whole and without pickle:
+whole and without decoding Python objects (which would run code from the files):
 
 ``kind="files"``
     One array per ``.npy`` file, one record per file (a glob such as
@@ -296,7 +296,7 @@ def ingest(
         Unknown kind, no input, a bad file with ``on_error="fail"``, labels
         that cannot be matched, arrays of different lengths...
     UnsupportedDTypeError
-        Object (pickled) or other unsupported dtypes in an ``npy``/``npz``/Zarr input.
+        Object (Python objects) or other unsupported dtypes in an ``npy``/``npz``/Zarr input.
     DatasetExistsError
         A dataset exists at ``dest`` and ``overwrite`` is False.
     """

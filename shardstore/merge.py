@@ -20,7 +20,6 @@ the order the parts are given:
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
@@ -273,7 +272,6 @@ def merge(
 
     version_id = secrets.token_hex(8)
     prefix = f"v-{version_id}"
-    created_root = not root.exists()
     shards: list[ShardEntry] = []
     linked = copied = 0
     bar = tqdm(total=sum(p.nbytes for p in opened), unit="B", unit_scale=True, desc="merge",
@@ -327,9 +325,6 @@ def merge(
         txn.commit(manifest)  # fsyncs the staged files' directories first
     except BaseException:
         txn.abort()  # links and copies only: the parts are untouched
-        if created_root:
-            with contextlib.suppress(OSError):
-                root.rmdir()  # only if empty
         raise
     finally:
         bar.close()

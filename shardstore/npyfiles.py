@@ -3,7 +3,7 @@
 Every file is checked from its header alone (magic, version, dtype, shape,
 memory order, and a size that holds the data) before anything is written,
 so a bad file is reported by name up front: not a ``.npy`` file, unreadable,
-truncated, holding Python objects (which would need pickle: never loaded),
+truncated, holding Python objects (never loaded: see :data:`OBJECTS_REFUSED`),
 an unsupported dtype, or a shape/dtype other than the rest's.
 """
 
@@ -26,6 +26,7 @@ from shardstore.errors import InvalidInputError
 from shardstore.manifest import SUPPORTED_DTYPES, FeatureSpec
 
 __all__ = [
+    "OBJECTS_REFUSED",
     "BadFile",
     "FileStack",
     "NpyFile",
@@ -35,6 +36,13 @@ __all__ = [
     "has_magic",
     "read_npy_header",
 ]
+
+#: Why a file of Python objects (dtype object) is refused: decoding one runs
+#: code stored in the file, so shardstore never does it.
+OBJECTS_REFUSED = (
+    "holds Python objects (dtype object); decoding them would run code stored in the "
+    "file, which shardstore never does"
+)
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +183,7 @@ def _check_one(path: Path) -> tuple[NpyHeader, os.stat_result]:
         raise ValueError(f"invalid .npy header: {exc}") from None
     dtype = header.dtype
     if dtype.hasobject:
-        raise ValueError(
-            "holds Python objects (dtype object): loading it would need pickle, which "
-            "shardstore never uses"
-        )
+        raise ValueError(OBJECTS_REFUSED)
     if dtype.newbyteorder("<").str not in SUPPORTED_DTYPES:
         raise ValueError(f"dtype {dtype} is not supported (numeric and bool dtypes only)")
     if size < header.offset + header.nbytes:

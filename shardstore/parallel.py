@@ -46,8 +46,8 @@ it wrote.
 Tasks and their results cross process boundaries through the executor's own
 transport (Dask and ``ProcessPoolExecutor`` serialise them); shardstore
 sends plain values, NumPy arrays and a module-level function, and gets back
-the shard entry as JSON-ready data that the driver validates. Nothing is
-ever stored or loaded with pickle.
+the shard entry as JSON-ready data that the driver validates. No Python
+object is ever stored in or decoded from a dataset.
 """
 
 from __future__ import annotations

@@ -159,10 +159,6 @@ class ReadConfig:
             if index >= count:
                 raise InvalidInputError(f"shard worker_index {index} is not < num_workers {count}")
             shard = (index, count)
-        if service is not None:  # tf.data service workers run serialised graphs
-            if not isinstance(tf_native, bool):
-                raise InvalidInputError(f"tf_native must be True or False, got {tf_native!r}")
-            tf_native = True
         if deterministic is None:
             deterministic = not shuffle or seed is not None
         if not isinstance(prefetch, bool):
@@ -181,7 +177,8 @@ class ReadConfig:
             deterministic=bool(deterministic),
             prefetch=prefetch,
             shuffle_buffer=_positive_int(shuffle_buffer, "shuffle_buffer", allow_none=True),
-            tf_native=_flag(tf_native, "tf_native"),
+            # tf.data service workers run serialised graphs: TensorFlow ops only
+            tf_native=_flag(tf_native, "tf_native") or service is not None,
             start_step=_positive_int(start_step, "start_step", minimum=0),
             balance=_choice(balance, "balance", BALANCE_POLICIES),
             map_fn=_callable(map_fn, "map_fn"),

@@ -233,8 +233,6 @@ def write_resumable(
             "metadata": dict(metadata),
         }
     )
-    created_root = not root.exists()
-    root.mkdir(parents=True, exist_ok=True)
     base = manifest_state(root)  # the commit succeeds only if manifest.json is unchanged
     version_id, done = _resume_point(
         root,
@@ -313,9 +311,6 @@ def write_resumable(
         dispatcher.close()
         journal.close()
         txn.abort()
-        if created_root:
-            with contextlib.suppress(OSError):
-                root.rmdir()  # only if empty
         raise
     finally:
         bar.close()

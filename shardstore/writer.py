@@ -26,7 +26,6 @@ the manifest lists them in index order either way.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -240,7 +239,6 @@ class Writer:
         self._txn = Transaction(
             self.root, self.version_id, overwrite=self._overwrite, fsync=fsync, base=base
         )
-        self._created_root = not self.root.exists()
         self._features: dict[str, FeatureSpec] | None = None
         self._rps = 0
         self._pending: dict[str, list[np.ndarray]] = {}
@@ -299,9 +297,6 @@ class Writer:
         self._dispatcher.close()  # no task may create files after the clean-up
         self._bar.close()
         self._txn.abort()
-        if self._created_root:
-            with contextlib.suppress(OSError):
-                self.root.rmdir()  # only if empty: never removes anything we did not write
         log.debug("aborted write of %s (version %s)", self.root, self.version_id)
 
     def __enter__(self) -> Writer:

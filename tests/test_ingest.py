@@ -182,7 +182,7 @@ def test_bad_files_skipped_and_listed(tmp_path: Path, messy: Path) -> None:
     skipped = {s["file"]: s["reason"] for s in ds.metadata["ingest"]["skipped"]}
     kinds = ["pickled", "text", "shape", "dtype", "trunc"]
     assert list(skipped) == [f"a/b{i}_{k}.npy" for i, k in enumerate(kinds, 1)]
-    assert "pickle" in skipped["a/b1_pickled.npy"]
+    assert "Python objects" in skipped["a/b1_pickled.npy"]
     assert "not a .npy file" in skipped["a/b2_text.npy"]
     assert "shape float32 (5, 3), unlike the 6 other files (float32 (4, 3))" in (
         skipped["a/b3_shape.npy"])  # fmt: skip
@@ -238,7 +238,7 @@ def test_big_fortran_npy(tmp_path: Path) -> None:
 
 def test_pickled_npy_is_refused_without_unpickling(tmp_path: Path) -> None:
     pickled_npy(tmp_path / "objects.npy", tmp_path / "UNPICKLED")
-    with pytest.raises(UnsupportedDTypeError, match="pickle"):
+    with pytest.raises(UnsupportedDTypeError, match="Python objects"):
         shardstore.ingest(tmp_path / "objects.npy", tmp_path / "ds")
     assert not (tmp_path / "UNPICKLED").exists()
     assert not (tmp_path / "ds").exists()
@@ -319,6 +319,15 @@ def test_zarr_problems(tmp_path: Path) -> None:
         shardstore.ingest(tmp_path / "s.zarr", tmp_path / "ds")
     with pytest.raises(InvalidInputError, match="not a readable Zarr"):
         shardstore.ingest(tmp_path, tmp_path / "ds", kind="zarr")
+    # a numeric dtype whose chunks decode through a Python-object codec: zarr refuses to
+    # open it, and the error reaches the user as a ShardStoreError
+    import numcodecs
+
+    evil = zarr.create_array(str(tmp_path / "p.zarr"), shape=(4, 2), dtype="f4",
+                             zarr_format=2, filters=[numcodecs.Pickle()])  # fmt: skip
+    evil[:] = np.ones((4, 2), np.float32)
+    with pytest.raises(InvalidInputError, match=r"not a readable Zarr.*object_codec_id"):
+        shardstore.ingest(tmp_path / "p.zarr", tmp_path / "ds")
     assert not (tmp_path / "ds").exists()
 
 

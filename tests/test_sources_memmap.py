@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -55,3 +56,42 @@ def test_open_maps_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     for i in range(40):
         assert ds[i]["v"] == i
     assert len(source._maps) <= 3
+
+
+def test_gathered_arrays_are_aligned_for_tensorflow(tmp_path: Path) -> None:
+    """TensorFlow adopts a numpy_function result without copying it only if 64-byte aligned."""
+    from shardstore.random_access import ALIGNMENT, gather_records
+    from shardstore.sources.base import ReadContext
+
+    x = np.arange(300 * 5000, dtype=np.float32).reshape(300, 5000)  # 20 KB records: preadv
+    ds = shardstore.write(tmp_path / "d", {"x": x, "y": np.arange(300)}, records_per_shard=70)
+    source = shardstore.get_source("memmap")
+    ctx = ReadContext(ds.path, tuple(ds.shards), dict(ds.features), 16)
+    for indices in (np.arange(10, 150), np.array([3, 99, 200, 201, 299]), np.array([5, 2, 5])):
+        got = gather_records(source, ctx, indices)
+        for name, arr in got.items():
+            assert arr.ctypes.data % ALIGNMENT == 0, (name, indices)
+            assert_bitwise_equal(arr, ds[indices][name])
+
+
+def test_first_gather_reads_one_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small records are gathered ~4 MiB per call, but the first call is one batch only,
+    so the first batch does not wait for megabytes of reading."""
+    ds = shardstore.write(tmp_path / "d", {"v": np.arange(50_000, dtype=np.int32)},
+                          records_per_shard=1000)  # fmt: skip
+    source = shardstore.get_source("memmap")
+    calls: list[int] = []
+    read = source.read_records_into
+
+    def spy(ctx: Any, position: int, rows: np.ndarray, out: Any) -> None:
+        calls.append(len(rows))
+        read(ctx, position, rows, out)
+
+    monkeypatch.setattr(source, "read_records_into", spy)
+    tfds = ds.to_tf(batch_size=10, features="v", num_parallel_reads=1, prefetch=False)
+    it = iter(tfds)
+    assert_bitwise_equal(next(it).numpy(), np.arange(10, dtype=np.int32))
+    assert sum(calls[:1]) == 10  # the first group: one batch
+    rest = np.concatenate([b.numpy() for b in it])
+    assert_bitwise_equal(rest, np.arange(10, 50_000, dtype=np.int32))
+    assert max(calls) > 10  # later groups hold many batches

@@ -38,8 +38,8 @@ recognise are read through zarr itself. :meth:`ZarrSource.read_records`
 checks it (:func:`_check_array_metadata`): numeric data types only, the
 manifest's shape and dtype, chunk shapes no larger than the array, and codecs
 from a short list of pure decoders (``bytes``, ``blosc``, ``zstd``, ``gzip``,
-``crc32c``, ``transpose``, ``sharding_indexed``), so no object, string or
-pickle codec is ever instantiated. On the fast path every chunk's stored
+``crc32c``, ``transpose``, ``sharding_indexed``), so no codec that decodes
+strings or Python objects is ever instantiated. On the fast path every chunk's stored
 length and announced size are checked before anything is allocated
 (decompression bombs fail with a :class:`ChecksumError`).
 """
@@ -813,7 +813,7 @@ def _read_shard_index(ref: _ArrayRef, layout: _Layout) -> tuple[np.ndarray, np.n
 
 
 #: Codecs a shard's arrays may use: pure decoders of numeric data (no object,
-#: string or pickle codecs, which can run code or allocate without bound).
+#: string or Python-object codecs, which can run code or allocate without bound).
 ALLOWED_CODECS = frozenset(
     {"bytes", "blosc", "zstd", "gzip", "crc32c", "transpose", "sharding_indexed"}
 )
