@@ -38,17 +38,30 @@ def format_digest(hasher: Hasher) -> str:
 
 
 def hash_file(path: str | os.PathLike[str], *, chunk_bytes: int = CHUNK_BYTES) -> tuple[int, str]:
-    """Return ``(size, checksum)`` of a file, reading it in chunks."""
+    """Return ``(size, checksum)`` of a file, reading it in chunks.
+
+    A file no longer than one chunk is read with a single ``read`` (many
+    datasets have thousands of small shard files, hashed when first read).
+    """
     hasher = new_hasher()
-    size = 0
-    with open(path, "rb", buffering=0) as f:
-        # a buffer no larger than the file (+1 to see its end in one read)
-        buf = bytearray(max(1, min(chunk_bytes, os.fstat(f.fileno()).st_size + 1)))
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        expected = os.fstat(fd).st_size
+        if expected < chunk_bytes:
+            data = os.read(fd, expected + 1)  # +1: see the end in the same call
+            hasher.update(data)
+            size = len(data)
+            if size <= expected:
+                return size, format_digest(hasher)
+            # the file grew since fstat: hash the rest as any large file
+        else:
+            size = 0
+        buf = bytearray(chunk_bytes)
         view = memoryview(buf)
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            hasher.update(view[:n])
-            size += n
-    return size, format_digest(hasher)
+        with open(fd, "rb", buffering=0, closefd=False) as f:
+            while n := f.readinto(buf):
+                hasher.update(view[:n])
+                size += n
+        return size, format_digest(hasher)
+    finally:
+        os.close(fd)

@@ -18,7 +18,7 @@ import numpy as np
 
 from shardstore import integrity
 from shardstore.errors import CapabilityError, ChecksumError, InvalidInputError, ManifestError
-from shardstore.fsutil import resolve_inside
+from shardstore.fsutil import InsideResolver
 from shardstore.manifest import FeatureSpec, Manifest, ShardEntry
 from shardstore.progress import progress_bar
 from shardstore.registry import get_source
@@ -332,7 +332,7 @@ class Dataset:
         """
         shards = self.shards if shards is None else shards
         self._check_plausible(shards)
-        if features is not None:
+        if features is not None and not set(self.features) <= set(features):
             wanted = set(features)
             shards = [
                 dataclasses.replace(
@@ -340,7 +340,9 @@ class Dataset:
                 )
                 for s in shards
             ]
-        integrity.check_shards(shards, self._resolve, self._damaged, mode=self.verify_mode)
+        integrity.check_shards(
+            shards, InsideResolver(self.path).resolve_stat, self._damaged, mode=self.verify_mode
+        )
 
     def _check_plausible(self, shards: Sequence[ShardEntry]) -> None:
         """Refuse a shard claiming far more record bytes than its files could hold.
@@ -385,15 +387,12 @@ class Dataset:
         with progress_bar(total=self.nbytes, desc="verify", unit="B", enabled=progress) as bar:
             integrity.check_shards(
                 self.shards,
-                self._resolve,
+                InsideResolver(self.path).resolve_stat,
                 self._damaged,
                 mode="once",
                 rehash=True,
                 progress=bar.update,
             )
-
-    def _resolve(self, relpath: str) -> Path:
-        return resolve_inside(self.path, relpath)
 
     def _damaged(self, shard: ShardEntry, relpath: str, what: str) -> ChecksumError:
         return ChecksumError(

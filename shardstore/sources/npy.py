@@ -10,6 +10,7 @@ decodes them with ``decode_raw``: no Python in the hot path, no
 
 from __future__ import annotations
 
+import functools
 import io
 import threading
 from collections.abc import Callable, Mapping
@@ -40,8 +41,9 @@ MAX_HEADER_BYTES = 10_000
 _HEADER_LOCK = threading.Lock()
 
 
+@functools.lru_cache(maxsize=4096)
 def npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
-    """The ``.npy`` header NumPy itself would write for a C-order array."""
+    """The ``.npy`` header NumPy itself would write for a C-order array (cached)."""
     header: dict[str, Any] = {"descr": dtype.str, "fortran_order": False, "shape": shape}
     buf = io.BytesIO()
     try:
