@@ -995,7 +995,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     shuffle: bool | str = "global" if args.shuffle == "global" else args.shuffle == "true"
     tfds = ds.to_tf(args.batch_size, features=names, shuffle=shuffle, seed=args.seed)
     t2 = time.perf_counter()
-    record_nbytes = sum(ds.features[n].record_nbytes for n in names)
+    record_nbytes = round(sum(ds.features[n].mean_record_nbytes for n in names))
     stats = stream_epochs(
         tfds,
         record_nbytes=record_nbytes,

@@ -117,17 +117,37 @@ def check_relative_path(path: object, *, where: str = "path") -> str:
 class FeatureSpec:
     """The type of one feature: numpy dtype and per-record shape.
 
-    A ``None`` in ``shape`` marks a variable dimension (reserved in format v1
-    for ragged features; the v1 writer produces fixed shapes only).
+    A ``None`` as the first dimension of ``shape`` marks a *ragged* feature:
+    records vary in length along it (stored as values + offsets, see
+    :mod:`shardstore.ragged`); the other dimensions are fixed. ``lengths``
+    holds such a feature's length statistics
+    (:func:`shardstore.ragged.length_stats`); it does not take part in
+    comparisons.
     """
 
     dtype: np.dtype[Any]
     shape: tuple[int | None, ...]
+    lengths: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_fixed(self) -> bool:
         """True if every dimension of a record is known."""
         return all(d is not None for d in self.shape)
+
+    @property
+    def is_ragged(self) -> bool:
+        """True if records vary in length along their first dimension."""
+        return bool(self.shape) and self.shape[0] is None
+
+    @property
+    def inner_shape(self) -> tuple[int, ...]:
+        """The fixed dimensions of a ragged record (after the varying first one)."""
+        return tuple(int(d) for d in self.shape[1:] if d is not None)
+
+    @property
+    def row_nbytes(self) -> int:
+        """Bytes of one row along a ragged feature's varying dimension."""
+        return int(self.dtype.itemsize * math.prod(self.inner_shape))
 
     @property
     def record_nbytes(self) -> int:
@@ -136,9 +156,21 @@ class FeatureSpec:
             raise ManifestError("record_nbytes is undefined for a variable-shape feature")
         return int(self.dtype.itemsize * math.prod(d for d in self.shape if d is not None))
 
+    @property
+    def mean_record_nbytes(self) -> float:
+        """Bytes per record on average: exact if fixed, from ``lengths`` if ragged (else 1 row)."""
+        if self.is_fixed:
+            return float(self.record_nbytes)
+        count = (self.lengths or {}).get("count") or 0
+        mean = (self.lengths or {}).get("total", 0) / count if count else 1.0
+        return max(1.0, mean) * self.row_nbytes
+
     def to_json(self) -> dict[str, Any]:
         """The manifest representation of this spec."""
-        return {"dtype": self.dtype.str, "shape": list(self.shape)}
+        out: dict[str, Any] = {"dtype": self.dtype.str, "shape": list(self.shape)}
+        if self.lengths is not None:
+            out["lengths"] = dict(self.lengths)
+        return out
 
     @classmethod
     def from_json(cls, obj: object, *, where: str) -> FeatureSpec:
@@ -155,13 +187,23 @@ class FeatureSpec:
             raise ManifestError(f"{where}.shape: expected a list of at most {_MAX_NDIM} dims")
         dims: list[int | None] = []
         for i, d in enumerate(shape):
-            if d is None:
+            if d is None and i == 0:
                 dims.append(None)
+            elif d is None:
+                raise ManifestError(
+                    f"{where}.shape: {shape} has a variable dimension after the first; only "
+                    "the first dimension of a record may vary"
+                )
             else:
                 dims.append(_expect_int(d, f"{where}.shape[{i}]", minimum=0))
-        spec = cls(np.dtype(str(dtype_str)), tuple(dims))
+        lengths = obj.get("lengths")
+        if lengths is not None:
+            lengths = _length_stats(lengths, f"{where}.lengths")
+        spec = cls(np.dtype(str(dtype_str)), tuple(dims), lengths)
         if spec.is_fixed and spec.record_nbytes > 2**40:
             raise ManifestError(f"{where}.shape: a record of {spec.record_nbytes} bytes is absurd")
+        if spec.row_nbytes > 2**40:
+            raise ManifestError(f"{where}.shape: a row of {spec.row_nbytes} bytes is absurd")
         if 0 in dims:
             raise ManifestError(f"{where}.shape: {shape} holds no element per record")
         return spec
@@ -228,6 +270,24 @@ class ShardEntry:
             if f.feature == feature:
                 return f
         raise ManifestError(f"shard {self.index} has no file for feature {feature!r}")
+
+    def ragged_files(self, feature: str) -> tuple[FileEntry, FileEntry]:
+        """The ``(values, offsets)`` files of a ragged feature (``info["ragged"]`` names each)."""
+        found: dict[str, FileEntry] = {}
+        for f in self.files:
+            part = f.info.get("ragged")
+            if f.feature == feature and part in ("values", "offsets"):
+                if part in found:
+                    raise ManifestError(
+                        f"shard {self.index} lists two {part} files for ragged feature {feature!r}"
+                    )
+                found[part] = f
+        if len(found) != 2:
+            raise ManifestError(
+                f"shard {self.index} lacks the values and offsets files of ragged feature "
+                f"{feature!r}"
+            )
+        return found["values"], found["offsets"]
 
     @property
     def nbytes(self) -> int:
@@ -392,11 +452,34 @@ class Manifest:
 
 
 def feature_specs_from_arrays(arrays: Mapping[str, Any]) -> dict[str, FeatureSpec]:
-    """Per-record specs of already validated arrays (leading axis = records)."""
+    """Per-record specs of already validated arrays (leading axis = records).
+
+    A ragged input (``shape`` ``(n, None, *inner)``) gives a ragged spec.
+    """
     return {
-        name: FeatureSpec(np.dtype(a.dtype).newbyteorder("<"), tuple(int(d) for d in a.shape[1:]))
+        name: FeatureSpec(
+            np.dtype(a.dtype).newbyteorder("<"),
+            tuple(None if d is None else int(d) for d in a.shape[1:]),
+        )
         for name, a in arrays.items()
     }
+
+
+def _length_stats(obj: object, where: str) -> dict[str, Any]:
+    """Validate a feature's ``lengths`` statistics (see :func:`shardstore.ragged.length_stats`)."""
+    stats = _expect_dict(obj, where)
+    out: dict[str, Any] = {
+        key: _expect_int(stats.get(key), f"{where}.{key}", minimum=0)
+        for key in ("count", "total", "min", "max")
+    }
+    hist = stats.get("histogram")
+    if not isinstance(hist, list) or not 0 < len(hist) <= 64:
+        raise ManifestError(f"{where}.histogram: expected a list of 1 to 64 counts")
+    out["histogram"] = [_expect_int(h, f"{where}.histogram[{i}]", minimum=0)
+                        for i, h in enumerate(hist)]  # fmt: skip
+    if sum(out["histogram"]) != out["count"] or out["min"] > out["max"]:
+        raise ManifestError(f"{where}: inconsistent length statistics {stats}")
+    return out
 
 
 @contextlib.contextmanager

@@ -106,6 +106,11 @@ class ReadConfig:
     service: str | None = None
     service_sharding: str = "dynamic"
     job_name: str | None = None
+    #: ragged feature -> padded length (0: the longest in the batch)
+    pad: Mapping[str, int] | None = None
+    pad_value: float = 0
+    bucket_by: str | None = None
+    bucket_boundaries: tuple[int, ...] | None = None
 
     @classmethod
     def create(
@@ -129,6 +134,10 @@ class ReadConfig:
         service: str | None = None,
         service_sharding: str = "dynamic",
         job_name: str | None = None,
+        pad: bool | int | Mapping[str, int] = False,
+        pad_value: float = 0,
+        bucket_boundaries: Sequence[int] | str | None = None,
+        bucket_by: str | None = None,
     ) -> ReadConfig:
         """Validate ``to_tf`` arguments; raise ``InvalidInputError`` naming the bad one."""
         batch_size = _positive_int(batch_size, "batch_size", allow_none=True)
@@ -163,6 +172,16 @@ class ReadConfig:
             deterministic = not shuffle or seed is not None
         if not isinstance(prefetch, bool):
             prefetch = _positive_int(prefetch, "prefetch", minimum=0)
+        ragged = [n for n in wanted if specs[n].is_ragged]
+        pads = _pad_lengths(pad, ragged)
+        if isinstance(pad_value, bool) or not isinstance(pad_value, int | float | np.number):
+            raise InvalidInputError(f"pad_value must be a number, got {pad_value!r}")
+        bucket_by, boundaries = _buckets(bucket_boundaries, bucket_by, ragged, specs)
+        if boundaries is not None and (batch_size is None or start_step or service):
+            raise InvalidInputError(
+                "bucket_boundaries needs a batch_size, and cannot be combined with "
+                "start_step or service"
+            )
         return cls(
             batch_size=batch_size,
             read_features=tuple(dict.fromkeys(wanted)),
@@ -185,7 +204,67 @@ class ReadConfig:
             service=_optional_str(service, "service"),
             service_sharding=_choice(service_sharding, "service_sharding", ("dynamic", "off")),
             job_name=_optional_str(job_name, "job_name"),
+            pad=pads,
+            pad_value=pad_value,
+            bucket_by=bucket_by,
+            bucket_boundaries=boundaries,
         )
+
+
+def _pad_lengths(pad: Any, ragged: Sequence[str]) -> dict[str, int] | None:
+    """``to_tf(pad=...)`` as ``ragged feature -> length`` (0: the batch's longest)."""
+    if pad is False or pad is None:
+        return None
+    if not ragged:
+        raise InvalidInputError("pad applies to ragged features; none of the features read is")
+    if pad is True:
+        return dict.fromkeys(ragged, 0)
+    if isinstance(pad, int | np.integer) and not isinstance(pad, bool):
+        return dict.fromkeys(ragged, _positive_int(pad, "pad"))
+    if isinstance(pad, Mapping):
+        unknown = sorted(set(pad) - set(ragged))
+        if unknown:
+            raise InvalidInputError(f"pad names {unknown}, which are not ragged features read")
+        return {n: 0 if v is True else _positive_int(v, f"pad[{n!r}]") for n, v in pad.items()}
+    raise InvalidInputError(
+        f"pad must be True, a length, or a mapping of ragged feature to length, got {pad!r}"
+    )
+
+
+def _buckets(
+    boundaries: Any, bucket_by: Any, ragged: Sequence[str], specs: Mapping[str, FeatureSpec]
+) -> tuple[str | None, tuple[int, ...] | None]:
+    """Validate ``bucket_boundaries`` / ``bucket_by``; ``"auto"``: powers of two from the stats."""
+    if boundaries is None:
+        if bucket_by is not None:
+            raise InvalidInputError("bucket_by needs bucket_boundaries")
+        return None, None
+    if bucket_by is None:
+        if len(ragged) != 1:
+            raise InvalidInputError(
+                f"bucket_boundaries needs bucket_by to name the ragged feature to bucket by "
+                f"(ragged features read: {list(ragged)})"
+            )
+        bucket_by = ragged[0]
+    if bucket_by not in ragged:
+        raise InvalidInputError(f"bucket_by {bucket_by!r} is not a ragged feature read")
+    if isinstance(boundaries, str):
+        if boundaries != "auto":
+            raise InvalidInputError(
+                f"bucket_boundaries must be 'auto' or increasing lengths, got {boundaries!r}"
+            )
+        longest = int((specs[bucket_by].lengths or {}).get("max", 0))
+        edges = tuple(1 << k for k in range(1, max(1, longest.bit_length())))
+        return bucket_by, edges or (1,)
+    try:
+        edges = tuple(_positive_int(b, "a bucket boundary") for b in boundaries)
+    except TypeError:
+        raise InvalidInputError(
+            f"bucket_boundaries must be 'auto' or increasing lengths, got {boundaries!r}"
+        ) from None
+    if not edges or any(b >= c for b, c in itertools.pairwise(edges)):
+        raise InvalidInputError(f"bucket_boundaries must be increasing, got {list(edges)}")
+    return bucket_by, edges
 
 
 def _block_records(record_bytes: int, batch_size: int | None, longest_shard: int) -> int:
@@ -235,7 +314,13 @@ def _choose_source(dataset: Dataset, config: ReadConfig) -> tuple[Source, bool]:
     interleaved; ``tf_native=True`` asks for that path with TensorFlow ops
     only (serialisable, for tf.data service).
     """
+    ragged = any(dataset.features[n].is_ragged for n in config.read_features)
     if config.tf_native:
+        if ragged:
+            raise CapabilityError(
+                "ragged features are gathered by index (random_access, supports_ragged), "
+                "which a tf_native pipeline (and so tf.data service) cannot do"
+            )
         source = dataset.source
         source.require("tf_native")
         if config.shuffle == "global":
@@ -244,8 +329,11 @@ def _choose_source(dataset: Dataset, config: ReadConfig) -> tuple[Source, bool]:
                 "which a tf_native pipeline cannot do; use shuffle=True"
             )
         return source, False
-    if config.shuffle == "global":
-        return dataset.source_for("random_access"), True
+    if config.shuffle == "global" or ragged:
+        source = dataset.source_for("random_access")
+        if ragged:
+            source.require("supports_ragged")
+        return source, True
     try:
         gatherer = dataset.source_for("random_access")
     except CapabilityError:
@@ -299,7 +387,7 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
     plan = _Plan.create(dataset, config)
     shards, num_records = plan.shards, plan.num_records
     dataset.check_files(shards, features=config.read_features)  # only the files read
-    record_bytes = sum(s.record_nbytes for s in specs.values())
+    record_bytes = max(1, round(sum(s.mean_record_nbytes for s in specs.values())))
     longest = max((s.num_records for s in shards), default=1)
     block = _block_records(record_bytes, config.batch_size, longest)
     ctx = ReadContext(dataset.path, shards, specs, block)
@@ -313,16 +401,25 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
         full, rest = divmod(num_records, batch)
         cardinality = full + (1 if rest and not config.drop_remainder else 0)
 
+    if config.pad is not None and batch is None:
+        raise InvalidInputError("pad needs a batch_size (records are padded batch by batch)")
     if not shards or cardinality == 0:
         empty = {
-            n: np.zeros((0, *(int(d or 0) for d in s.shape)), s.dtype) for n, s in specs.items()
+            n: tf.RaggedTensor.from_row_lengths(
+                np.zeros((0, *s.inner_shape), s.dtype), np.zeros(0, np.int64)
+            )
+            if s.is_ragged
+            else np.zeros((0, *(int(d or 0) for d in s.shape)), s.dtype)
+            for n, s in specs.items()
         }
         out = tf.data.Dataset.from_tensors(empty).take(0)
     elif by_index:
         order = _record_order(ctx, config, plan, record_bytes, block)
         one_batch = _gather_group(batch, block, record_bytes) == batch
         out = _gather_batches(source, ctx, config, order, in_file_order=one_batch)
-        if batch is not None:
+        if config.bucket_boundaries is not None:
+            out = _bucketed(out.unbatch(), config)
+        elif batch is not None:
             out = out.rebatch(batch, drop_remainder=config.drop_remainder or plan.steps is not None)
         else:
             out = out.unbatch()
@@ -337,9 +434,11 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
         if plan.steps is not None:
             out = out.take(plan.steps)
     # a resumed first epoch is shorter than the next ones; a tf.data service
-    # worker reads only the splits the dispatcher hands it
-    if not config.start_step and config.service is None:
+    # worker reads only the splits the dispatcher hands it; buckets fill unevenly
+    if not config.start_step and config.service is None and config.bucket_boundaries is None:
         out = out.apply(tf.data.experimental.assert_cardinality(cardinality))
+    if config.pad is not None:
+        out = out.map(_plain(_padder(specs, config.pad, config.pad_value)))
 
     if isinstance(config.output, str):
         name = config.output
@@ -544,28 +643,92 @@ def _gather_batches(
     With ``in_file_order`` (a group is one batch), each group is sorted first,
     so the source reads every shard front to back straight into the batch.
     """
+    from shardstore.ragged import RaggedArray
     from shardstore.random_access import gather_records
 
     names = list(ctx.features)
-    dtypes = [tf.as_dtype(ctx.features[n].dtype) for n in names]
-    shapes = [[None, *ctx.features[n].shape] for n in names]
+    ragged = {n for n in names if ctx.features[n].is_ragged}
+    # a ragged feature travels as two tensors: its values and each record's length
+    dtypes, shapes = [], []
+    for n in names:
+        spec = ctx.features[n]
+        if n in ragged:
+            dtypes += [tf.as_dtype(spec.dtype), tf.int64]
+            shapes += [[None, *spec.inner_shape], [None]]
+        else:
+            dtypes.append(tf.as_dtype(spec.dtype))
+            shapes.append([None, *spec.shape])
 
     def gather(indices: np.ndarray) -> list[np.ndarray]:
         got = gather_records(source, ctx, np.sort(indices) if in_file_order else indices)
-        return [got[name] for name in names]
+        parts: list[np.ndarray] = []
+        for name in names:
+            value = got[name]
+            if isinstance(value, RaggedArray):
+                parts += [value.flat_values, value.lengths]
+            else:
+                parts.append(value)
+        return parts
 
-    def fetch(indices: tf.Tensor) -> dict[str, tf.Tensor]:
+    def fetch(indices: tf.Tensor) -> dict[str, tf.Tensor | tf.RaggedTensor]:
         parts = tf.numpy_function(gather, [indices], dtypes, stateful=False)
-        return {
-            name: tf.ensure_shape(part, shape)
-            for name, part, shape in zip(names, parts, shapes, strict=True)
-        }
+        tensors = iter(
+            tf.ensure_shape(part, shape) for part, shape in zip(parts, shapes, strict=True)
+        )
+        out: dict[str, tf.Tensor | tf.RaggedTensor] = {}
+        for name in names:
+            if name in ragged:
+                values, lengths = next(tensors), next(tensors)
+                out[name] = tf.RaggedTensor.from_row_lengths(values, lengths, validate=False)
+            else:
+                out[name] = next(tensors)
+        return out
 
     return order.map(
         _plain(fetch),
         num_parallel_calls=config.num_parallel_reads or tf.data.AUTOTUNE,
         deterministic=config.deterministic,
     )
+
+
+def _bucketed(records: tf.data.Dataset, config: ReadConfig) -> tf.data.Dataset:
+    """Batches of records of similar length: one open batch per length bucket.
+
+    A record of length ``n`` goes to bucket ``i`` where ``boundaries[i-1] <= n
+    < boundaries[i]``; each bucket emits a batch when it holds ``batch_size``
+    records (the last ones at the end of the epoch, unless ``drop_remainder``).
+    """
+    name, batch = config.bucket_by, config.batch_size
+    assert name is not None and batch is not None and config.bucket_boundaries is not None
+    edges = tf.constant(config.bucket_boundaries, tf.int64)
+
+    def bucket(record: dict[str, tf.Tensor]) -> tf.Tensor:
+        length = tf.shape(record[name], out_type=tf.int64)[0]
+        return tf.reduce_sum(tf.cast(length >= edges, tf.int64))
+
+    def batches(_: tf.Tensor, window: tf.data.Dataset) -> tf.data.Dataset:
+        return window.ragged_batch(batch, drop_remainder=config.drop_remainder)
+
+    return records.group_by_window(
+        key_func=_plain(bucket), reduce_func=_plain(batches), window_size=batch
+    )
+
+
+def _padder(
+    specs: Mapping[str, FeatureSpec], pad: Mapping[str, int], value: float
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Batch -> batch with the ragged features in ``pad`` made dense (padded or cut to length)."""
+
+    def dense(batch: dict[str, Any]) -> dict[str, Any]:
+        out = dict(batch)
+        for name, length in pad.items():
+            spec = specs[name]
+            fill = tf.constant(value, tf.as_dtype(spec.dtype))
+            shape = [None, length or None, *spec.inner_shape]
+            out[name] = batch[name].to_tensor(default_value=fill, shape=shape)
+        return out
+
+    return dense
 
 
 def _shuffle_records(

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from shardstore.ragged import RaggedArray
 from shardstore.sources.base import ReadContext, Source
 
 __all__ = ["ALIGNMENT", "aligned_empty", "gather_records", "normalize_index"]
@@ -62,20 +63,27 @@ def normalize_index(key: Any, n: int) -> tuple[np.ndarray, bool]:
     return idx % n if n else idx, False
 
 
-def gather_records(source: Source, ctx: ReadContext, indices: np.ndarray) -> dict[str, np.ndarray]:
+def gather_records(
+    source: Source, ctx: ReadContext, indices: np.ndarray
+) -> dict[str, np.ndarray | RaggedArray]:
     """Records ``indices`` (any order, repeats allowed) of ``ctx.shards``, in that order.
 
     Sorted unique indices (what the reader asks for) are read straight into
     the returned arrays, one :meth:`~shardstore.sources.base.Source.read_records_into`
-    call per shard touched; any other order costs one more copy.
+    call per shard touched; any other order costs one more copy. Ragged
+    features come back as :class:`~shardstore.ragged.RaggedArray`, read with
+    :meth:`~shardstore.sources.base.Source.read_ragged`.
     """
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
     in_order = bool(np.all(indices[1:] > indices[:-1]))
     unique, inverse = (indices, None) if in_order else np.unique(indices, return_inverse=True)
+    ragged = [name for name, spec in ctx.features.items() if spec.is_ragged]
     out = {
         name: aligned_empty((len(unique), *(int(d or 0) for d in spec.shape)), spec.dtype)
         for name, spec in ctx.features.items()
+        if not spec.is_ragged
     }
+    pieces: dict[str, list[RaggedArray]] = {name: [] for name in ragged}
     starts = ctx.record_starts
     positions = np.searchsorted(starts, unique, side="right") - 1
     bounds = np.flatnonzero(np.diff(positions)) + 1
@@ -84,13 +92,29 @@ def gather_records(source: Source, ctx: ReadContext, indices: np.ndarray) -> dic
             continue
         pos = int(positions[lo])
         rows = unique[lo:hi] - starts[pos]
-        source.read_records_into(ctx, pos, rows, {name: arr[lo:hi] for name, arr in out.items()})
+        if out:
+            source.read_records_into(
+                ctx, pos, rows, {name: arr[lo:hi] for name, arr in out.items()}
+            )
+        for name in ragged:
+            pieces[name].append(source.read_ragged(ctx, pos, name, rows))
+    result: dict[str, np.ndarray | RaggedArray] = dict(out)
+    for name in ragged:
+        parts = pieces[name]
+        spec = ctx.features[name]
+        result[name] = (
+            parts[0] if len(parts) == 1
+            else RaggedArray.concatenate(parts) if parts
+            else RaggedArray.empty(spec.dtype, spec.inner_shape)
+        )  # fmt: skip
     if inverse is None:
-        return out
+        return {name: result[name] for name in ctx.features}
     inverse = inverse.reshape(-1)
     return {
-        name: np.take(
+        name: arr.take(inverse)
+        if isinstance(arr, RaggedArray)
+        else np.take(
             arr, inverse, axis=0, out=aligned_empty((len(inverse), *arr.shape[1:]), arr.dtype)
         )
-        for name, arr in out.items()
+        for name, arr in ((n, result[n]) for n in ctx.features)
     }

@@ -129,7 +129,7 @@ class Dataset:
     def __len__(self) -> int:
         return self.num_records
 
-    def __getitem__(self, key: Any) -> dict[str, np.ndarray]:
+    def __getitem__(self, key: Any) -> dict[str, Any]:
         """Records by index, as NumPy arrays (no TensorFlow involved).
 
         ``ds[i]`` gives one record (``name -> array of the record's shape``);
@@ -159,7 +159,7 @@ class Dataset:
     # -- reading --------------------------------------------------------------------------
     def iter_numpy(
         self, batch_size: int | None = None, *, features: Sequence[str] | None = None
-    ) -> Iterator[dict[str, np.ndarray]]:
+    ) -> Iterator[dict[str, Any]]:
         """Every record in order, as NumPy batches (``name -> array (b, *shape)``).
 
         Uses the random-access source when there is one (no TensorFlow), else
@@ -167,7 +167,7 @@ class Dataset:
         records. Used by ``convert``; handy for scikit-learn style consumers.
         """
         names = list(features) if features is not None else list(self.features)
-        record_bytes = max(1, sum(self.features[n].record_nbytes for n in names))
+        record_bytes = max(1, int(sum(self.features[n].mean_record_nbytes for n in names)))
         step = batch_size or max(1, (64 << 20) // record_bytes)
         try:
             source = self.source_for("random_access")
@@ -205,6 +205,10 @@ class Dataset:
         service: str | None = None,
         service_sharding: str = "dynamic",
         job_name: str | None = None,
+        pad: bool | int | Mapping[str, int] = False,
+        pad_value: float = 0,
+        bucket_boundaries: Sequence[int] | str | None = None,
+        bucket_by: str | None = None,
     ) -> tf.data.Dataset:
         """A ``tf.data.Dataset`` of batches read from this dataset.
 
@@ -264,6 +268,22 @@ class Dataset:
             to workers as they ask, so each record is read once per epoch
             across all workers; ``"off"``: every worker reads everything.
         job_name : share one job (and its epoch) between several consumers.
+        pad : ragged features come as ``tf.RaggedTensor`` batches by default;
+            ``True`` pads them with ``pad_value`` to the longest record of each
+            batch (dense ``Tensor[b, longest, *inner]``); an int pads or cuts
+            every record to that length (a static shape, e.g. for XLA); a
+            mapping ``{feature: length}`` (``True`` for the batch's longest)
+            chooses per feature. Needs ``batch_size``.
+        pad_value : what padding is filled with (default 0).
+        bucket_boundaries : batch records of similar lengths together: a
+            record of length ``n`` goes to bucket ``i`` when
+            ``boundaries[i-1] <= n < boundaries[i]``, and each bucket yields a
+            batch of ``batch_size`` records when full (less padding, faster
+            sequence models). ``"auto"``: powers of two up to the longest
+            record (from the manifest's length statistics). The number of
+            batches per epoch then varies slightly.
+        bucket_by : the ragged feature whose length buckets records (default:
+            the only ragged feature read).
         tf_native : build the pipeline from TensorFlow ops only (serialisable;
             what tf.data service needs), from the source's block reader. The
             default reads each batch with one ``numpy_function`` call from a
@@ -298,6 +318,10 @@ class Dataset:
             service=service,
             service_sharding=service_sharding,
             job_name=job_name,
+            pad=pad,
+            pad_value=pad_value,
+            bucket_boundaries=bucket_boundaries,
+            bucket_by=bucket_by,
         )
         pipeline = build_pipeline(self, config)
         if input_context is not None:

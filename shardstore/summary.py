@@ -27,11 +27,19 @@ def _spread(values: list[int]) -> dict[str, float | int | None]:
 
 
 def decoded_nbytes(ds: Dataset) -> int | None:
-    """Bytes the records take in memory, or ``None`` if a feature has a variable shape."""
-    specs = list(ds.features.values())
-    if not all(s.is_fixed for s in specs):
-        return None
-    return ds.num_records * sum(s.record_nbytes for s in specs)
+    """Bytes the records take in memory (ragged: from the manifest's length statistics).
+
+    ``None`` if a ragged feature has no statistics (a manifest from another writer).
+    """
+    total = 0
+    for spec in ds.features.values():
+        if spec.is_fixed:
+            total += ds.num_records * spec.record_nbytes
+        elif spec.is_ragged and spec.lengths is not None:
+            total += int(spec.lengths["total"]) * spec.row_nbytes
+        else:
+            return None
+    return total
 
 
 def summarize(ds: Dataset) -> dict[str, Any]:

@@ -26,6 +26,7 @@ the manifest lists them in index order either way.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -58,6 +59,7 @@ from shardstore.manifest import (
 )
 from shardstore.parallel import ShardDispatcher, is_dask_collection
 from shardstore.progress import progress_bar
+from shardstore.ragged import RaggedArray, length_stats, merge_length_stats
 from shardstore.registry import get_source
 from shardstore.sources.base import ArrayLike, ShardWriteContext
 
@@ -95,12 +97,25 @@ def parse_size(size: int | str) -> int:
 
 
 def _as_array_like(name: str, value: Any) -> ArrayLike:
-    if all(hasattr(value, a) for a in ("shape", "dtype", "__getitem__")):
+    if isinstance(value, RaggedArray) or all(
+        hasattr(value, a) for a in ("shape", "dtype", "__getitem__")
+    ):
         return value
+    if isinstance(value, list | tuple) and value and all(np.ndim(v) >= 1 for v in value):
+        shapes = {np.shape(v) for v in value}
+        if len(shapes) > 1:  # one array per record, of varying lengths: a ragged feature
+            try:
+                return RaggedArray.from_arrays(value)
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"feature {name!r}: {exc}") from None
     try:
         return np.asarray(value)
     except Exception as exc:
         raise InvalidInputError(f"feature {name!r}: cannot be read as an array: {exc}") from None
+
+
+def _num_records(array: ArrayLike) -> int:
+    return len(array) if isinstance(array, RaggedArray) else int(array.shape[0])
 
 
 def normalize_arrays(arrays: Any) -> dict[str, ArrayLike]:
@@ -109,6 +124,8 @@ def normalize_arrays(arrays: Any) -> dict[str, ArrayLike]:
     Accepts a mapping of name to array-like (NumPy arrays, ``np.memmap``,
     anything with ``shape``, ``dtype`` and slicing) with one shared leading
     length, or a single array, stored as feature ``"x"``. Nothing is copied.
+    A ragged feature is a :class:`~shardstore.ragged.RaggedArray`, or a list
+    of arrays (one per record) whose first dimensions differ.
 
     Raises
     ------
@@ -139,6 +156,13 @@ def normalize_arrays(arrays: Any) -> dict[str, ArrayLike]:
                 "(u)int8-64, float16-64 and complex64/128 only (no object, string, "
                 "datetime or structured dtypes)"
             )
+        if isinstance(arr, RaggedArray):
+            if math.prod(arr.inner_shape) == 0:
+                raise InvalidInputError(
+                    f"feature {name!r} has empty rows (inner shape {arr.inner_shape})"
+                )
+            lengths[name] = len(arr)
+            continue
         if not all(isinstance(d, int | np.integer) for d in arr.shape):
             raise InvalidInputError(
                 f"feature {name!r} has shape {arr.shape} with unknown sizes "
@@ -241,9 +265,10 @@ class Writer:
         )
         self._features: dict[str, FeatureSpec] | None = None
         self._rps = 0
-        self._pending: dict[str, list[np.ndarray]] = {}
+        self._pending: dict[str, list[Any]] = {}
         self._pending_count = 0
         self._shards: list[ShardEntry] = []
+        self._lengths: dict[str, list[dict[str, Any]]] = {}  # ragged: stats of each shard
         self._next_index = 0
         self._dispatcher = ShardDispatcher(executor, self._source, on_done=self._shard_done)
         self._state = "open"
@@ -323,8 +348,12 @@ class Writer:
         if self._features is None:
             self._source.check_features(specs)
             self._features = specs
-            record_bytes = sum(s.record_nbytes for s in specs.values())
-            self._rps = self._fixed_rps or max(1, self._shard_bytes // record_bytes)
+            n = max(1, _num_records(next(iter(arrays.values()))))
+            record_bytes = sum(  # ragged: this first batch's mean, plus an 8-byte offset
+                arrays[k].nbytes / n + 8 if s.is_ragged else s.record_nbytes
+                for k, s in specs.items()
+            )
+            self._rps = self._fixed_rps or max(1, int(self._shard_bytes // record_bytes))
             return
         if set(specs) != set(self._features):
             raise InvalidInputError(
@@ -339,7 +368,7 @@ class Writer:
                 )
 
     def _append(self, arrays: Mapping[str, ArrayLike]) -> None:
-        n = int(next(iter(arrays.values())).shape[0])
+        n = _num_records(next(iter(arrays.values())))
         pos = 0
         while pos < n:
             if self._pending_count == 0 and n - pos >= self._rps:
@@ -350,9 +379,11 @@ class Writer:
             take = min(self._rps - self._pending_count, n - pos)
             for k, v in arrays.items():
                 part = v[pos : pos + take]  # copied, unless immutable and lazy (Dask)
-                self._pending.setdefault(k, []).append(
-                    part if is_dask_collection(part) else np.array(part)
-                )
+                if isinstance(part, RaggedArray):
+                    part = part.compact()
+                elif not is_dask_collection(part):
+                    part = np.array(part)
+                self._pending.setdefault(k, []).append(part)
             self._pending_count += take
             pos += take
             if self._pending_count == self._rps:
@@ -360,7 +391,11 @@ class Writer:
 
     def _flush_pending(self) -> None:
         arrays = {
-            k: parts[0] if len(parts) == 1 else np.concatenate([np.asarray(p) for p in parts])
+            k: parts[0]
+            if len(parts) == 1
+            else RaggedArray.concatenate(parts)
+            if isinstance(parts[0], RaggedArray)
+            else np.concatenate([np.asarray(p) for p in parts])
             for k, parts in self._pending.items()
         }
         self._pending = {}
@@ -369,7 +404,10 @@ class Writer:
 
     def _write_shard(self, arrays: Mapping[str, ArrayLike]) -> None:
         assert self._features is not None
-        n = int(next(iter(arrays.values())).shape[0])
+        n = _num_records(next(iter(arrays.values())))
+        for k, arr in arrays.items():
+            if isinstance(arr, RaggedArray):
+                self._lengths.setdefault(k, []).append(length_stats(arr.lengths))
         self._txn.begin()
         ctx = ShardWriteContext(
             root=self._txn.shard_root,  # .shardstore/staging: renamed into place at commit
@@ -391,8 +429,14 @@ class Writer:
         from shardstore.reader import Dataset
 
         assert self._features is not None
+        features = {
+            k: dataclasses.replace(spec, lengths=merge_length_stats(self._lengths.get(k, [])))
+            if spec.is_ragged
+            else spec
+            for k, spec in self._features.items()
+        }
         manifest = Manifest(
-            features=self._features,
+            features=features,
             shards=tuple(self._shards),
             version_id=self.version_id,
             metadata=self._metadata,

@@ -45,7 +45,7 @@ def test_capabilities() -> None:
     assert NpySource.capabilities() == {
         "tf_native": True,
         "random_access": False,
-        "supports_ragged": False,
+        "supports_ragged": True,  # stored here, read by index through memmap
     }
 
 

@@ -71,6 +71,8 @@ from shardstore.manifest import (
 if TYPE_CHECKING:
     import tensorflow as tf
 
+    from shardstore.ragged import RaggedArray
+
 __all__ = [
     "ArrayLike",
     "ReadContext",
@@ -277,14 +279,13 @@ class Source(ABC):
     def tf_reader(self, ctx: ReadContext) -> Callable[[tf.Tensor], tf.data.Dataset]:
         """Return ``position -> tf.data.Dataset`` of blocks (see module docstring)."""
 
-    def read_records(
-        self, ctx: ReadContext, position: int, rows: np.ndarray
-    ) -> dict[str, np.ndarray]:
+    def read_records(self, ctx: ReadContext, position: int, rows: np.ndarray) -> dict[str, Any]:
         """Records ``rows`` of shard ``ctx.shards[position]``, for each of ``ctx.features``.
 
         ``rows`` is a sorted ``int64`` array of unique row numbers local to the
         shard (``0 <= row < num_records``). Return ``feature -> array`` of shape
-        ``(len(rows), *shape)`` with the feature's dtype. Sources with
+        ``(len(rows), *shape)`` with the feature's dtype (a
+        :class:`~shardstore.ragged.RaggedArray` for a ragged feature). Sources with
         ``random_access = True`` implement this; it may be called from several
         threads at once (keep per-shard handles thread-safe, e.g. read-only maps).
         """
@@ -300,14 +301,29 @@ class Source(ABC):
         """Like :meth:`read_records`, but into ``out`` (``feature -> array``).
 
         Each ``out[feature]`` is a C-contiguous array of shape
-        ``(len(rows), *shape)`` to fill. The reader gathers every batch
-        through this method, so a source that can read straight into the
-        caller's memory (e.g. with ``os.preadv``) should override it and save
-        a copy; this default copies what :meth:`read_records` returns.
+        ``(len(rows), *shape)`` to fill; ``out`` names fixed-shape features
+        only (ragged ones are read with :meth:`read_ragged`). The reader
+        gathers every batch through this method, so a source that can read
+        straight into the caller's memory (e.g. with ``os.preadv``) should
+        override it and save a copy; this default copies what
+        :meth:`read_records` returns.
         """
         got = self.read_records(ctx, position, rows)
         for feature, dest in out.items():
             dest[...] = got[feature]
+
+    def read_ragged(
+        self, ctx: ReadContext, position: int, feature: str, rows: np.ndarray
+    ) -> RaggedArray:
+        """Records ``rows`` (sorted, unique, local) of the ragged ``feature`` of one shard.
+
+        Sources with ``random_access`` and ``supports_ragged`` implement this;
+        the reader gathers ragged features with it (any thread).
+        """
+        raise CapabilityError(
+            f"the {self.name!r} source cannot read ragged features by index "
+            "(random_access and supports_ragged)"
+        )
 
     def require(self, capability: str) -> None:
         """Raise ``CapabilityError`` unless this source has ``capability``."""

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from shardstore.errors import ChecksumError, ManifestError
-from shardstore.manifest import FeatureSpec, ShardEntry
+from shardstore.manifest import FeatureSpec, FileEntry, ShardEntry
+from shardstore.ragged import RaggedArray
 from shardstore.random_access import aligned_empty
 from shardstore.sources.base import ArrayLike, ReadContext, ShardWriteContext, Source
 from shardstore.sources.npy import (
@@ -35,6 +36,7 @@ from shardstore.sources.npy import (
     NpySource,
     npy_header,
     npy_layout,
+    ragged_layout,
     read_npy_header,
 )
 
@@ -50,6 +52,8 @@ MAX_OPEN_FILES = 256
 #: Records at least this large are read with one ``preadv`` per run of
 #: consecutive rows; smaller scattered records are gathered from a memory map.
 PREAD_MIN_RECORD_BYTES = 4096
+#: Bytes of ragged offsets tables kept in memory (8 bytes per record).
+MAX_OFFSET_BYTES = 64 << 20
 #: Smaller scattered records are read with one ``pread`` of the rows' whole
 #: span when it is at most this long (small shards: no memory map to open).
 SPAN_READ_BYTES = 256 << 10
@@ -111,6 +115,7 @@ class MemmapSource(Source):
     name: ClassVar[str] = "memmap"
     tf_native: ClassVar[bool] = False
     random_access: ClassVar[bool] = True
+    supports_ragged: ClassVar[bool] = True
     gather_batches: ClassVar[bool] = True
     reads: ClassVar[frozenset[str]] = frozenset({"npy"})
 
@@ -120,6 +125,11 @@ class MemmapSource(Source):
         # checked) once; another file at the same path is opened anew
         self._maps: OrderedDict[tuple[Path, str, str], np.ndarray] = OrderedDict()
         self._files: OrderedDict[tuple[Path, str, str], int] = OrderedDict()
+        # ragged features: each shard's offsets, and the rows of its values file
+        self._offset_cache: OrderedDict[tuple[Path, str, str], tuple[np.ndarray, int]] = (
+            OrderedDict()
+        )
+        self._offset_bytes = 0
 
     def __del__(self) -> None:
         for fd in getattr(self, "_files", {}).values():
@@ -152,13 +162,25 @@ class MemmapSource(Source):
         return mm
 
     def _file(self, ctx: ReadContext, position: int, feature: str) -> tuple[int, int]:
-        """An open descriptor of the feature's file, and where its records start.
+        """An open descriptor of a fixed-shape feature's file, and where its records start."""
+        shard = ctx.shards[position]
+        spec = ctx.features[feature]
+        expected = (shard.num_records, *(int(d or 0) for d in spec.shape))
+        return self._open_npy(ctx, shard, shard.file_for(feature), spec.dtype, expected)
+
+    def _open_npy(
+        self,
+        ctx: ReadContext,
+        shard: ShardEntry,
+        entry: FileEntry,
+        dtype: np.dtype[Any],
+        expected: tuple[int, ...],
+    ) -> tuple[int, int]:
+        """An open descriptor of ``entry`` (cached), and where its data starts.
 
         The ``.npy`` header is read and checked against the manifest the first
         time a file is opened, so a file that lies about its contents is refused.
         """
-        shard = ctx.shards[position]
-        entry = shard.file_for(feature)
         key = (ctx.root, entry.path, entry.checksum)
         header = entry.info.get("header_bytes")
         if type(header) is not int or not 0 < header <= entry.size:
@@ -170,16 +192,14 @@ class MemmapSource(Source):
             if fd is not None:
                 self._files.move_to_end(key)
                 return fd, header
-        spec = ctx.features[feature]
-        expected = (shard.num_records, *(int(d or 0) for d in spec.shape))
         fd = os.open(ctx.resolve_str(entry.path), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
             # the header NumPy (and so shardstore) writes for what the manifest
             # says: equal bytes need no parsing (10 us instead of ~100 us, which
             # matters when a global shuffle reopens thousands of small shards)
-            ours = npy_header(spec.dtype, expected)
+            ours = npy_header(dtype, expected)
             if len(ours) == header and os.pread(fd, header, 0) == ours:
-                parsed = NpyHeader(spec.dtype, expected, False, header)
+                parsed = NpyHeader(dtype, expected, False, header)
             else:
                 with os.fdopen(os.dup(fd), "rb") as f:
                     parsed = read_npy_header(f)
@@ -192,14 +212,14 @@ class MemmapSource(Source):
             ) from None
         if (
             parsed.shape != expected
-            or parsed.dtype != spec.dtype
+            or parsed.dtype != dtype
             or parsed.fortran_order
             or parsed.data_offset != header
         ):
             os.close(fd)
             raise ManifestError(
                 f"shard {shard.index}, file {entry.path!r}: holds {parsed.dtype} {parsed.shape} "
-                f"(data at byte {parsed.data_offset}), the manifest says {spec.dtype} {expected} "
+                f"(data at byte {parsed.data_offset}), the manifest says {dtype} {expected} "
                 f"at byte {header}"
             )
         with self._lock:
@@ -208,16 +228,76 @@ class MemmapSource(Source):
                 os.close(self._files.popitem(last=False)[1])
         return fd, header
 
-    def read_records(
-        self, ctx: ReadContext, position: int, rows: np.ndarray
-    ) -> dict[str, np.ndarray]:
+    def _offsets(self, ctx: ReadContext, position: int, feature: str) -> tuple[np.ndarray, int]:
+        """A ragged feature's offsets in one shard (validated, cached), and its values' rows."""
+        shard = ctx.shards[position]
+        values, offsets = shard.ragged_files(feature)
+        key = (ctx.root, offsets.path, offsets.checksum + values.checksum)
+        with self._lock:
+            cached = self._offset_cache.get(key)
+            if cached is not None:
+                self._offset_cache.move_to_end(key)
+                return cached
+        _, rows, _, n = ragged_layout(ctx, position, feature)
+        fd, header = self._open_npy(ctx, shard, offsets, np.dtype("<i8"), (n + 1,))
+        table = np.empty(n + 1, np.int64)
+        self._pread(ctx, position, feature, fd, table.view(np.uint8).data, header)
+        if table[0] != 0 or table[-1] != rows or np.any(table[1:] < table[:-1]):
+            raise ChecksumError(
+                f"dataset {str(ctx.root)!r}, shard {shard.index}: file {offsets.path!r} holds "
+                f"offsets that do not run from 0 up to the {rows} rows of {values.path!r}",
+                dataset=str(ctx.root),
+                shard=shard.index,
+                file=offsets.path,
+            )
+        with self._lock:
+            self._offset_cache[key] = (table, rows)
+            self._offset_bytes += table.nbytes
+            while self._offset_bytes > MAX_OFFSET_BYTES and len(self._offset_cache) > 1:
+                self._offset_bytes -= self._offset_cache.popitem(last=False)[1][0].nbytes
+        return table, rows
+
+    def read_ragged(
+        self, ctx: ReadContext, position: int, feature: str, rows: np.ndarray
+    ) -> RaggedArray:
+        """Records ``rows`` (sorted, unique) of a ragged feature: one ``preadv`` per run."""
+        shard = ctx.shards[position]
+        spec = ctx.features[feature]
+        table, total = self._offsets(ctx, position, feature)
+        rows = np.asarray(rows, np.int64)
+        starts, ends = table[rows], table[rows + 1]
+        lengths = ends - starts
+        values = aligned_empty((int(lengths.sum()), *spec.inner_shape), spec.dtype)
+        row_bytes = spec.row_nbytes
+        if len(values) and row_bytes:
+            entry = shard.ragged_files(feature)[0]
+            fd, header = self._open_npy(ctx, shard, entry, spec.dtype, (total, *spec.inner_shape))
+            buf = values.reshape(-1).view(np.uint8).data
+            # runs of records that follow each other in the file: one read each
+            breaks = (np.flatnonzero(starts[1:] != ends[:-1]) + 1).tolist()
+            dest = np.zeros(len(rows) + 1, np.int64)
+            np.cumsum(lengths, out=dest[1:])
+            for lo, hi in zip([0, *breaks], [*breaks, len(rows)], strict=True):
+                a, b = int(dest[lo]), int(dest[hi])
+                if a < b:
+                    offset = header + int(starts[lo]) * row_bytes
+                    self._pread(ctx, position, feature, fd, buf[a * row_bytes : b * row_bytes],
+                                offset)  # fmt: skip
+        return RaggedArray.from_lengths(values, lengths)
+
+    def read_records(self, ctx: ReadContext, position: int, rows: np.ndarray) -> dict[str, Any]:
         """Gather ``rows`` (sorted) of one shard."""
         out = {
             name: aligned_empty((len(rows), *(int(d or 0) for d in spec.shape)), spec.dtype)
             for name, spec in ctx.features.items()
+            if not spec.is_ragged
         }
         self.read_records_into(ctx, position, rows, out)
-        return out
+        got: dict[str, Any] = dict(out)
+        for name, spec in ctx.features.items():
+            if spec.is_ragged:
+                got[name] = self.read_ragged(ctx, position, name, rows)
+        return {name: got[name] for name in ctx.features}
 
     def read_records_into(
         self,

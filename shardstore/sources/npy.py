@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, NamedTuple
 
 import numpy as np
 
-from shardstore.errors import ManifestError
+from shardstore.errors import InvalidInputError, ManifestError
+from shardstore.manifest import FeatureSpec, FileEntry, ShardEntry
+from shardstore.ragged import RaggedArray
 from shardstore.sources.base import (
     ArrayLike,
     ReadContext,
@@ -30,9 +32,19 @@ from shardstore.sources.base import (
 if TYPE_CHECKING:
     import tensorflow as tf
 
-__all__ = ["NpyHeader", "NpySource", "npy_header", "npy_layout", "read_npy_header"]
+__all__ = [
+    "NpyHeader",
+    "NpySource",
+    "npy_header",
+    "npy_layout",
+    "ragged_layout",
+    "read_npy_header",
+    "write_ragged_npy",
+]
 
 SUFFIX = ".npy"
+#: The offsets file of a ragged feature (a ``.npy`` file of ``int64``).
+OFFSETS_SUFFIX = ".offsets"
 #: The longest ``.npy`` header accepted when one is parsed (NumPy's own default limit).
 MAX_HEADER_BYTES = 10_000
 # NumPy parses headers with ``ast.literal_eval``; CPython 3.11 can fail with
@@ -54,6 +66,66 @@ def npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
     return buf.getvalue()
 
 
+def write_ragged_npy(
+    shard: ShardWriteContext, fname: str, spec: FeatureSpec, ragged: RaggedArray
+) -> None:
+    """A ragged feature as two ``.npy`` files: values, then offsets (``int64``, from 0).
+
+    ``<index>.<feature>.npy`` holds ``(sum(lengths), *inner)`` values and
+    ``<index>.<feature>.offsets`` the ``num_records + 1`` offsets (a ``.npy``
+    file too); their ``info["ragged"]`` says which is which.
+    """
+    if not isinstance(ragged, RaggedArray):
+        raise InvalidInputError(f"feature {fname!r} is ragged; expected a RaggedArray")
+    offsets = (ragged.offsets - ragged.offsets[0]).astype("<i8")
+    values = ragged.flat_values
+    for part, suffix, data, dtype in (
+        ("values", SUFFIX, values, spec.dtype),
+        ("offsets", OFFSETS_SUFFIX, offsets, np.dtype("<i8")),
+    ):
+        header = npy_header(dtype, tuple(int(d) for d in data.shape))
+        with shard.create(suffix, feature=fname) as f:
+            f.info["header_bytes"] = len(header)
+            f.info["ragged"] = part
+            f.write(header)
+            for chunk in iter_record_chunks(data, dtype):
+                f.write(chunk)
+
+
+def ragged_layout(ctx: ReadContext, position: int, fname: str) -> tuple[int, int, int, int]:
+    """``(values header, rows of values, offsets header, records)`` of a ragged feature.
+
+    Checked against the manifest: both files' sizes must match their header
+    lengths, the offsets file must hold ``num_records + 1`` entries and the
+    values file whole rows; else ``ManifestError``, before any file is read.
+    """
+    shard = ctx.shards[position]
+    spec = ctx.features[fname]
+    values, offsets = shard.ragged_files(fname)
+    vh, oh = (_header_bytes(shard, e) for e in (values, offsets))
+    rows, rest = divmod(values.size - vh, spec.row_nbytes)
+    if rest:
+        raise ManifestError(
+            f"shard {shard.index}, file {values.path!r}: size {values.size} is not "
+            f"header_bytes + whole rows of {spec.row_nbytes} bytes"
+        )
+    if offsets.size != oh + 8 * (shard.num_records + 1):
+        raise ManifestError(
+            f"shard {shard.index}, file {offsets.path!r}: size {offsets.size} does not hold "
+            f"{shard.num_records + 1} offsets after a {oh}-byte header"
+        )
+    return vh, rows, oh, shard.num_records
+
+
+def _header_bytes(shard: ShardEntry, entry: FileEntry) -> int:
+    header = entry.info.get("header_bytes")
+    if type(header) is not int or not 0 < header <= entry.size:
+        raise ManifestError(
+            f"shard {shard.index}, file {entry.path!r}: invalid info.header_bytes {header!r}"
+        )
+    return header
+
+
 def npy_layout(ctx: ReadContext) -> dict[str, list[int]]:
     """Each feature's header length in each shard, checked against the manifest.
 
@@ -63,6 +135,10 @@ def npy_layout(ctx: ReadContext) -> dict[str, list[int]]:
     """
     headers: dict[str, list[int]] = {}
     for fname, spec in ctx.features.items():
+        if spec.is_ragged:
+            for position in range(len(ctx.shards)):
+                ragged_layout(ctx, position, fname)
+            continue
         column = headers[fname] = []
         for shard in ctx.shards:
             entry = shard.file_for(fname)
@@ -125,16 +201,25 @@ def _read_header(f: BinaryIO, major: int) -> NpyHeader:
 
 
 class NpySource(Source):
-    """Shards as ``.npy`` files, read with TensorFlow ops only."""
+    """Shards as ``.npy`` files, read with TensorFlow ops only.
+
+    Ragged features are stored (values + offsets files) and read by index
+    through ``memmap``; this source's TF-native block reader takes
+    fixed-shape features only.
+    """
 
     name: ClassVar[str] = "npy"
     tf_native: ClassVar[bool] = True
+    supports_ragged: ClassVar[bool] = True
     reads: ClassVar[frozenset[str]] = frozenset({"memmap"})
     random_access_source: ClassVar[str | None] = "memmap"
 
     def write_shard(self, shard: ShardWriteContext, arrays: Mapping[str, ArrayLike]) -> None:
-        """Write one ``.npy`` file per feature."""
+        """Write one ``.npy`` file per feature (two for a ragged one: values and offsets)."""
         for fname, spec in shard.features.items():
+            if spec.is_ragged:
+                write_ragged_npy(shard, fname, spec, arrays[fname])
+                continue
             shape = (shard.num_records, *(int(d) for d in spec.shape if d is not None))
             header = npy_header(spec.dtype, shape)
             with shard.create(SUFFIX, feature=fname) as f:
