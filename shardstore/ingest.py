@@ -52,6 +52,7 @@ from shardstore.manifest import FeatureSpec, check_feature_name
 from shardstore.npyfiles import (
     BadFile,
     FileStack,
+    RaggedFileColumn,
     check_npy_files,
     expand_inputs,
     has_magic,
@@ -175,7 +176,11 @@ def _file_inputs(
     if spec is None:
         raise InvalidInputError(f"none of the {len(files)} input files can be ingested")
     bad += bad_headers
-    out: dict[str, Column] = {feature: ArrayColumn(FileStack(good, spec), spec)}
+    out: dict[str, Column] = {
+        feature: RaggedFileColumn(good, spec)
+        if spec.is_ragged
+        else ArrayColumn(FileStack(good, spec), spec)
+    }
     info: dict[str, Any] = {"files": len(files)}
     label_plan: list[Any] = []
     if columns:
@@ -333,7 +338,7 @@ def ingest(
         )
     else:
         inputs = _array_inputs(kind, Path(paths[0]), feature=feature, members=members)
-    record_bytes = sum(c.spec.record_nbytes for c in inputs.columns.values())
+    record_bytes = max(1, round(sum(c.spec.mean_record_nbytes for c in inputs.columns.values())))
     if records_per_shard is not None:
         if isinstance(records_per_shard, bool) or not isinstance(records_per_shard, int) or (
                 records_per_shard <= 0):  # fmt: skip

@@ -20,6 +20,7 @@ the order the parts are given:
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -40,7 +41,8 @@ from shardstore.errors import (
     InvalidInputError,
 )
 from shardstore.fsutil import HashingFile, remove_quietly, resolve_inside
-from shardstore.manifest import MANIFEST_NAME, FileEntry, Manifest, ShardEntry
+from shardstore.manifest import MANIFEST_NAME, FeatureSpec, FileEntry, Manifest, ShardEntry
+from shardstore.ragged import merge_length_stats
 
 if TYPE_CHECKING:
     from shardstore.reader import Dataset
@@ -196,6 +198,19 @@ def _new_path(prefix: str, index: int, shard: ShardEntry, path: str) -> str:
     return f"{prefix}/{index:06d}/{path}"  # another layout: kept whole under the shard
 
 
+def _merged_features(parts: Sequence[Dataset]) -> dict[str, FeatureSpec]:
+    """The parts' features; a ragged feature's length statistics summed over the parts."""
+    out = dict(parts[0].features)
+    for name, spec in out.items():
+        if spec.is_ragged:
+            stats = [p.features[name].lengths for p in parts]
+            merged = merge_length_stats([s for s in stats if s is not None])
+            out[name] = dataclasses.replace(
+                spec, lengths=merged if all(s is not None for s in stats) else None
+            )
+    return out
+
+
 def merge(
     parts: Sequence[str | os.PathLike[str]],
     dest: str | os.PathLike[str],
@@ -315,7 +330,7 @@ def merge(
                     bar.update(f.size)
                 shards.append(ShardEntry(index, shard.source, shard.num_records, tuple(files)))
         manifest = Manifest(
-            features=dict(opened[0].features),
+            features=_merged_features(opened),
             shards=tuple(shards),
             version_id=version_id,
             metadata=meta,

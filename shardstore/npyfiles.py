@@ -24,6 +24,7 @@ import numpy as np
 
 from shardstore.errors import InvalidInputError
 from shardstore.manifest import SUPPORTED_DTYPES, FeatureSpec
+from shardstore.ragged import RaggedArray, length_stats
 
 __all__ = [
     "OBJECTS_REFUSED",
@@ -31,6 +32,7 @@ __all__ = [
     "FileStack",
     "NpyFile",
     "NpyHeader",
+    "RaggedFileColumn",
     "check_npy_files",
     "expand_inputs",
     "has_magic",
@@ -191,7 +193,7 @@ def _check_one(path: Path) -> tuple[NpyHeader, os.stat_result]:
             f"truncated: {size} bytes, a {dtype} array of shape {header.shape} needs "
             f"{header.offset + header.nbytes}"
         )
-    if math.prod(header.shape) == 0:
+    if math.prod(header.shape[1:]) == 0:  # (0, ...) may be an empty ragged record
         raise ValueError(f"is empty (shape {header.shape})")
     return header, st
 
@@ -242,8 +244,9 @@ def check_npy_files(
                 reject(name, result)
             else:
                 headers.append((path, name, *result))
+    ragged = expected is not None and expected.is_ragged
     if expected is not None:
-        want = (expected.dtype.str, tuple(int(d) for d in expected.shape if d is not None))
+        want = (expected.dtype.str, tuple(int(d or 0) for d in expected.shape))
         how = "the expected records"
     elif headers:
         counts = Counter(_signature(h) for _, _, h, _ in headers)
@@ -255,21 +258,38 @@ def check_npy_files(
             f"none of the {len(files)} input files can be ingested; first: "
             f"{bad[0].name!r} {bad[0].reason}"
         )
+    if expected is None:
+        # files that differ from the most common records in their first dimension
+        # only: records of varying length, ingested as a ragged feature
+        ragged = any(_same_rows(_signature(h), want) and _signature(h) != want
+                     for _, _, h, _ in headers)  # fmt: skip
     for path, name, header, st in headers:
         sig = _signature(header)
-        if sig == want:
+        if not ragged and math.prod(sig[1]) == 0:
+            reject(name, f"is empty (shape {sig[1]})")
+            continue
+        if sig == want or (ragged and _same_rows(sig, want)):
             good.append(NpyFile(path, name, header, st.st_size, st.st_mtime_ns))
             continue
         what = "shape" if sig[1] != want[1] else "dtype"
-        reject(
-            name,
-            f"has {what} {_describe(sig)}, unlike {how} ({_describe(want)}); files "
-            "of varying shapes (ragged records) are not supported yet",
-        )
+        if ragged:
+            rows = f"{np.dtype(want[0]).name} (n, {', '.join(map(str, want[1][1:]))})"
+            reject(name, f"has {what} {_describe(sig)}, unlike {how} (ragged: {rows})")
+        else:
+            reject(name, f"has {what} {_describe(sig)}, unlike {how} ({_describe(want)})")
     if not good:
         raise InvalidInputError(f"none of the {len(files)} input files can be ingested")
-    spec = FeatureSpec(np.dtype(want[0]), want[1])
+    if ragged:
+        lengths = np.fromiter((f.header.shape[0] for f in good), np.int64, len(good))
+        spec = FeatureSpec(np.dtype(want[0]), (None, *want[1][1:]), length_stats(lengths))
+    else:
+        spec = FeatureSpec(np.dtype(want[0]), want[1])
     return good, bad, spec
+
+
+def _same_rows(sig: tuple[str, tuple[int, ...]], want: tuple[str, tuple[int, ...]]) -> bool:
+    """Same dtype and the same shape but for the first dimension (which must exist)."""
+    return sig[0] == want[0] and len(sig[1]) == len(want[1]) >= 1 and sig[1][1:] == want[1][1:]
 
 
 class FileStack:
@@ -304,8 +324,30 @@ class FileStack:
         return arr if dtype is None else arr.astype(dtype)
 
 
+class RaggedFileColumn:
+    """A ragged feature over one-array files of varying length (a resumable-ingest column)."""
+
+    def __init__(self, files: Sequence[NpyFile], spec: FeatureSpec) -> None:
+        self._files = list(files)
+        self.spec = spec
+        self.num_records = len(self._files)
+
+    def read(self, lo: int, hi: int) -> RaggedArray:
+        """Records ``lo:hi``, loaded into one values array."""
+        files = self._files[lo:hi]
+        lengths = np.fromiter((f.header.shape[0] for f in files), np.int64, len(files))
+        values = np.empty((int(lengths.sum()), *self.spec.inner_shape), self.spec.dtype)
+        start = 0
+        for item, n in zip(files, lengths.tolist(), strict=True):
+            _load_into(item, values[start : start + n])
+            start += n
+        return RaggedArray.from_lengths(values, lengths)
+
+
 def _load_into(item: NpyFile, out: np.ndarray) -> None:
     header = item.header
+    if not out.size:
+        return
     direct = header.dtype == out.dtype and not header.fortran_order
     buf = out if direct else np.empty(header.shape[::-1] if header.fortran_order else
                                       header.shape, header.dtype)  # fmt: skip

@@ -18,7 +18,7 @@ This module imports NumPy only.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -257,7 +257,7 @@ def length_stats(lengths: np.ndarray) -> dict[str, Any]:
     }
 
 
-def merge_length_stats(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def merge_length_stats(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The statistics of several runs of records together (what :func:`length_stats` gives)."""
     parts = [p for p in parts if p["count"]]
     if not parts:

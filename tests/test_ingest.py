@@ -161,7 +161,7 @@ def messy(tmp_path: Path) -> Path:
     make_files(raw, n=6, classes=("a",))
     pickled_npy(raw / "a" / "b1_pickled.npy", tmp_path / "UNPICKLED")
     (raw / "a" / "b2_text.npy").write_text("not an array")
-    np.save(raw / "a" / "b3_shape.npy", np.zeros((5, 3), np.float32))
+    np.save(raw / "a" / "b3_shape.npy", np.zeros((4, 5), np.float32))  # other row shape
     np.save(raw / "a" / "b4_dtype.npy", np.zeros(SHAPE, np.float64))
     np.save(raw / "a" / "b5_trunc.npy", np.zeros(SHAPE, np.float32))
     with open(raw / "a" / "b5_trunc.npy", "r+b") as f:
@@ -184,20 +184,41 @@ def test_bad_files_skipped_and_listed(tmp_path: Path, messy: Path) -> None:
     assert list(skipped) == [f"a/b{i}_{k}.npy" for i, k in enumerate(kinds, 1)]
     assert "Python objects" in skipped["a/b1_pickled.npy"]
     assert "not a .npy file" in skipped["a/b2_text.npy"]
-    assert "shape float32 (5, 3), unlike the 6 other files (float32 (4, 3))" in (
+    assert "shape float32 (4, 5), unlike the 6 other files (float32 (4, 3))" in (
         skipped["a/b3_shape.npy"])  # fmt: skip
-    assert "ragged" in skipped["a/b3_shape.npy"]
     assert "dtype float64" in skipped["a/b4_dtype.npy"]
     assert "truncated" in skipped["a/b5_trunc.npy"]
     assert ds.metadata["ingest"]["skipped_count"] == 5
     assert not (tmp_path / "UNPICKLED").exists()
 
 
-def test_varying_shapes_name_the_first_mismatching_file(tmp_path: Path) -> None:
+def test_varying_row_shapes_name_the_first_mismatching_file(tmp_path: Path) -> None:
     make_files(tmp_path / "raw", n=3, classes=("a",))
-    np.save(tmp_path / "raw/a/001.npy", np.zeros((7, 3), np.float32))
-    with pytest.raises(InvalidInputError, match=r"'a/001.npy' has shape float32 \(7, 3\).*ragged"):
+    np.save(tmp_path / "raw/a/001.npy", np.zeros((4, 2), np.float32))
+    with pytest.raises(InvalidInputError, match=r"'a/001.npy' has shape float32 \(4, 2\)"):
         shardstore.ingest(str(tmp_path / "raw/**/*.npy"), tmp_path / "ds")
+
+
+def test_files_of_varying_length_become_a_ragged_feature(tmp_path: Path) -> None:
+    """One array per file, first dimension varying (clips, token lists): ragged, bit for bit."""
+    rng = np.random.default_rng(5)
+    lengths = [3, 0, 7, 1, 4, 4, 9]
+    arrays = [rng.random((n, 2), dtype=np.float32) for n in lengths]
+    (tmp_path / "raw").mkdir()
+    for i, a in enumerate(arrays):
+        np.save(tmp_path / "raw" / f"{i:02d}.npy", a)
+    np.save(tmp_path / "raw" / "zz_bad.npy", np.zeros((3, 5), np.float32))  # other row shape
+    ds = shardstore.ingest(str(tmp_path / "raw/*.npy"), tmp_path / "ds", records_per_shard=3,
+                           on_error="skip")  # fmt: skip
+    spec = ds.features["x"]
+    assert spec.shape == (None, 2) and spec.dtype == np.float32
+    assert spec.lengths is not None
+    assert (spec.lengths["min"], spec.lengths["max"], spec.lengths["total"]) == (0, 9, 28)
+    assert [s["file"] for s in ds.metadata["ingest"]["skipped"]] == ["zz_bad.npy"]
+    got = ds[:]["x"]
+    assert got.lengths.tolist() == lengths
+    for record, expected in zip(got, arrays, strict=True):
+        assert_bitwise_equal(record, expected)
 
 
 def test_no_usable_input(tmp_path: Path) -> None:
