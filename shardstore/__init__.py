@@ -32,6 +32,7 @@ from shardstore.errors import (
 from shardstore.ingest import ingest
 from shardstore.manifest import FeatureSpec, Manifest
 from shardstore.merge import merge
+from shardstore.ragged import RaggedArray
 from shardstore.reader import Dataset
 from shardstore.registry import SourceInfo, available_sources, get_source, register_source
 from shardstore.writer import Writer
@@ -65,6 +66,7 @@ __all__ = [
     "MissingDependencyError",
     "PluginConflictError",
     "PluginLoadError",
+    "RaggedArray",
     "ShardStoreError",
     "SourceInfo",
     "SourceNotFoundError",

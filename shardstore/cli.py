@@ -213,7 +213,7 @@ def _format_info(summary: dict[str, Any], features: dict[str, FeatureSpec]) -> s
     rows.append(("on disk", f"{_human_bytes(nbytes)} ({nbytes} bytes) in {_plural(files, 'file')}"))
     decoded = summary["decoded_nbytes"]
     if decoded is None:
-        rows.append(("decoded", "unknown (a feature has a variable dimension)"))
+        rows.append(("decoded", "unknown (a ragged feature has no length statistics)"))
     elif summary["compression_ratio"] is not None:
         ratio = summary["compression_ratio"]
         rows.append(
@@ -238,10 +238,19 @@ def _format_info(summary: dict[str, Any], features: dict[str, FeatureSpec]) -> s
     shapes = {n: _format_shape(s.shape) for n, s in features.items()}
     shape_width = max((len(s) for s in shapes.values()), default=0)
     for name, spec in features.items():
-        per_record = _human_bytes(spec.record_nbytes) if spec.is_fixed else "variable"
+        if spec.is_fixed:
+            per_record = f"{_human_bytes(spec.record_nbytes)} per record"
+        elif spec.lengths and spec.lengths["count"]:
+            stats = spec.lengths
+            per_record = (
+                f"ragged: lengths {stats['min']} to {stats['max']}, "
+                f"mean {stats['total'] / stats['count']:.1f}"
+            )
+        else:
+            per_record = "ragged"
         lines.append(
             f"  {name:<{name_width}}  {spec.dtype.name:<{dtype_width}}  "
-            f"{shapes[name]:<{shape_width}}  {per_record} per record"
+            f"{shapes[name]:<{shape_width}}  {per_record}"
         )
     return "\n".join(lines)
 

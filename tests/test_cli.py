@@ -106,6 +106,17 @@ def test_info_shows_metadata_and_equal_shards(
     assert rows["shards"].startswith("4 (8 records each; ")
 
 
+def test_info_shows_ragged_length_statistics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tokens = [np.arange(n, dtype=np.int32) for n in (2, 0, 7, 3)]
+    ds = shardstore.write(tmp_path / "d", {"tok": tokens}, fsync=False)
+    assert cli.main(["info", str(ds.path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"tok\s+int32\s+\(None,\)\s+ragged: lengths 0 to 7, mean 3\.0", out)
+    assert _info_rows(out)["decoded"].startswith("48 B")  # 12 int32 values
+
+
 def test_info_compression_ratio_of_a_compressed_dataset(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
