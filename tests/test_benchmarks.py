@@ -410,3 +410,18 @@ def test_run_writes_json_png_and_publishes_only_when_asked(
     assert {"latest.json", "latest.png"} <= {p.name for p in (tmp_path / "out").iterdir()}
     assert (tmp_path / "chart.png").exists()
     assert "| shardstore.write, npy | on |" in (tmp_path / "README.md").read_text()
+
+
+def test_service_and_ragged_benchmark_counts_every_record(tmp_path: Path) -> None:
+    """A tiny run: every mode's epoch delivers the dataset (through the real tf.data service)."""
+    from benchmarks import service_and_ragged
+
+    out = tmp_path / "svc.json"
+    assert service_and_ragged.main(["--scale", "0.004", "--repeats", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    images = [r for r in rows if not r["what"].startswith("ragged")]
+    tokens = [r for r in rows if r["what"].startswith("ragged")]
+    assert len(images) == 6 and {r["records"] for r in images} == {256}  # at least one batch
+    assert any(r["what"] == "tf.data service, 2 workers" for r in images)
+    assert len(tokens) == 6 and {r["records"] for r in tokens} == {262}
+    assert all(r["records_per_s"] > 0 for r in rows)
