@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Mapping
@@ -12,12 +13,20 @@ import numpy as np
 import pytest
 
 import shardstore
-from shardstore.errors import ChecksumError, InvalidInputError, UnsupportedDTypeError
+from shardstore.errors import (
+    CapabilityError,
+    ChecksumError,
+    InvalidInputError,
+    ManifestError,
+    UnsupportedDTypeError,
+)
+from shardstore.ragged import RaggedArray
 from shardstore.sources.base import ReadContext
 from shardstore.sources.zarr import ZarrSource, default_chunk_records
 from shardstore.testing import (
     SourceConformance,
     assert_bitwise_equal,
+    assert_same_dataset,
     collect,
     flip_bit,
     random_records,
@@ -426,3 +435,318 @@ def test_dataset_getitem(tmp_path: Path) -> None:
     fancy = ds[picks]
     for name in data:
         assert_bitwise_equal(fancy[name], data[name][picks])
+
+
+# -- ragged features ------------------------------------------------------------------------------
+def ragged_records(
+    n: int, inner: tuple[int, ...] = (), dtype: str = "float32", *, seed: int = 0
+) -> list[np.ndarray]:
+    """``n`` records of lengths 0-6 (every bit pattern of ``dtype``); records 2 and 3 empty."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(0, 7, n)
+    lengths[2:4] = 0
+    values = random_records(np.dtype(dtype), inner, int(lengths.sum()), seed=seed)
+    return np.split(values, np.cumsum(lengths)[:-1])
+
+
+def assert_records_equal(got: Any, expected: list[np.ndarray]) -> None:
+    """A RaggedArray (or a list of arrays) holds exactly ``expected``, bit for bit."""
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        assert_bitwise_equal(a, b)
+
+
+def ragged_dataset(path: Path, n: int = 23, **kwargs: Any) -> tuple[shardstore.Dataset, Any]:
+    data = {"r": ragged_records(n, (2, 3)), "id": np.arange(n)}
+    return write(path, data, **kwargs), data
+
+
+def test_ragged_features_are_supported() -> None:
+    assert ZarrSource.capabilities()["supports_ragged"] is True
+
+
+@pytest.mark.parametrize("compression", ["zstd", None])
+@pytest.mark.parametrize(("inner", "dtype"), [((), "float32"), ((2, 3), "int16")])
+def test_ragged_round_trip(
+    tmp_path: Path, compression: str | None, inner: tuple[int, ...], dtype: str
+) -> None:
+    """Bit for bit, one-record shards and shards of empty records included, through
+    the fast path and through zarr itself."""
+    import shardstore.sources.zarr as zsrc
+
+    recs = ragged_records(41, inner, dtype, seed=5)
+    for i in range(5, 10):  # shard 1 (records 5-9): every record empty, no values chunk
+        recs[i] = recs[i][:0]
+    ds = write(tmp_path / "d", {"r": recs}, records_per_shard=5, compression=compression,
+               chunk_records=2)  # fmt: skip
+    assert ds.features["r"].shape == (None, *inner)
+    assert ds.shards[-1].num_records == 1  # a one-record shard
+    values, offsets = ds.shards[1].ragged_files("r")
+    assert values.path.endswith("/r/values/zarr.json") and values.info["rows"] == 0
+    assert offsets.path.endswith("/r/offsets/c/0")
+    fast = ds[:]["r"]
+    assert isinstance(fast, RaggedArray)
+    assert_records_equal(fast, recs)
+    ctx = ReadContext(ds.path, ds.shards, ds.features, 8)
+    got = ds.source.read_records(ctx, 8, np.array([0]))["r"]
+    assert_records_equal(got, recs[40:])
+    assert_records_equal(ds.source.read_ragged(ctx, 1, "r", np.arange(5)), recs[5:10])
+    ds.verify(progress=False)
+
+    with pytest.MonkeyPatch.context() as mp:  # every array read by zarr itself
+        mp.setattr(zsrc, "_fast_path", lambda meta, ref: None)
+        slow = ZarrSource()
+        assert slow._chunk_file(slow._ragged_refs(ctx, ds.shards[0], "r")[0]) is None
+        for pos, shard in enumerate(ds.shards):
+            lo = 5 * pos
+            rows = np.arange(shard.num_records)
+            assert_records_equal(slow.read_ragged(ctx, pos, "r", rows), recs[lo : lo + len(rows)])
+            picks = rows[::2]  # scattered records: zarr's orthogonal selection
+            assert_records_equal(
+                slow.read_ragged(ctx, pos, "r", picks), [recs[lo + i] for i in picks]
+            )
+
+
+def test_ragged_values_are_chunked_by_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shardstore.sources.zarr as zsrc
+
+    recs = ragged_records(40, (4,), "float64", seed=2)  # 32-byte rows
+    monkeypatch.setattr(zsrc, "CHUNK_BYTES", 8 * 32)  # about 8 rows per chunk
+    ds = write(tmp_path / "d", {"r": recs}, records_per_shard=40)
+    values, offsets = ds.shards[0].ragged_files("r")
+    meta = json.loads((ds.path / values.path.replace("c/0/0", "zarr.json")).read_text())
+    rows = sum(len(r) for r in recs)
+    assert values.info == {"ragged": "values", "rows": rows, "chunk_records": 8,
+                           "compression": "zstd"}  # fmt: skip
+    assert meta["shape"] == [rows, 4]
+    assert meta["codecs"][0]["configuration"]["chunk_shape"] == [8, 4]
+    assert [c["name"] for c in meta["codecs"][0]["configuration"]["codecs"]] == ["bytes", "blosc"]
+    # offsets: about CHUNK_BYTES of int64 (32 of the 41)
+    assert offsets.info == {"ragged": "offsets", "chunk_records": 32, "compression": "zstd"}
+    # chunk_records: chunks of about that many records' rows
+    ds = write(tmp_path / "e", {"r": recs}, records_per_shard=40, chunk_records=4)
+    assert ds.shards[0].ragged_files("r")[0].info["chunk_records"] == -(-4 * rows // 40)
+    assert ds.shards[0].ragged_files("r")[1].info["chunk_records"] == 4
+    source = ZarrSource()
+    ctx = ReadContext(ds.path, ds.shards, ds.features, 8)
+    for rows_asked in ([0, 1, 2, 3, 4, 5], [1, 7, 8, 30, 39], [39], [2, 3], [0, 13, 14, 15]):
+        got = source.read_ragged(ctx, 0, "r", np.array(rows_asked))
+        assert_records_equal(got, [recs[i] for i in rows_asked])
+
+
+def test_ragged_layout_is_read_by_plain_zarr(tmp_path: Path) -> None:
+    import zarr
+
+    ds, data = ragged_dataset(tmp_path / "d", records_per_shard=10)
+    for shard in ds.shards:
+        stem = f"{shard.index:06d}.zarr"
+        paths = {f.path.split("/", 1)[1]: (f.feature, f.info.get("ragged")) for f in shard.files}
+        assert {p: v for p, v in paths.items() if v[0] == "r"} == {
+            f"{stem}/r/zarr.json": ("r", None),
+            f"{stem}/r/values/zarr.json": ("r", None),
+            f"{stem}/r/values/c/0/0/0": ("r", "values"),
+            f"{stem}/r/offsets/zarr.json": ("r", None),
+            f"{stem}/r/offsets/c/0": ("r", "offsets"),
+        }
+        prefix = shard.files[0].path.split("/")[0]
+        group = zarr.open_group(ds.path / prefix / stem, mode="r")  # no shardstore
+        values, offsets = group["r"]["values"][:], group["r"]["offsets"][:]
+        assert offsets.dtype == np.int64 and offsets.shape == (shard.num_records + 1,)
+        lo = 10 * shard.index
+        expected = data["r"][lo : lo + shard.num_records]
+        assert offsets[0] == 0 and offsets[-1] == len(values)
+        assert_records_equal([values[a:b] for a, b in itertools.pairwise(offsets)], expected)
+        assert_bitwise_equal(group["id"][:], data["id"][lo : lo + shard.num_records])
+
+
+def test_ragged_random_access_in_any_order(tmp_path: Path) -> None:
+    ds, data = ragged_dataset(tmp_path / "d", records_per_shard=6, chunk_records=2)
+    recs = data["r"]
+    picks = [22, 0, 3, 3, 17, 2, 9, 21, 1]
+    got = ds[picks]
+    assert_records_equal(got["r"], [recs[i] for i in picks])
+    assert_bitwise_equal(got["id"], np.array(picks))
+    assert_bitwise_equal(ds[7]["r"], recs[7])
+    assert_bitwise_equal(ds[-1]["r"], recs[-1])
+    assert ds[2]["r"].shape == (0, 2, 3)  # an empty record
+    assert_records_equal(ds[4:19]["r"], recs[4:19])
+    assert len(ds[[]]["r"]) == 0
+    mask = np.arange(23) % 3 == 0
+    assert_records_equal(ds[mask]["r"], [r for r, m in zip(recs, mask, strict=True) if m])
+
+
+def test_ragged_to_tf(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    ds, data = ragged_dataset(tmp_path / "d", records_per_shard=7, chunk_records=3)
+    recs = data["r"]
+    batches = list(ds.to_tf(batch_size=5))
+    assert [len(b["id"]) for b in batches] == [5, 5, 5, 5, 3]
+    assert all(isinstance(b["r"], tf.RaggedTensor) for b in batches)
+    got = [r for b in batches for r in b["r"].numpy()]  # each record an array
+    assert_records_equal(got, recs)
+    assert np.concatenate([b["id"].numpy() for b in batches]).tolist() == list(range(23))
+
+    for batch in ds.to_tf(batch_size=4, pad=True):  # dense, padded with zeros
+        padded = batch["r"].numpy()
+        longest = max(len(recs[i]) for i in batch["id"].numpy())
+        assert padded.shape == (len(batch["id"]), longest, 2, 3)
+        for row, i in zip(padded, batch["id"].numpy(), strict=True):
+            assert_bitwise_equal(row[: len(recs[i])], recs[i])
+            assert not row[len(recs[i]) :].any()
+
+    def shuffled(seed: int) -> tuple[list[int], list[np.ndarray]]:
+        out = list(ds.to_tf(batch_size=6, shuffle="global", seed=seed))
+        ids = [int(i) for b in out for i in b["id"].numpy()]
+        return ids, [r for b in out for r in b["r"].numpy()]
+
+    ids, rows = shuffled(3)
+    assert sorted(ids) == list(range(23)) and ids != list(range(23))
+    assert_records_equal(rows, [recs[i] for i in ids])  # each record with its id
+    assert shuffled(3)[0] == ids  # seeded: the same order again
+
+
+def test_fixed_features_of_a_ragged_dataset_still_read_in_blocks(tmp_path: Path) -> None:
+    ds, data = ragged_dataset(tmp_path / "d", records_per_shard=10)
+    assert_bitwise_equal(collect(ds.to_tf(batch_size=4, features="id")), data["id"])
+    ctx = ReadContext(ds.path, ds.shards, ds.features, 4)
+    with pytest.raises(CapabilityError, match="ragged features"):
+        ds.source.tf_reader(ctx)
+
+
+def test_ragged_write_through_threads_is_byte_identical(tmp_path: Path) -> None:
+    data = {"r": ragged_records(60, (3,), "float32", seed=7), "id": np.arange(60)}
+    serial = write(tmp_path / "s", data, records_per_shard=7, executor="serial")
+    threads = write(tmp_path / "t", data, records_per_shard=7, executor="threads")
+    assert serial.num_shards == 9
+    assert_same_dataset(threads, serial)
+
+
+def _rewrite_offsets(path: Path, shard: int, offsets: np.ndarray) -> None:
+    """Store ``offsets`` in shard ``shard``'s offsets array with zarr, then fix the
+    manifest's sizes and checksums (as an attacker would): only the reader's checks stand."""
+    import zarr
+
+    (array,) = path.glob(f"v-*/{shard:06d}.zarr/r/offsets")
+    zarr.open_array(array, mode="r+")[:] = offsets
+    _fix_manifest(path)
+
+
+def _fix_manifest(path: Path) -> None:
+    from shardstore.checksum import hash_file
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    for shard in manifest["shards"]:
+        for f in shard["files"]:
+            f["size"], f["checksum"] = hash_file(path / f["path"])
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("lie", ["decreasing", "end too far", "end too short", "start"])
+def test_lying_offsets_raise_checksum_error(tmp_path: Path, lie: str) -> None:
+    ds, data = ragged_dataset(tmp_path / "d", records_per_shard=10)
+    offsets = np.cumsum([0, *(len(r) for r in data["r"][10:20])]).astype(np.int64)
+    if lie == "decreasing":
+        offsets[5], offsets[6] = offsets[6], offsets[5] - 1
+    elif lie == "end too far":
+        offsets[-1] += 1
+    elif lie == "end too short":
+        offsets[-1] -= 1
+    else:
+        offsets[0] = 1
+    _rewrite_offsets(ds.path, 1, offsets)
+    ds = shardstore.open(tmp_path / "d")
+    assert_records_equal(ds[:10]["r"], data["r"][:10])  # other shards still read
+    (victim,) = [f.path for f in ds.shards[1].files if f.info.get("ragged") == "offsets"]
+    with pytest.raises(
+        ChecksumError, match=rf"shard 1: file '{re.escape(victim)}'.*offsets"
+    ) as exc:
+        ds[12]
+    assert exc.value.shard == 1 and exc.value.file == victim
+    with pytest.raises(Exception, match="do not run from 0"):
+        collect(ds.to_tf(batch_size=4))
+
+
+def test_damaged_offsets_are_caught_by_their_checksum(tmp_path: Path) -> None:
+    ds, _ = ragged_dataset(tmp_path / "d", records_per_shard=10, compression=None)
+    (victim,) = [f.path for f in ds.shards[0].files if f.info.get("ragged") == "offsets"]
+    flip_bit(ds.path / victim, 8 * 3 + 7)  # the top byte of offset 3: raw chunks, index at end
+    with pytest.raises(ChecksumError, match=re.escape(victim)):
+        shardstore.open(tmp_path / "d")[0]
+    unchecked = shardstore.open(tmp_path / "d", verify="size")  # the reader's own check
+    with pytest.raises(ChecksumError, match="do not run from 0") as exc:
+        unchecked[0]
+    assert exc.value.shard == 0
+
+
+@pytest.mark.parametrize(
+    ("part", "edit", "match"),
+    [
+        ("offsets", {"shape": [12]}, "shape"),  # wrong length: 12 offsets for 10 records
+        ("offsets", {"data_type": "int32"}, "data_type"),
+        ("values", {"data_type": "float64"}, "data_type"),  # not the manifest's float32
+        ("values", {"inner": [2, 4]}, "shape"),  # not the manifest's inner shape (2, 3)
+    ],
+)
+def test_lying_ragged_metadata_raises_manifest_error(
+    tmp_path: Path, part: str, edit: dict[str, Any], match: str
+) -> None:
+    ds, _ = ragged_dataset(tmp_path / "d", records_per_shard=10)
+    (meta,) = ds.path.glob(f"v-*/000001.zarr/r/{part}/zarr.json")
+    spec = json.loads(meta.read_text())
+    if "inner" in edit:
+        edit = {"shape": [spec["shape"][0], *edit["inner"]]}
+    meta.write_text(json.dumps({**spec, **edit}))
+    _fix_manifest(ds.path)
+    ds = shardstore.open(tmp_path / "d")
+    relpath = meta.relative_to(ds.path).as_posix()
+    with pytest.raises(ManifestError, match=rf"shard 1, '{re.escape(relpath)}': {match}"):
+        ds[15]
+
+
+@pytest.mark.parametrize("rows", [-1, "7", 2**40])
+def test_lying_manifest_rows_raise_manifest_error(tmp_path: Path, rows: Any) -> None:
+    ds, _ = ragged_dataset(tmp_path / "d", records_per_shard=10)
+    manifest = json.loads((ds.path / "manifest.json").read_text())
+    for f in manifest["shards"][1]["files"]:
+        if f.get("info", {}).get("ragged") == "values":
+            f["info"]["rows"] = rows
+    (ds.path / "manifest.json").write_text(json.dumps(manifest))
+    ds = shardstore.open(tmp_path / "d")
+    with pytest.raises(ManifestError, match=r"shard 1, file .*info\.rows"):
+        ds[15]
+    with pytest.raises(ManifestError, match=r"shard 1, file .*info\.rows"):
+        ds.to_tf(batch_size=4)  # refused before the pipeline runs
+
+
+def test_values_rows_that_contradict_their_array_raise_manifest_error(tmp_path: Path) -> None:
+    ds, _ = ragged_dataset(tmp_path / "d", records_per_shard=10)
+    manifest = json.loads((ds.path / "manifest.json").read_text())
+    for f in manifest["shards"][1]["files"]:
+        if f.get("info", {}).get("ragged") == "values":
+            f["info"]["rows"] += 1
+    (ds.path / "manifest.json").write_text(json.dumps(manifest))
+    ds = shardstore.open(tmp_path / "d")
+    with pytest.raises((ManifestError, ChecksumError), match="shard 1"):
+        ds[15]
+
+
+def test_ragged_reads_are_thread_safe(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    ds, data = ragged_dataset(tmp_path / "d", n=120, records_per_shard=30, chunk_records=4)
+    source = shardstore.get_source("zarr")
+    ctx = ReadContext(ds.path, ds.shards, ds.features, 16)
+    rng = np.random.default_rng(0)
+    jobs = [(int(p), np.unique(rng.integers(0, 30, 7))) for p in rng.integers(0, 4, 48)]
+
+    def fetch(job: tuple[int, np.ndarray]) -> bool:
+        pos, rows = job
+        got = source.read_records(ctx, pos, rows)
+        expected = [data["r"][30 * pos + i] for i in rows]
+        return len(got["r"]) == len(rows) and all(
+            a.tobytes() == b.tobytes() for a, b in zip(got["r"], expected, strict=True)
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(fetch, jobs))

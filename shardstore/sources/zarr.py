@@ -2,24 +2,47 @@
 
 Layout of shard ``i`` of a write (all paths relative to the write's directory)::
 
-    000000.zarr/zarr.json               the group's metadata (feature: none)
-    000000.zarr/<feature>/zarr.json     the array's metadata (feature: <feature>)
-    000000.zarr/<feature>/c/0[/0...]    all of the array's chunks (feature: <feature>)
+    000000.zarr/zarr.json                   the group's metadata (feature: none)
+    000000.zarr/<feature>/zarr.json         the array's metadata (feature: <feature>)
+    000000.zarr/<feature>/c/0[/0...]        all of the array's chunks (feature: <feature>)
 
-Each feature of a shard is one Zarr v3 array of shape ``(num_records,
-*shape)``. Its chunks hold ``chunk_records`` whole records (``(chunk_records,
-*shape)``) and are stored with Zarr's ``sharding_indexed`` codec, so every
-chunk of the array lives in one file: a run of compressed chunks followed by
-an index of (offset, length) pairs protected by a CRC32C. Every chunk is
-written, even one that equals the fill value, so the data file always exists
-and no record is ever reconstructed from a fill value. The directory is a
-standard Zarr v3 store: ``zarr.open_group(path, mode="r")`` reads it
-without shardstore.
+    000000.zarr/<ragged>/zarr.json          a ragged feature: a subgroup (feature: <ragged>)
+    000000.zarr/<ragged>/values/zarr.json   its values, ``(total, *inner)``
+    000000.zarr/<ragged>/values/c/0[/0...]  (no such file when every record is empty)
+    000000.zarr/<ragged>/offsets/zarr.json  its offsets, ``(num_records + 1,)`` int64
+    000000.zarr/<ragged>/offsets/c/0
+
+Each fixed-shape feature of a shard is one Zarr v3 array of shape
+``(num_records, *shape)``. Its chunks hold ``chunk_records`` whole records
+(``(chunk_records, *shape)``) and are stored with Zarr's ``sharding_indexed``
+codec, so every chunk of the array lives in one file: a run of compressed
+chunks followed by an index of (offset, length) pairs protected by a CRC32C.
+Every chunk is written, even one that equals the fill value, so the data file
+always exists and no record is ever reconstructed from a fill value. The
+directory is a standard Zarr v3 store: ``zarr.open_group(path, mode="r")``
+reads it without shardstore.
+
+**Ragged features.** A ragged feature (records of shape ``(length_i,
+*inner)``) is a Zarr subgroup named after the feature holding two arrays
+stored exactly like fixed features (same codecs, options and single shard
+file): ``values``, every record's rows one after another, chunked by rows
+(about :data:`CHUNK_BYTES` each), and ``offsets`` (``int64``, starting at 0,
+non-decreasing, ending at the rows of ``values``): record ``i`` is
+``values[offsets[i]:offsets[i + 1]]``. Every feature owns exactly one
+top-level node of the shard's group, named after it; feature names hold no
+``/``, so the two arrays inside a ragged feature's node can never collide
+with another feature, whatever its name (a suffix scheme such as
+``<feature>.offsets`` could: ``.`` is allowed in feature names). The data
+files carry ``info["ragged"]`` (``"values"`` or ``"offsets"``, found by
+:meth:`ShardEntry.ragged_files` without listing directories) and the values
+file ``info["rows"]``. Zarr writes no chunk file for an array without rows,
+so when every record of a shard is empty, the values array's ``zarr.json``
+carries those marks instead.
 
 The group is assembled in a :class:`zarr.storage.MemoryStore` and every key
 of that store is then copied through :meth:`ShardWriteContext.create`, so each
 file (metadata included) is hashed and recorded in the manifest. The data
-file's ``info`` records ``chunk_records`` and ``compression``.
+file's ``info`` records ``chunk_records`` (rows per chunk) and ``compression``.
 
 Every compression is Zarr's core ``blosc`` codec: a byte shuffle, then
 ``zstd``, ``lz4`` or Blosc's own ``blosclz`` (see :func:`_compressors`).
@@ -31,24 +54,32 @@ block of records (never per record). It reads a shard file's index once
 (CRC-checked, cached), then ``pread``s and decodes whole chunks; a chunk that
 straddles two blocks is decoded once. Arrays this fast path does not
 recognise are read through zarr itself. :meth:`ZarrSource.read_records`
-(random access) decodes the chunks holding the rows asked for the same way.
+(random access) decodes the chunks holding the rows asked for the same way;
+:meth:`ZarrSource.read_ragged` reads a ragged feature's offsets once per
+shard (validated, cached), then the chunks of values holding the records.
+Ragged features are always read by index (the reader gathers them); the
+block reader takes fixed-shape features only.
 ``docs/format.md`` section 11 specifies the layout.
 
 **Untrusted data.** Before zarr parses an array's ``zarr.json``, shardstore
 checks it (:func:`_check_array_metadata`): numeric data types only, the
-manifest's shape and dtype, chunk shapes no larger than the array, and codecs
-from a short list of pure decoders (``bytes``, ``blosc``, ``zstd``, ``gzip``,
-``crc32c``, ``transpose``, ``sharding_indexed``), so no codec that decodes
-strings or Python objects is ever instantiated. On the fast path every chunk's stored
-length and announced size are checked before anything is allocated
-(decompression bombs fail with a :class:`ChecksumError`).
+manifest's shape and dtype (for a ragged feature: the values' dtype and inner
+shape, ``int64`` and ``(num_records + 1,)`` for the offsets), chunk shapes no
+larger than the array, and codecs from a short list of pure decoders
+(``bytes``, ``blosc``, ``zstd``, ``gzip``, ``crc32c``, ``transpose``,
+``sharding_indexed``), so no codec that decodes strings or Python objects is
+ever instantiated. On the fast path every chunk's stored length and announced
+size are checked before anything is allocated (decompression bombs fail with
+a :class:`ChecksumError`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
@@ -59,13 +90,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 import numpy as np
 
 from shardstore.errors import (
+    CapabilityError,
     ChecksumError,
     InvalidInputError,
     ManifestError,
     UnsupportedDTypeError,
 )
 from shardstore.integrity import MAX_EXPANSION
-from shardstore.manifest import FeatureSpec, ShardEntry
+from shardstore.manifest import FeatureSpec, FileEntry, ShardEntry
+from shardstore.ragged import RaggedArray
 from shardstore.random_access import aligned_empty
 from shardstore.sources.base import ArrayLike, ReadContext, ShardWriteContext, Source
 
@@ -107,6 +140,10 @@ _WRITE_PIECE_BYTES = 64 << 20
 _MAX_OPEN = 1024
 #: Decoded bytes of chunks kept while a block stream is still inside them.
 _MAX_CACHED_BYTES = 256 << 20
+#: Bytes of ragged offsets tables kept in memory (8 bytes per record).
+MAX_OFFSET_BYTES = 64 << 20
+#: The arrays of a ragged feature's subgroup, as ``info["ragged"]`` names them.
+RAGGED_PARTS = ("values", "offsets")
 _EMPTY = np.uint64(2**64 - 1)
 _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
@@ -172,11 +209,13 @@ class _LRU(Generic[_K, _V]):
 
 
 class _ChunkCache:
-    """Decoded chunks that straddle two blocks, kept until their last row is read.
+    """Decoded arrays under a byte budget, oldest dropped first.
 
-    A shard's blocks are read in order by one reader at a time, so a chunk is
-    needed again only by the next block of the same shard; entries are dropped
-    when that block takes the chunk's last row. The byte budget bounds what
+    Holds chunks that straddle two blocks, kept until their last row is read
+    (and, in a second instance, ragged offsets tables). A shard's blocks are
+    read in order by one reader at a time, so a chunk is needed again only by
+    the next block of the same shard; entries are dropped when that block
+    takes the chunk's last row. The byte budget bounds what
     abandoned iterations leave behind.
     """
 
@@ -208,19 +247,34 @@ class _ChunkCache:
 
 @dataclass(frozen=True)
 class _ArrayRef:
-    """Where one feature of one shard lives (from the manifest; no file opened)."""
+    """Where one array of one shard lives (from the manifest; no file opened).
+
+    The array of a fixed-shape feature, or the ``values`` or ``offsets`` array
+    (``part``) of a ragged one. Its "records" are the array's rows.
+    """
 
     shard: int
     feature: str
-    spec: FeatureSpec
-    shape: tuple[int, ...]  # of one record
-    num_records: int
-    chunk_records: int
+    part: str | None  # None: a fixed-shape feature; else "values" or "offsets"
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]  # of one row (one record of a fixed-shape feature)
+    num_records: int  # rows of the array
+    chunk_records: int  # rows per chunk
     root: Path  # absolute path of the shard's .zarr group
     meta_relpath: str  # manifest path of the array's zarr.json
     data_relpath: str  # manifest path of the chunk (shard) file
     data_path: Path  # absolute path of that file
     checksum: str = ""  # the manifest's checksum of the metadata and the data file
+
+    @property
+    def node(self) -> str:
+        """The array's path inside the shard's group."""
+        return self.feature if self.part is None else f"{self.feature}/{self.part}"
+
+    @property
+    def row_nbytes(self) -> int:
+        """Bytes of one row of the array."""
+        return int(self.dtype.itemsize * math.prod(self.shape))
 
     @property
     def key(self) -> str:
@@ -272,7 +326,7 @@ class _ChunkFile:
         self._blosc = numcodecs.Blosc() if codec == "blosc" else None
         self._zstd = numcodecs.Zstd() if codec == "zstd" else None
         self._fill_value = fill_value
-        self._chunk_nbytes = ref.chunk_records * ref.spec.record_nbytes
+        self._chunk_nbytes = ref.chunk_records * ref.row_nbytes
         self._chunk_shape = (ref.chunk_records, *ref.shape)
 
     def chunk(self, index: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -290,7 +344,7 @@ class _ChunkFile:
         offset, length = int(self._offsets[index]), int(self._lengths[index])
         if self._offsets[index] == _EMPTY and self._lengths[index] == _EMPTY:
             if out is None:
-                out = aligned_empty(self._chunk_shape, ref.spec.dtype)
+                out = aligned_empty(self._chunk_shape, ref.dtype)
             out[...] = self._fill_value
             return out
         want = self._chunk_nbytes
@@ -305,7 +359,7 @@ class _ChunkFile:
         with open(ref.data_path, "rb", buffering=0) as f:
             if self._codec is None:
                 if out is None:
-                    out = aligned_empty(self._chunk_shape, ref.spec.dtype)
+                    out = aligned_empty(self._chunk_shape, ref.dtype)
                 dest = out.reshape(-1).view(np.uint8)
                 f.seek(offset)
                 view, got = dest.data, 0
@@ -337,7 +391,7 @@ class _ChunkFile:
                     f"the chunk is {want} bytes)",
                 )
         if out is None:  # allocated only now: after every check on what the chunk claims
-            out = aligned_empty(self._chunk_shape, ref.spec.dtype)
+            out = aligned_empty(self._chunk_shape, ref.dtype)
         dest = out.reshape(-1).view(np.uint8)
         try:
             if self._blosc is not None:
@@ -352,7 +406,7 @@ class _ChunkFile:
     def rows(self, rows: np.ndarray) -> np.ndarray:
         """Records ``rows`` (sorted, unique, local to the shard), one chunk decoded at a time."""
         ref = self.ref
-        out = np.empty((len(rows), *ref.shape), ref.spec.dtype)
+        out = np.empty((len(rows), *ref.shape), ref.dtype)
         chunks = rows // ref.chunk_records
         bounds = np.flatnonzero(np.diff(chunks)) + 1
         for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(rows)], strict=True):
@@ -379,11 +433,114 @@ def _zstd_content_size(frame: bytes) -> int | None:
 
 def _damaged(ref: _ArrayRef, what: str, *, relpath: str | None = None) -> ChecksumError:
     relpath = relpath or ref.data_relpath
+    part = "" if ref.part is None else f", {ref.part}"
     return ChecksumError(
-        f"shard {ref.shard}: file {relpath!r} (feature {ref.feature!r}) is damaged: "
+        f"shard {ref.shard}: file {relpath!r} (feature {ref.feature!r}{part}) is damaged: "
         f"{what}; run Dataset.verify() to check every file",
         shard=ref.shard,
         file=relpath,
+    )
+
+
+def _values_chunk_rows(spec: FeatureSpec, rows: int, records: int, chunk: int | None) -> int:
+    """Rows per chunk of a ragged feature's values: about 1 MiB, or ``chunk`` records' worth.
+
+    With the ``chunk_records`` option, a chunk holds about as many rows as
+    that many records of the shard hold on average.
+    """
+    if chunk is None:
+        want = CHUNK_BYTES // max(1, spec.row_nbytes)
+    else:
+        want = -(-chunk * rows // max(1, records))
+    return max(1, min(rows, want))
+
+
+def _write_array(
+    group: Any,
+    name: str,
+    source: ArrayLike,
+    shape: tuple[int, ...],
+    dtype: np.dtype[Any],
+    chunk: int,
+    opts: Mapping[str, Any],
+) -> None:
+    """Array ``name`` of ``group``: ``shape`` (rows first) of ``source``, in one shard file.
+
+    Chunks of ``chunk`` rows; every chunk is written (even one equal to the
+    fill value), whole chunks per call, each call re-assembling the
+    (in-memory) shard file. An array without rows has no chunk at all.
+    """
+    rows, *inner = shape
+    arr = group.create_array(
+        name,
+        shape=shape,
+        dtype=dtype,
+        chunks=(chunk, *inner),
+        shards=(max(chunk, -(-rows // chunk) * chunk), *inner),  # one file, every chunk
+        compressors=_compressors(opts["compression"], opts["compression_level"], dtype),
+        fill_value=np.zeros((), dtype)[()],
+        config={"write_empty_chunks": True},
+    )
+    row_nbytes = dtype.itemsize * math.prod(inner)
+    step = chunk * max(1, _WRITE_PIECE_BYTES // max(1, chunk * row_nbytes))
+    for lo in range(0, rows, step):
+        hi = min(rows, lo + step)
+        arr[lo:hi] = np.ascontiguousarray(np.asarray(source[lo:hi]), dtype=dtype)
+
+
+def _locate(
+    ctx: ReadContext,
+    shard: ShardEntry,
+    data: FileEntry,
+    feature: str,
+    part: str | None,
+    dtype: np.dtype[Any],
+    shape: tuple[int, ...],
+    rows: int,
+) -> _ArrayRef:
+    """The array whose data file is ``data``, checked against the manifest (no I/O).
+
+    ``data`` must be the chunk file of ``<shard>.zarr/<node>`` (the array's
+    ``zarr.json`` for a ragged feature's values without rows), with a valid
+    ``info.chunk_records``; the group's and the array's metadata must be
+    listed too. Else ``ManifestError``.
+    """
+    node = feature if part is None else f"{feature}/{part}"
+    chunk = data.info.get("chunk_records")
+    if type(chunk) is not int or chunk < 1 or (rows and chunk > rows):
+        raise ManifestError(
+            f"shard {shard.index}, file {data.path!r}: invalid info.chunk_records {chunk!r}"
+        )
+    if rows == 0 and part == "values":  # no chunk file: the mark is on the metadata
+        root, sep, key = data.path.rpartition(f"/{node}/zarr.json")
+        valid = bool(sep) and not key
+    else:
+        root, sep, key = data.path.rpartition(f"/{node}/c/")
+        valid = bool(sep) and all(p.isdigit() for p in key.split("/"))
+    if not valid or not root.endswith(SUFFIX):
+        raise ManifestError(
+            f"shard {shard.index}, file {data.path!r} is not a chunk file of a "
+            f"'<shard>{SUFFIX}/{node}/c/...' zarr array"
+        )
+    meta_relpath = f"{root}/{node}/zarr.json"
+    metas = [f"{root}/zarr.json", *([f"{root}/{feature}/zarr.json"] if part else []), meta_relpath]
+    checksums = {f.path: f.checksum for f in shard.files if f.path in metas}
+    for meta in metas:
+        if meta not in checksums:
+            raise ManifestError(f"shard {shard.index}: zarr metadata {meta!r} is not listed")
+    return _ArrayRef(
+        shard=shard.index,
+        feature=feature,
+        part=part,
+        dtype=dtype,
+        shape=shape,
+        num_records=rows,
+        chunk_records=chunk,
+        root=ctx.resolve(root),
+        meta_relpath=meta_relpath,
+        data_relpath=data.path,
+        data_path=ctx.resolve(data.path),
+        checksum=data.checksum + checksums[meta_relpath],
     )
 
 
@@ -396,12 +553,15 @@ class ZarrSource(Source):
         blosclz) or ``None``; every one shuffles bytes first (Zarr ``blosc`` codec).
     compression_level : Blosc's ``clevel``, 1-9 (default 3 for zstd, else 5).
     chunk_records : records per chunk (default: about 1 MiB of the feature;
-        never more than the shard holds).
+        never more than the shard holds). A ragged feature's values are chunked
+        by rows: about 1 MiB, or as many rows as ``chunk_records`` records hold
+        on average; its offsets in chunks of ``chunk_records`` entries.
     """
 
     name: ClassVar[str] = "zarr"
     tf_native: ClassVar[bool] = False
     random_access: ClassVar[bool] = True
+    supports_ragged: ClassVar[bool] = True
     write_options: ClassVar[frozenset[str]] = frozenset(
         {"compression", "chunk_records", "compression_level"}
     )
@@ -412,6 +572,8 @@ class ZarrSource(Source):
         # (reader,) by data file; (None,) when the array is read through zarr
         self._files: _LRU[str, tuple[_ChunkFile | None]] = _LRU(_MAX_OPEN)
         self._chunks = _ChunkCache(_MAX_CACHED_BYTES)
+        # ragged features: each shard's offsets (validated), by offsets and values files
+        self._offsets = _ChunkCache(MAX_OFFSET_BYTES)
 
     # -- options and features ---------------------------------------------------------
     def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -463,9 +625,10 @@ class ZarrSource(Source):
     def check_features(self, features: Mapping[str, FeatureSpec]) -> None:
         """Refuse what the base class refuses, object dtypes, and non-Zarr node names.
 
-        Each feature becomes a Zarr array named after it, so ``zarr.json`` and
-        names starting with ``__`` (reserved by the Zarr v3 specification)
-        are refused with :class:`InvalidInputError`.
+        Each feature becomes a Zarr node named after it (an array, or for a
+        ragged feature a group holding the arrays ``values`` and ``offsets``),
+        so ``zarr.json`` and names starting with ``__`` (reserved by the Zarr
+        v3 specification) are refused with :class:`InvalidInputError`.
         """
         super().check_features(features)
         for fname, spec in features.items():
@@ -481,7 +644,11 @@ class ZarrSource(Source):
 
     # -- writing --------------------------------------------------------------------------
     def write_shard(self, shard: ShardWriteContext, arrays: Mapping[str, ArrayLike]) -> None:
-        """Build the shard's Zarr group in memory, then write each key through the core."""
+        """Build the shard's Zarr group in memory, then write each key through the core.
+
+        A ragged feature (a :class:`~shardstore.ragged.RaggedArray`) becomes a
+        subgroup holding its ``values`` and ``offsets`` arrays.
+        """
         import zarr
         from zarr.storage import MemoryStore
 
@@ -490,54 +657,71 @@ class ZarrSource(Source):
         n = shard.num_records
         store_dict: dict[str, Any] = {}
         group = zarr.create_group(store=MemoryStore(store_dict=store_dict), zarr_format=3)
-        chunk_records: dict[str, int] = {}
+        meta_keys = {"zarr.json"}
+        infos: dict[str, dict[str, Any]] = {}  # array node -> info of its data file
+        empty: set[str] = set()  # array nodes without rows (zarr writes no chunk file)
         for fname, spec in shard.features.items():
-            shape = tuple(int(d) for d in spec.shape if d is not None)
-            chunk = min(n, opts["chunk_records"] or default_chunk_records(spec))
-            chunk_records[fname] = chunk
-            arr = group.create_array(
-                fname,
-                shape=(n, *shape),
-                dtype=spec.dtype,
-                chunks=(chunk, *shape),
-                shards=(-(-n // chunk) * chunk, *shape),  # one shard file holds every chunk
-                compressors=_compressors(
-                    opts["compression"], opts["compression_level"], spec.dtype
-                ),
-                fill_value=np.zeros((), spec.dtype)[()],
-                config={"write_empty_chunks": True},
+            if not spec.is_ragged:
+                chunk = min(n, opts["chunk_records"] or default_chunk_records(spec))
+                shape = (n, *(int(d) for d in spec.shape if d is not None))
+                _write_array(group, fname, arrays[fname], shape, spec.dtype, chunk, opts)
+                meta_keys.add(f"{fname}/zarr.json")
+                infos[fname] = {"chunk_records": chunk, "compression": opts["compression"]}
+                continue
+            ragged = arrays[fname]
+            if not isinstance(ragged, RaggedArray):
+                raise InvalidInputError(f"feature {fname!r} is ragged; expected a RaggedArray")
+            values = ragged.flat_values
+            offsets = (ragged.offsets - ragged.offsets[0]).astype("<i8")
+            rows = len(values)
+            sub = group.create_group(fname)
+            chunks = {
+                "values": _values_chunk_rows(spec, rows, n, opts["chunk_records"]),
+                "offsets": min(n + 1, opts["chunk_records"] or max(1, CHUNK_BYTES // 8)),
+            }
+            _write_array(
+                sub, "values", values, (rows, *spec.inner_shape), spec.dtype, chunks["values"], opts
             )
-            # Whole chunks per call; each call re-assembles the (in-memory) shard file.
-            step = chunk * max(1, _WRITE_PIECE_BYTES // max(1, chunk * spec.record_nbytes))
-            source = arrays[fname]
-            for lo in range(0, n, step):
-                hi = min(n, lo + step)
-                arr[lo:hi] = np.ascontiguousarray(np.asarray(source[lo:hi]), dtype=spec.dtype)
+            _write_array(
+                sub, "offsets", offsets, (n + 1,), np.dtype("<i8"), chunks["offsets"], opts
+            )
+            for part in RAGGED_PARTS:
+                meta_keys.add(f"{fname}/{part}/zarr.json")
+                info: dict[str, Any] = {"ragged": part, "chunk_records": chunks[part]}
+                if part == "values":
+                    info["rows"] = rows
+                info["compression"] = opts["compression"]
+                infos[f"{fname}/{part}"] = info
+            meta_keys.add(f"{fname}/zarr.json")
+            if rows == 0:
+                empty.add(f"{fname}/values")
 
-        # Expected: the group's zarr.json, then per feature its zarr.json and one chunk file.
-        data_keys = {
-            key.partition("/")[0]: key for key in store_dict if key.partition("/")[2][:2] == "c/"
-        }
-        expected = {"zarr.json", *data_keys.values()}
-        expected |= {f"{f}/zarr.json" for f in shard.features}
-        if set(data_keys) != set(shard.features) or expected != set(store_dict):
+        # Expected: the metadata above, and one chunk file per array with rows.
+        data_keys = {key.partition("/c/")[0]: key for key in store_dict if key not in meta_keys}
+        if (
+            set(data_keys) != set(infos) - empty
+            or len(data_keys) + len(meta_keys) != len(store_dict)
+            or not meta_keys <= set(store_dict)
+            or not all(re.fullmatch(r"[0-9]+(/[0-9]+)*", k.partition("/c/")[2])
+                       for k in data_keys.values())
+        ):  # fmt: skip
             raise RuntimeError(  # pragma: no cover - guards against a zarr behaviour change
                 f"zarr wrote unexpected keys {sorted(store_dict)} for shard {shard.index}"
             )
+        info_of = {key: infos[node] for node, key in data_keys.items()}
+        info_of.update({f"{node}/zarr.json": infos[node] for node in empty})
 
         for key in sorted(store_dict):  # deterministic file order in the manifest
             feature, _, rest = key.partition("/")
             with shard.create(f"{SUFFIX}/{key}") as f:
                 if rest:
-                    f.feature = feature  # the file belongs to that feature's array
-                if data_keys.get(feature) == key:
-                    f.info["chunk_records"] = chunk_records[feature]
-                    f.info["compression"] = opts["compression"]
+                    f.feature = feature  # the file belongs to that feature's array(s)
+                f.info.update(info_of.get(key, {}))
                 f.write(store_dict[key].as_numpy_array())
 
     # -- locating arrays ------------------------------------------------------------------
     def _array_ref(self, ctx: ReadContext, shard: ShardEntry, feature: str) -> _ArrayRef:
-        """The feature's array in ``shard``, validated against the manifest (no I/O)."""
+        """The fixed-shape feature's array in ``shard``, validated against the manifest (no I/O)."""
         spec = ctx.features[feature]
         entries = [f for f in shard.files if f.feature == feature and "chunk_records" in f.info]
         if len(entries) != 1:
@@ -545,38 +729,36 @@ class ZarrSource(Source):
                 f"shard {shard.index} has {len(entries)} zarr chunk files for feature "
                 f"{feature!r}; expected exactly 1"
             )
-        data = entries[0]
-        chunk = data.info["chunk_records"]
-        if type(chunk) is not int or chunk < 1 or (shard.num_records and chunk > shard.num_records):
+        shape = tuple(int(d) for d in spec.shape if d is not None)
+        return _locate(ctx, shard, entries[0], feature, None, spec.dtype, shape, shard.num_records)
+
+    def _ragged_refs(
+        self, ctx: ReadContext, shard: ShardEntry, feature: str
+    ) -> tuple[_ArrayRef, _ArrayRef]:
+        """The ``values`` and ``offsets`` arrays of a ragged feature in ``shard`` (no I/O).
+
+        Checked against the manifest: both data files are marked
+        (``info["ragged"]``), the values file's ``info["rows"]`` is a row
+        count its size can hold (at most :data:`MAX_EXPANSION`-fold), and
+        every path is where this source puts it; else ``ManifestError``.
+        """
+        spec = ctx.features[feature]
+        values, offsets = shard.ragged_files(feature)
+        rows = values.info.get("rows")
+        if type(rows) is not int or rows < 0:
             raise ManifestError(
-                f"shard {shard.index}, file {data.path!r}: invalid info.chunk_records {chunk!r}"
+                f"shard {shard.index}, file {values.path!r}: invalid info.rows {rows!r}"
             )
-        root, sep, key = data.path.rpartition(f"/{feature}/c/")
-        if not sep or not root.endswith(SUFFIX) or not all(p.isdigit() for p in key.split("/")):
+        if rows * spec.row_nbytes > max(1, values.size) * MAX_EXPANSION:
             raise ManifestError(
-                f"shard {shard.index}, file {data.path!r} is not a chunk file of a "
-                f"'<shard>{SUFFIX}/{feature}/c/...' zarr array"
+                f"shard {shard.index}, file {values.path!r}: info.rows claims {rows} rows "
+                f"({rows * spec.row_nbytes} bytes) in a file of {values.size} bytes"
             )
-        listed = {f.path for f in shard.files}
-        for meta in (f"{root}/zarr.json", f"{root}/{feature}/zarr.json"):
-            if meta not in listed:
-                raise ManifestError(f"shard {shard.index}: zarr metadata {meta!r} is not listed")
-        return _ArrayRef(
-            shard=shard.index,
-            feature=feature,
-            spec=spec,
-            shape=tuple(int(d) for d in spec.shape if d is not None),
-            num_records=shard.num_records,
-            chunk_records=chunk,
-            root=ctx.resolve(root),
-            meta_relpath=f"{root}/{feature}/zarr.json",
-            data_relpath=data.path,
-            data_path=ctx.resolve(data.path),
-            checksum=data.checksum
-            + next(
-                (f.checksum for f in shard.files if f.path == f"{root}/{feature}/zarr.json"), ""
-            ),
-        )
+        return (
+            _locate(ctx, shard, values, feature, "values", spec.dtype, spec.inner_shape, rows),
+            _locate(ctx, shard, offsets, feature, "offsets", np.dtype("<i8"), (),
+                    shard.num_records + 1),
+        )  # fmt: skip
 
     def _zarr_array(self, ref: _ArrayRef) -> Any:
         """The zarr array of ``ref``, opened read-only once per source instance."""
@@ -592,16 +774,16 @@ class ZarrSource(Source):
                 _check_array_metadata(ref)  # before zarr parses it (codecs can run code)
                 store = LocalStore(ref.root, read_only=True)
                 try:
-                    arr = zarr.open_array(store, path=ref.feature, mode="r", zarr_format=3)
+                    arr = zarr.open_array(store, path=ref.node, mode="r", zarr_format=3)
                 except Exception as exc:
                     what = f"zarr cannot open the array ({type(exc).__name__}: {exc})"
                     raise _damaged(ref, what, relpath=ref.meta_relpath) from exc
                 expected = (ref.num_records, *ref.shape)
-                if tuple(arr.shape) != expected or np.dtype(arr.dtype) != ref.spec.dtype:
+                if tuple(arr.shape) != expected or np.dtype(arr.dtype) != ref.dtype:
                     raise ManifestError(
-                        f"shard {ref.shard}: zarr array {ref.feature!r} has shape "
+                        f"shard {ref.shard}: zarr array {ref.node!r} has shape "
                         f"{tuple(arr.shape)} and dtype {arr.dtype}; the manifest says "
-                        f"{expected} and {ref.spec.dtype}"
+                        f"{expected} and {ref.dtype}"
                     )
                 arr = self._arrays.put(ref.key, arr)
         return arr
@@ -620,7 +802,7 @@ class ZarrSource(Source):
             log.debug("zarr source: reading %s through zarr (not on the fast path)", ref.key)
         else:
             offsets, lengths = _read_shard_index(ref, layout)
-            fill = np.asarray(arr.metadata.fill_value).astype(ref.spec.dtype)[()]
+            fill = np.asarray(arr.metadata.fill_value).astype(ref.dtype)[()]
             reader = _ChunkFile(
                 ref, offsets=offsets, lengths=lengths, codec=layout.codec, fill_value=fill
             )
@@ -638,7 +820,7 @@ class ZarrSource(Source):
         if reader is None:
             return self._through_zarr(ref, lambda arr: arr[lo:hi])
         chunk_records = ref.chunk_records
-        out = aligned_empty((hi - lo, *ref.shape), ref.spec.dtype)
+        out = aligned_empty((hi - lo, *ref.shape), ref.dtype)
         for c in range(lo // chunk_records, (hi - 1) // chunk_records + 1):
             c_lo = c * chunk_records
             c_end = min(ref.num_records, c_lo + chunk_records)  # rows of this chunk in use
@@ -667,8 +849,18 @@ class ZarrSource(Source):
         return _ShardPlan(shard.num_records, ctx.block_records, refs)
 
     def tf_reader(self, ctx: ReadContext) -> Callable[[tf.Tensor], tf.data.Dataset]:
-        """Blocks of records, one ``tf.numpy_function`` per block decoding whole chunks."""
+        """Blocks of records, one ``tf.numpy_function`` per block decoding whole chunks.
+
+        Fixed-shape features only: the reader gathers ragged ones by index.
+        """
         import tensorflow as tf
+
+        ragged = [name for name, spec in ctx.features.items() if spec.is_ragged]
+        if ragged:
+            raise CapabilityError(
+                f"the 'zarr' block reader takes fixed-shape features only; ragged "
+                f"features ({', '.join(ragged)}) are read by index (read_ragged)"
+            )
 
         plans = [self._plan(ctx, shard) for shard in ctx.shards]
         counts = tf.constant([p.num_blocks for p in plans], tf.int64)
@@ -695,38 +887,135 @@ class ZarrSource(Source):
 
         return read_shard
 
-    def read_records(
-        self, ctx: ReadContext, position: int, rows: np.ndarray
-    ) -> dict[str, np.ndarray]:
+    def check_shards(self, ctx: ReadContext) -> None:
+        """Check the manifest's marks of every ragged feature read (``ManifestError``)."""
+        for fname, spec in ctx.features.items():
+            if spec.is_ragged:
+                for shard in ctx.shards:
+                    self._ragged_refs(ctx, shard, fname)
+
+    def _gather(self, ref: _ArrayRef, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (sorted, unique) of ``ref``, each chunk holding some decoded once.
+
+        A run of consecutive rows is decoded chunk by chunk like a block (whole
+        chunks straight into the result); other rows are copied out of their
+        decoded chunks, or read with zarr's orthogonal selection (``arr.oindex``)
+        for arrays off the fast path.
+        """
+        if rows.size == 0:
+            return np.empty((0, *ref.shape), ref.dtype)
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        if hi - lo == rows.size:  # a run (ds[i], ds[i:j], iter_numpy): decode whole chunks
+            return self._read_rows(ref, lo, hi, cache=False)
+        reader = self._chunk_file(ref)
+        if reader is not None:
+            return reader.rows(rows)
+        return self._through_zarr(ref, lambda arr: arr.oindex[rows])
+
+    def read_records(self, ctx: ReadContext, position: int, rows: np.ndarray) -> dict[str, Any]:
         """Records ``rows`` (sorted, unique) of a shard, for each of ``ctx.features``.
 
-        A run of consecutive rows is decoded chunk by chunk like a block; any
-        other selection uses zarr's orthogonal selection (``arr.oindex``),
-        which decodes only the chunks holding the rows. Thread-safe.
+        Fixed-shape features come as arrays ``(len(rows), *shape)``, ragged
+        ones as :class:`~shardstore.ragged.RaggedArray` (see :meth:`read_ragged`).
+        Only the chunks holding the rows are decoded. Thread-safe.
         """
         shard = ctx.shards[position]
         rows = np.asarray(rows, dtype=np.int64)
-        out: dict[str, np.ndarray] = {}
+        out: dict[str, Any] = {}
         for fname, spec in ctx.features.items():
-            ref = self._array_ref(ctx, shard, fname)
-            if rows.size == 0:
-                out[fname] = np.empty((0, *ref.shape), spec.dtype)
-                continue
-            lo, hi = int(rows[0]), int(rows[-1]) + 1
-            reader = self._chunk_file(ref)
-            if hi - lo == rows.size:  # a run (ds[i], ds[i:j], iter_numpy): decode whole chunks
-                out[fname] = self._read_rows(ref, lo, hi, cache=False)
-            elif reader is not None:  # scattered rows: each chunk holding some, decoded once
-                out[fname] = reader.rows(rows)
+            if spec.is_ragged:
+                out[fname] = self.read_ragged(ctx, position, fname, rows)
             else:
-                out[fname] = self._through_zarr(ref, lambda arr: arr.oindex[rows])
+                out[fname] = self._gather(self._array_ref(ctx, shard, fname), rows)
         return out
+
+    def read_records_into(
+        self,
+        ctx: ReadContext,
+        position: int,
+        rows: np.ndarray,
+        out: Mapping[str, np.ndarray],
+    ) -> None:
+        """Records ``rows`` of the fixed-shape features named by ``out``, into ``out``.
+
+        Only those features are read (the reader gathers ragged ones with
+        :meth:`read_ragged`).
+        """
+        shard = ctx.shards[position]
+        rows = np.asarray(rows, dtype=np.int64)
+        for fname, dest in out.items():
+            dest[...] = self._gather(self._array_ref(ctx, shard, fname), rows)
+
+    def _offsets_of(self, values: _ArrayRef, offsets: _ArrayRef) -> np.ndarray:
+        """A ragged feature's offsets in one shard: validated, cached (read-only).
+
+        Raises
+        ------
+        ChecksumError
+            Naming the shard and the offsets file, unless the offsets start at
+            0, never decrease and end at the rows of ``values``.
+        """
+        key = (f"{offsets.key}\n{values.key}", 0)
+        table = self._offsets.get(key)
+        if table is not None:
+            return table
+        table = self._read_rows(offsets, 0, offsets.num_records, cache=False)
+        if (
+            table.shape != (offsets.num_records,)
+            or table[0] != 0
+            or table[-1] != values.num_records
+            or np.any(table[1:] < table[:-1])
+        ):
+            raise _damaged(
+                offsets,
+                f"its offsets do not run from 0, never decreasing, up to the "
+                f"{values.num_records} rows of {values.data_relpath!r}",
+            )
+        table.flags.writeable = False
+        self._offsets.put(key, table)
+        return table
+
+    def read_ragged(
+        self, ctx: ReadContext, position: int, feature: str, rows: np.ndarray
+    ) -> RaggedArray:
+        """Records ``rows`` (sorted, unique, local) of the ragged ``feature`` of one shard.
+
+        The shard's offsets are read once (validated, cached); then the rows
+        of values the records span are read like the rows of a fixed-shape
+        feature: one contiguous range decoded chunk by chunk when the records
+        follow each other (empty records between them included), else each
+        chunk holding some rows decoded once. Returns a compact
+        :class:`~shardstore.ragged.RaggedArray`. Thread-safe.
+
+        Raises
+        ------
+        ChecksumError
+            Damaged offsets or chunks, naming the shard and the file.
+        ManifestError
+            A manifest or ``zarr.json`` that contradicts the feature.
+        """
+        shard = ctx.shards[position]
+        values, offsets = self._ragged_refs(ctx, shard, feature)
+        table = self._offsets_of(values, offsets)
+        rows = np.asarray(rows, dtype=np.int64)
+        starts, ends = table[rows], table[rows + 1]
+        lengths = ends - starts
+        total = int(lengths.sum())
+        if total == 0:
+            data = np.empty((0, *values.shape), values.dtype)
+        elif int(ends[-1]) - int(starts[0]) == total:  # no gap: one range of rows
+            data = self._read_rows(values, int(starts[0]), int(ends[-1]), cache=False)
+        else:  # row r of the result is values[starts[k] + r - (rows before record k)]
+            before = np.cumsum(lengths) - lengths
+            picks = np.repeat(starts - before, lengths) + np.arange(total, dtype=np.int64)
+            data = self._gather(values, picks)
+        return RaggedArray.from_lengths(data, lengths)
 
     def _through_zarr(self, ref: _ArrayRef, select: Callable[[Any], Any]) -> np.ndarray:
         """``select(array)`` read by zarr itself; its decoding errors become ``ChecksumError``."""
         arr = self._zarr_array(ref)
         try:
-            return np.asarray(select(arr), dtype=ref.spec.dtype)
+            return np.asarray(select(arr), dtype=ref.dtype)
         except Exception as exc:
             raise _damaged(ref, f"zarr cannot decode it ({type(exc).__name__}: {exc})") from None
 
@@ -764,7 +1053,7 @@ def _fast_path(meta: dict[str, Any], ref: _ArrayRef) -> _Layout | None:
         codecs = cfg["codecs"]
         first = codecs[0]
         endian = (first.get("configuration") or {}).get("endian", "little")
-        if first["name"] != "bytes" or (endian != "little" and ref.spec.dtype.itemsize > 1):
+        if first["name"] != "bytes" or (endian != "little" and ref.dtype.itemsize > 1):
             return None
         if len(codecs) == 1:
             codec = None
@@ -835,7 +1124,7 @@ def _check_array_metadata(ref: _ArrayRef) -> None:
     ManifestError
         Naming the shard, the file and what is wrong.
     """
-    path = ref.root / ref.feature / "zarr.json"
+    path = ref.root / ref.node / "zarr.json"
     where = f"shard {ref.shard}, {ref.meta_relpath!r}"
     try:
         with open(path, "rb") as f:
@@ -858,9 +1147,9 @@ def _check_array_metadata(ref: _ArrayRef) -> None:
     if meta.get("node_type") != "array":
         raise fail(f"node_type is {meta.get('node_type')!r}, not 'array'")
     data_type = meta.get("data_type")
-    if data_type != _ZARR_DTYPES.get(ref.spec.dtype.str):
+    if data_type != _ZARR_DTYPES.get(ref.dtype.str):
         raise fail(
-            f"data_type {data_type!r} is not the manifest's {ref.spec.dtype} "
+            f"data_type {data_type!r} is not the manifest's {ref.dtype} "
             "(only numeric data types are read)"
         )
     if meta.get("shape") != expected:
