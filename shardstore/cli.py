@@ -40,7 +40,7 @@ import os
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shardstore import __version__
 from shardstore.api import open as open_dataset
@@ -48,6 +48,9 @@ from shardstore.errors import ChecksumError, ShardStoreError
 from shardstore.manifest import FeatureSpec
 from shardstore.registry import SourceInfo, available_sources, get_source
 from shardstore.summary import summarize
+
+if TYPE_CHECKING:
+    from shardstore.reader import Dataset
 
 __all__ = ["main"]
 
@@ -277,10 +280,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             raise
         print(f"{PROG}: verify FAILED: {_one_line(exc)}", file=sys.stderr)
         return EXIT_DAMAGED
-    print(
-        f"OK: {_plural(ds.num_records, 'record')}, {_plural(ds.num_shards, 'shard')}, "
-        f"{_human_bytes(ds.nbytes)} verified"
-    )
+    print(f"OK: {_summary(ds)} verified")
     return 0
 
 
@@ -492,12 +492,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
                 "are for --tfrecord"
             )
         feature = args.feature[0]
-    options: dict[str, Any] = {}
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InvalidInputError(f"option {item!r} is not KEY=VALUE")
-        options[key] = _option_value(value)
+    options = _source_options(args.option)
     if args.workers is not None and args.workers < 0:
         raise InvalidInputError(f"--workers must be >= 0, got {args.workers}")
     executor: Any = "threads"
@@ -541,8 +536,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     count = report.get("skipped_count", 0)
     what = _plural(report["files"], "file") if "files" in report else srcs[0]
     print(
-        f"ingested {what} into {ds.path}: {_plural(ds.num_records, 'record')}, "
-        f"{_plural(ds.num_shards, 'shard')}, {_human_bytes(ds.nbytes)}, "
+        f"ingested {what} into {ds.path}: {_summary(ds)}, "
         f"{_plural(len(ds.features), 'feature')}"
         + (f"; skipped {_plural(count, 'bad file')}" if count else "")
     )
@@ -1113,11 +1107,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
         fsync=args.fsync,
         progress=args.progress,
     )
-    print(
-        f"merged {_plural(len(parts), 'part')} into {ds.path}: "
-        f"{_plural(ds.num_records, 'record')}, {_plural(ds.num_shards, 'shard')}, "
-        f"{_human_bytes(ds.nbytes)}"
-    )
+    print(f"merged {_plural(len(parts), 'part')} into {ds.path}: {_summary(ds)}")
     return 0
 
 
@@ -1129,6 +1119,27 @@ def _option_value(text: str) -> Any:
         return int(text)
     except ValueError:
         return text
+
+
+def _source_options(items: list[str]) -> dict[str, Any]:
+    """``-o KEY=VALUE`` options, values typed by :func:`_option_value`."""
+    from shardstore.errors import InvalidInputError
+
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInputError(f"option {item!r} is not KEY=VALUE")
+        options[key] = _option_value(value)
+    return options
+
+
+def _summary(ds: Dataset) -> str:
+    """``"N records, M shards, SIZE"``: how commands report the dataset they made."""
+    return (
+        f"{_plural(ds.num_records, 'record')}, {_plural(ds.num_shards, 'shard')}, "
+        f"{_human_bytes(ds.nbytes)}"
+    )
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -1146,14 +1157,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         0.
     """
     from shardstore.convert import convert
-    from shardstore.errors import InvalidInputError
 
-    options: dict[str, Any] = {}
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InvalidInputError(f"option {item!r} is not KEY=VALUE")
-        options[key] = _option_value(value)
+    options = _source_options(args.option)
     ds = convert(
         args.src,
         args.dst,
@@ -1164,11 +1169,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         progress=args.progress,
         **options,
     )
-    print(
-        f"converted {args.src} -> {ds.path} ({args.format}): "
-        f"{_plural(ds.num_records, 'record')}, {_plural(ds.num_shards, 'shard')}, "
-        f"{_human_bytes(ds.nbytes)}"
-    )
+    print(f"converted {args.src} -> {ds.path} ({args.format}): {_summary(ds)}")
     return 0
 
 

@@ -89,6 +89,16 @@ class ChecksumError(ShardStoreError, OSError):
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
 
+    @classmethod
+    def in_file(cls, dataset: object, shard: int, file: str, what: str) -> ChecksumError:
+        """``dataset '<dataset>', shard <shard>: file '<file>' <what>``, attributes set."""
+        return cls(
+            f"dataset {str(dataset)!r}, shard {shard}: file {file!r} {what}",
+            dataset=str(dataset),
+            shard=shard,
+            file=file,
+        )
+
 
 class SourceNotFoundError(ShardStoreError, LookupError):
     """No installed source plugin has the requested name."""

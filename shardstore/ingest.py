@@ -59,7 +59,7 @@ from shardstore.npyfiles import (
 )
 from shardstore.registry import get_source
 from shardstore.resumable import Column, write_resumable
-from shardstore.writer import DEFAULT_SHARD_SIZE, parse_size
+from shardstore.writer import ShardLayout
 
 if TYPE_CHECKING:
     from shardstore.reader import Dataset
@@ -321,8 +321,7 @@ def ingest(
         raise InvalidInputError(f"labels and label_from apply to kind 'files', not {kind!r}")
     if kind != "files" and len(paths) != 1:
         raise InvalidInputError(f"kind {kind!r} reads one path, got {len(paths)}")
-    if shard_size is not None and records_per_shard is not None:
-        raise InvalidInputError("give shard_size or records_per_shard, not both")
+    layout = ShardLayout.create(shard_size, records_per_shard)
     source = get_source(format)
     checked = source.check_options(options)
     if kind == "files":
@@ -338,17 +337,7 @@ def ingest(
         )
     else:
         inputs = _array_inputs(kind, Path(paths[0]), feature=feature, members=members)
-    record_bytes = max(1, round(sum(c.spec.mean_record_nbytes for c in inputs.columns.values())))
-    if records_per_shard is not None:
-        if isinstance(records_per_shard, bool) or not isinstance(records_per_shard, int) or (
-                records_per_shard <= 0):  # fmt: skip
-            raise InvalidInputError(
-                f"records_per_shard must be a positive integer, got {records_per_shard!r}"
-            )
-        rps = records_per_shard
-    else:
-        shard_bytes = parse_size(shard_size if shard_size is not None else DEFAULT_SHARD_SIZE)
-        rps = max(1, shard_bytes // record_bytes)
+    rps = layout.records_for(sum(c.spec.mean_record_nbytes for c in inputs.columns.values()))
     for bad in inputs.skipped:
         log.info("skipped %s: %s", bad.name, bad.reason)
     if inputs.skipped:

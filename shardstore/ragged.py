@@ -25,11 +25,43 @@ import numpy as np
 
 from shardstore.errors import InvalidInputError
 
-__all__ = ["LENGTH_BUCKETS", "RaggedArray", "length_stats", "merge_length_stats"]
+__all__ = [
+    "LENGTH_BUCKETS",
+    "OFFSETS_CACHE_BYTES",
+    "RaggedArray",
+    "length_stats",
+    "merge_length_stats",
+    "offsets_problem",
+    "value_rows",
+]
 
 #: Number of power-of-two buckets in the length histogram of the manifest:
 #: bucket ``k`` counts records of length in ``[2**(k-1), 2**k)`` (bucket 0: length 0).
 LENGTH_BUCKETS = 48
+#: Bytes of shards' offsets tables a random-access source keeps (8 per record).
+OFFSETS_CACHE_BYTES = 64 << 20
+
+
+def offsets_problem(table: np.ndarray, rows: int) -> str | None:
+    """What is wrong with a shard's stored offsets (``None``: usable as they are).
+
+    Valid offsets are a 1-D integer table that starts at 0, never decreases
+    and ends at ``rows``, the row count of the shard's values. Sources check
+    this before using a table read from storage (and raise their own error).
+    """
+    if table.ndim != 1 or len(table) == 0 or table.dtype.kind not in "iu":
+        return f"its offsets table has shape {table.shape} and dtype {table.dtype}"
+    if table[0] != 0 or table[-1] != rows or np.any(table[1:] < table[:-1]):
+        return f"its offsets do not run from 0, never decreasing, up to the {rows} rows of values"
+    return None
+
+
+def value_rows(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The rows of values that records starting at ``starts``, ``lengths`` long, hold, in order."""
+    ends = np.cumsum(lengths)
+    total = int(ends[-1]) if len(ends) else 0
+    # row r of the result belongs to record k: values[starts[k] + r - (rows before k)]
+    return np.repeat(starts - (ends - lengths), lengths) + np.arange(total, dtype=np.int64)
 
 
 class RaggedArray:
@@ -190,11 +222,7 @@ class RaggedArray:
         """Records ``indices`` (any order, repeats allowed), as a new compact array."""
         idx = np.asarray(indices, np.int64).reshape(-1)
         lengths = self.lengths[idx]
-        starts = self.offsets[:-1][idx]
-        ends = np.cumsum(lengths)
-        # row r of the result comes from values[starts[k] + (r - first row of k)]
-        shift = np.repeat(starts - (ends - lengths), lengths)
-        rows = shift + np.arange(int(ends[-1]) if len(ends) else 0, dtype=np.int64)
+        rows = value_rows(self.offsets[:-1][idx], lengths)
         return RaggedArray.from_lengths(self.values[rows], lengths)
 
     @classmethod

@@ -376,10 +376,8 @@ class Dataset:
         :data:`~shardstore.integrity.MAX_EXPANSION` times, compression
         included) is refused before anything is allocated.
         """
-        specs = list(self.features.values())
-        if not all(s.is_fixed for s in specs):
-            return
-        record_bytes = sum(s.record_nbytes for s in specs)
+        # ragged values add what their files hold (their rows are counted from file sizes)
+        record_bytes = sum(s.record_nbytes for s in self.features.values() if s.is_fixed)
         for shard in shards:
             claimed = shard.num_records * record_bytes
             if claimed > integrity.MAX_EXPANSION * shard.nbytes + (1 << 20):
@@ -419,12 +417,7 @@ class Dataset:
             )
 
     def _damaged(self, shard: ShardEntry, relpath: str, what: str) -> ChecksumError:
-        return ChecksumError(
-            f"dataset {str(self.path)!r}, shard {shard.index}: file {relpath!r} {what}",
-            dataset=str(self.path),
-            shard=shard.index,
-            file=relpath,
-        )
+        return ChecksumError.in_file(self.path, shard.index, relpath, what)
 
     def info(self) -> dict[str, Any]:
         """A JSON-ready summary (used by ``shardstore info --json``)."""

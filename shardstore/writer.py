@@ -34,6 +34,7 @@ import os
 import re
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -66,7 +67,7 @@ from shardstore.sources.base import ArrayLike, ShardWriteContext
 if TYPE_CHECKING:
     from shardstore.reader import Dataset
 
-__all__ = ["DEFAULT_SHARD_SIZE", "Writer", "normalize_arrays", "parse_size"]
+__all__ = ["DEFAULT_SHARD_SIZE", "ShardLayout", "Writer", "normalize_arrays", "parse_size"]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,34 @@ def parse_size(size: int | str) -> int:
     if value <= 0:
         raise InvalidInputError(f"shard_size must be > 0 bytes, got {size!r}")
     return value
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """How records are cut into shards: a fixed count, or a target size in bytes."""
+
+    shard_bytes: int
+    records: int | None = None
+
+    @classmethod
+    def create(cls, shard_size: int | str | None, records_per_shard: int | None) -> ShardLayout:
+        """Validate ``shard_size`` / ``records_per_shard`` (at most one; default 64 MiB)."""
+        if shard_size is not None and records_per_shard is not None:
+            raise InvalidInputError("give shard_size or records_per_shard, not both")
+        if records_per_shard is not None and (
+            isinstance(records_per_shard, bool)
+            or not isinstance(records_per_shard, int | np.integer)
+            or records_per_shard <= 0
+        ):
+            raise InvalidInputError(
+                f"records_per_shard must be a positive integer, got {records_per_shard!r}"
+            )
+        shard_bytes = parse_size(shard_size if shard_size is not None else DEFAULT_SHARD_SIZE)
+        return cls(shard_bytes, None if records_per_shard is None else int(records_per_shard))
+
+    def records_for(self, record_bytes: float) -> int:
+        """Records per shard for records of ``record_bytes`` (a mean for ragged features)."""
+        return self.records or max(1, int(self.shard_bytes // max(1.0, record_bytes)))
 
 
 def _as_array_like(name: str, value: Any) -> ArrayLike:
@@ -227,18 +256,7 @@ class Writer:
         executor: Any = "serial",
         **options: Any,
     ) -> None:
-        if shard_size is not None and records_per_shard is not None:
-            raise InvalidInputError("give shard_size or records_per_shard, not both")
-        if records_per_shard is not None and (
-            isinstance(records_per_shard, bool)
-            or not isinstance(records_per_shard, int | np.integer)
-            or records_per_shard <= 0
-        ):
-            raise InvalidInputError(
-                f"records_per_shard must be a positive integer, got {records_per_shard!r}"
-            )
-        self._shard_bytes = parse_size(shard_size if shard_size is not None else DEFAULT_SHARD_SIZE)
-        self._fixed_rps = int(records_per_shard) if records_per_shard is not None else None
+        self._layout = ShardLayout.create(shard_size, records_per_shard)
         try:
             self._metadata = json.loads(json.dumps(dict(metadata or {}), allow_nan=False))
         except (TypeError, ValueError) as exc:
@@ -348,12 +366,13 @@ class Writer:
         if self._features is None:
             self._source.check_features(specs)
             self._features = specs
-            n = max(1, _num_records(next(iter(arrays.values()))))
-            record_bytes = sum(  # ragged: this first batch's mean, plus an 8-byte offset
-                arrays[k].nbytes / n + 8 if s.is_ragged else s.record_nbytes
+            record_bytes = sum(  # ragged: the mean record of this first batch
+                dataclasses.replace(s, lengths=length_stats(arrays[k].lengths)).mean_record_nbytes
+                if s.is_ragged
+                else s.record_nbytes
                 for k, s in specs.items()
             )
-            self._rps = self._fixed_rps or max(1, int(self._shard_bytes // record_bytes))
+            self._rps = self._layout.records_for(record_bytes)
             return
         if set(specs) != set(self._features):
             raise InvalidInputError(

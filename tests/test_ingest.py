@@ -530,3 +530,22 @@ def test_cli_npz_and_zarr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     zarr.create_array(str(tmp_path / "z.zarr"), data=np.arange(12).reshape(6, 2))
     assert main(["ingest", str(tmp_path / "z.zarr"), str(tmp_path / "z"), "--kind", "zarr"]) == 0
     assert_bitwise_equal(shardstore.open(tmp_path / "z")[0:6]["x"], np.arange(12).reshape(6, 2))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"records_per_shard": 0}, "records_per_shard must be a positive integer"),
+        ({"records_per_shard": True}, "records_per_shard must be a positive integer"),
+        ({"shard_size": "lots"}, "is not a size"),
+        ({"shard_size": "1MiB", "records_per_shard": 3}, "not both"),
+    ],
+)
+def test_bad_shard_layout_is_refused_before_reading(
+    tmp_path: Path, kwargs: dict[str, Any], message: str
+) -> None:
+    """The same rules as write(); checked before any input file is opened."""
+    make_files(tmp_path / "raw", n=2)
+    with pytest.raises(InvalidInputError, match=message):
+        shardstore.ingest(str(tmp_path / "raw/**/*.npy"), tmp_path / "ds", **kwargs)
+    assert not (tmp_path / "ds").exists()

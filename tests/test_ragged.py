@@ -191,7 +191,7 @@ def test_lying_offsets_are_refused_naming_the_shard(tmp_path: Path) -> None:
     trusting = shardstore.open(ds.path, verify="size")  # size only: the source's own check
     with pytest.raises(ChecksumError, match=r"shard 1: file .*offsets.* do not run from 0") as e:
         trusting[5]
-    assert e.value.shard == 1
+    assert (e.value.shard, e.value.file) == (1, ds.shards[1].ragged_files("tok")[1].path)
     assert_records(trusting[8:12]["tok"], records()[8:12])  # other shards still read
 
 
@@ -336,3 +336,14 @@ def test_merged_parts_sum_their_length_statistics(tmp_path: Path) -> None:
     merged = shardstore.merge([a.path, b.path], tmp_path / "m")
     assert merged.features["tok"].lengths == length_stats(np.array(LENGTHS))
     assert_records(merged[:]["tok"], records(LENGTHS[:9]) + records(LENGTHS[9:], seed=1))
+
+
+def test_a_ragged_dataset_claiming_absurd_record_counts_is_refused(tmp_path: Path) -> None:
+    """The fixed-shape features of a ragged dataset still bound what a shard may claim."""
+    ds = write(tmp_path)
+    doc = json.loads((ds.path / "manifest.json").read_text())
+    doc["shards"][0]["num_records"] += 10**12
+    doc["num_records"] += 10**12
+    (ds.path / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ManifestError, match=r"shard 0: claims 8000000000032 bytes"):
+        shardstore.open(ds.path, verify="size")[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +127,19 @@ def test_first_gather_reads_one_batch(tmp_path: Path, monkeypatch: pytest.Monkey
     rest = np.concatenate([b.numpy() for b in it])
     assert_bitwise_equal(rest, np.arange(10, 50_000, dtype=np.int32))
     assert max(calls) > 10  # later groups hold many batches
+
+
+def test_a_file_cut_short_after_its_checks_is_not_mapped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The memory map covers exactly what the manifest says; a shorter file is damage."""
+    monkeypatch.setattr(memmap_module, "SPAN_READ_BYTES", 0)  # scattered rows: memory maps
+    data = np.arange(64, dtype=np.int32).reshape(16, 4)
+    written = shardstore.write(tmp_path / "d", {"v": data}, records_per_shard=8, fsync=False)
+    ds = shardstore.open(written.path)
+    assert_bitwise_equal(ds[[8, 9]]["v"], data[[8, 9]])  # shard 1 checked, read by preadv
+    victim = ds.path / ds.shards[1].files[0].path
+    os.truncate(victim, victim.stat().st_size - 16)
+    with pytest.raises(ChecksumError, match=r"shard 1: file .* cannot be mapped") as exc:
+        ds[[8, 12]]
+    assert exc.value.shard == 1

@@ -17,6 +17,8 @@ never per record), so pipelines built on it are not serialisable:
 
 from __future__ import annotations
 
+import math
+import mmap
 import os
 import threading
 from collections import OrderedDict
@@ -26,9 +28,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from shardstore.caches import ByteBudgetCache
 from shardstore.errors import ChecksumError, ManifestError
-from shardstore.manifest import FeatureSpec, FileEntry, ShardEntry
-from shardstore.ragged import RaggedArray
+from shardstore.manifest import FileEntry, ShardEntry
+from shardstore.ragged import OFFSETS_CACHE_BYTES, RaggedArray, offsets_problem
 from shardstore.random_access import aligned_empty
 from shardstore.sources.base import ArrayLike, ReadContext, ShardWriteContext, Source
 from shardstore.sources.npy import (
@@ -52,61 +55,9 @@ MAX_OPEN_FILES = 256
 #: Records at least this large are read with one ``preadv`` per run of
 #: consecutive rows; smaller scattered records are gathered from a memory map.
 PREAD_MIN_RECORD_BYTES = 4096
-#: Bytes of ragged offsets tables kept in memory (8 bytes per record).
-MAX_OFFSET_BYTES = 64 << 20
 #: Smaller scattered records are read with one ``pread`` of the rows' whole
 #: span when it is at most this long (small shards: no memory map to open).
 SPAN_READ_BYTES = 256 << 10
-
-
-def _open_map(path: Path, shard: ShardEntry, relpath: str, size: int, spec: FeatureSpec) -> Any:
-    """A read-only map of one ``.npy`` shard file, after checking its header against the manifest.
-
-    The header is parsed (never executed, never trusted): its dtype, shape and
-    order must be the manifest's and the file exactly as long as they say,
-    before anything is mapped. No ``np.load``: object dtypes cannot even be
-    described here, and no size a header claims is ever allocated.
-    """
-    expected = (shard.num_records, *(int(d) for d in spec.shape if d is not None))
-    where = f"shard {shard.index}, file {relpath!r}"
-    try:
-        with open(path, "rb") as f:
-            try:
-                header = read_npy_header(f)
-            except ValueError as exc:
-                raise ChecksumError(
-                    f"{where}: not a valid .npy file ({exc})", shard=shard.index, file=relpath
-                ) from None
-            if (
-                header.shape != expected
-                or header.dtype != spec.dtype
-                or header.fortran_order
-                or header.dtype.hasobject
-            ):
-                order = "Fortran order" if header.fortran_order else "C order"
-                raise ManifestError(
-                    f"{where}: holds {header.dtype} {header.shape} in {order}, "
-                    f"the manifest says {spec.dtype} {expected}"
-                )
-            data_bytes = spec.record_nbytes * shard.num_records
-            actual = os.fstat(f.fileno()).st_size
-            if header.data_offset + data_bytes != actual or actual != size:
-                raise ChecksumError(
-                    f"{where}: has {actual} bytes; its header and the manifest say "
-                    f"{header.data_offset + data_bytes}",
-                    shard=shard.index,
-                    file=relpath,
-                )
-            if data_bytes == 0:
-                return np.empty(expected, spec.dtype)
-            return np.memmap(f, dtype=spec.dtype, mode="r", offset=header.data_offset,
-                             shape=expected)  # fmt: skip
-    except (ChecksumError, ManifestError):
-        raise
-    except (OSError, ValueError) as exc:  # the file changed under us, or cannot be mapped
-        raise ChecksumError(
-            f"{where}: cannot be mapped ({exc})", shard=shard.index, file=relpath
-        ) from None
 
 
 class MemmapSource(Source):
@@ -125,11 +76,10 @@ class MemmapSource(Source):
         # checked) once; another file at the same path is opened anew
         self._maps: OrderedDict[tuple[Path, str, str], np.ndarray] = OrderedDict()
         self._files: OrderedDict[tuple[Path, str, str], int] = OrderedDict()
-        # ragged features: each shard's offsets, and the rows of its values file
-        self._offset_cache: OrderedDict[tuple[Path, str, str], tuple[np.ndarray, int]] = (
-            OrderedDict()
+        # ragged features: each shard's offsets table
+        self._offset_tables: ByteBudgetCache[tuple[Path, str, str]] = ByteBudgetCache(
+            OFFSETS_CACHE_BYTES
         )
-        self._offset_bytes = 0
 
     def __del__(self) -> None:
         for fd in getattr(self, "_files", {}).values():
@@ -144,6 +94,12 @@ class MemmapSource(Source):
         npy_layout(ctx)
 
     def _map(self, ctx: ReadContext, position: int, feature: str) -> np.ndarray:
+        """A read-only memory map of a fixed-shape feature's records in one shard (cached).
+
+        Mapped from the descriptor of :meth:`_file`, so the header has been
+        checked against the manifest; no ``np.load`` and no size a header
+        claims is ever allocated.
+        """
         shard = ctx.shards[position]
         entry = shard.file_for(feature)
         key = (ctx.root, entry.path, entry.checksum)
@@ -152,9 +108,16 @@ class MemmapSource(Source):
             if cached is not None:
                 self._maps.move_to_end(key)
                 return cached
-        mm: np.ndarray = _open_map(
-            ctx.resolve(entry.path), shard, entry.path, entry.size, ctx.features[feature]
-        )
+        spec = ctx.features[feature]
+        expected = (shard.num_records, *(int(d or 0) for d in spec.shape))
+        data_bytes = spec.record_nbytes * shard.num_records
+        fd, header = self._file(ctx, position, feature)
+        try:  # the map holds its own duplicate of the descriptor
+            buf = mmap.mmap(fd, header + data_bytes, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as exc:  # e.g. the file is shorter than the manifest says
+            what = f"cannot be mapped ({exc})"
+            raise ChecksumError.in_file(ctx.root, shard.index, entry.path, what) from None
+        mm = np.frombuffer(buf, spec.dtype, math.prod(expected), header).reshape(expected)
         with self._lock:
             self._maps[key] = mm
             while len(self._maps) > MAX_OPEN_MAPS:
@@ -205,11 +168,8 @@ class MemmapSource(Source):
                     parsed = read_npy_header(f)
         except (ValueError, OSError) as exc:
             os.close(fd)
-            raise ChecksumError(
-                f"shard {shard.index}, file {entry.path!r}: not a valid .npy file ({exc})",
-                shard=shard.index,
-                file=entry.path,
-            ) from None
+            what = f"is not a valid .npy file ({exc})"
+            raise ChecksumError.in_file(ctx.root, shard.index, entry.path, what) from None
         if (
             parsed.shape != expected
             or parsed.dtype != dtype
@@ -228,34 +188,28 @@ class MemmapSource(Source):
                 os.close(self._files.popitem(last=False)[1])
         return fd, header
 
-    def _offsets(self, ctx: ReadContext, position: int, feature: str) -> tuple[np.ndarray, int]:
-        """A ragged feature's offsets in one shard (validated, cached), and its values' rows."""
+    def _offsets(self, ctx: ReadContext, position: int, feature: str) -> np.ndarray:
+        """A ragged feature's offsets in one shard (validated, cached, read-only).
+
+        ``table[-1]`` is then the row count of the shard's values file.
+        """
         shard = ctx.shards[position]
         values, offsets = shard.ragged_files(feature)
         key = (ctx.root, offsets.path, offsets.checksum + values.checksum)
-        with self._lock:
-            cached = self._offset_cache.get(key)
-            if cached is not None:
-                self._offset_cache.move_to_end(key)
-                return cached
+        table = self._offset_tables.get(key)
+        if table is not None:
+            return table
         _, rows, _, n = ragged_layout(ctx, position, feature)
         fd, header = self._open_npy(ctx, shard, offsets, np.dtype("<i8"), (n + 1,))
         table = np.empty(n + 1, np.int64)
-        self._pread(ctx, position, feature, fd, table.view(np.uint8).data, header)
-        if table[0] != 0 or table[-1] != rows or np.any(table[1:] < table[:-1]):
-            raise ChecksumError(
-                f"dataset {str(ctx.root)!r}, shard {shard.index}: file {offsets.path!r} holds "
-                f"offsets that do not run from 0 up to the {rows} rows of {values.path!r}",
-                dataset=str(ctx.root),
-                shard=shard.index,
-                file=offsets.path,
-            )
-        with self._lock:
-            self._offset_cache[key] = (table, rows)
-            self._offset_bytes += table.nbytes
-            while self._offset_bytes > MAX_OFFSET_BYTES and len(self._offset_cache) > 1:
-                self._offset_bytes -= self._offset_cache.popitem(last=False)[1][0].nbytes
-        return table, rows
+        self._pread(ctx, shard, offsets.path, fd, table.view(np.uint8).data, header)
+        problem = offsets_problem(table, rows)
+        if problem:
+            what = f"is damaged: {problem} ({values.path!r})"
+            raise ChecksumError.in_file(ctx.root, shard.index, offsets.path, what)
+        table.flags.writeable = False
+        self._offset_tables.put(key, table)
+        return table
 
     def read_ragged(
         self, ctx: ReadContext, position: int, feature: str, rows: np.ndarray
@@ -263,7 +217,8 @@ class MemmapSource(Source):
         """Records ``rows`` (sorted, unique) of a ragged feature: one ``preadv`` per run."""
         shard = ctx.shards[position]
         spec = ctx.features[feature]
-        table, total = self._offsets(ctx, position, feature)
+        table = self._offsets(ctx, position, feature)
+        total = int(table[-1])
         rows = np.asarray(rows, np.int64)
         starts, ends = table[rows], table[rows + 1]
         lengths = ends - starts
@@ -281,8 +236,8 @@ class MemmapSource(Source):
                 a, b = int(dest[lo]), int(dest[hi])
                 if a < b:
                     offset = header + int(starts[lo]) * row_bytes
-                    self._pread(ctx, position, feature, fd, buf[a * row_bytes : b * row_bytes],
-                                offset)  # fmt: skip
+                    part = buf[a * row_bytes : b * row_bytes]
+                    self._pread(ctx, shard, entry.path, fd, part, offset)
         return RaggedArray.from_lengths(values, lengths)
 
     def read_records(self, ctx: ReadContext, position: int, rows: np.ndarray) -> dict[str, Any]:
@@ -323,38 +278,31 @@ class MemmapSource(Source):
                 np.take(self._map(ctx, position, feature), rows, axis=0, out=dest)
                 continue
             fd, header = self._file(ctx, position, feature)
+            shard = ctx.shards[position]
+            path = shard.file_for(feature).path
             if scattered:  # one read of the span, then pick the rows (small shards)
                 whole = np.empty((span, *dest.shape[1:]), dest.dtype)
                 offset = header + first * record_bytes
-                self._pread(ctx, position, feature, fd, whole.reshape(-1).view(np.uint8).data,
-                            offset)  # fmt: skip
+                self._pread(ctx, shard, path, fd, whole.reshape(-1).view(np.uint8).data, offset)
                 np.take(whole, rows - first, axis=0, out=dest)
                 continue
             buf = dest.reshape(-1).view(np.uint8).data
             for lo, hi in zip(run_starts, run_ends, strict=True):
                 offset = header + int(rows[lo]) * record_bytes
-                self._pread(
-                    ctx, position, feature, fd, buf[lo * record_bytes : hi * record_bytes], offset
-                )
+                part = buf[lo * record_bytes : hi * record_bytes]
+                self._pread(ctx, shard, path, fd, part, offset)
 
     @staticmethod
     def _pread(
-        ctx: ReadContext, position: int, feature: str, fd: int, buf: memoryview, offset: int
+        ctx: ReadContext, shard: ShardEntry, path: str, fd: int, buf: memoryview, offset: int
     ) -> None:
-        """Fill ``buf`` from ``offset``; a short file is damage, never silently zeros."""
+        """Fill ``buf`` from ``offset`` of ``path``; a short file is damage, never zeros."""
         done = 0
         while done < len(buf):
             got = os.preadv(fd, [buf[done:]], offset + done)
             if got == 0:
-                shard = ctx.shards[position]
-                path = shard.file_for(feature).path
-                raise ChecksumError(
-                    f"dataset {str(ctx.root)!r}, shard {shard.index}: file {path!r} ends at "
-                    f"byte {offset + done}, before the records the manifest records",
-                    dataset=str(ctx.root),
-                    shard=shard.index,
-                    file=path,
-                )
+                what = f"ends at byte {offset + done}, before the records the manifest records"
+                raise ChecksumError.in_file(ctx.root, shard.index, path, what)
             done += got
 
     def tf_reader(self, ctx: ReadContext) -> Callable[[tf.Tensor], tf.data.Dataset]:

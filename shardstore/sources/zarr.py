@@ -81,14 +81,14 @@ import math
 import os
 import re
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
+from shardstore.caches import LRU, ByteBudgetCache
 from shardstore.errors import (
     CapabilityError,
     ChecksumError,
@@ -98,7 +98,7 @@ from shardstore.errors import (
 )
 from shardstore.integrity import MAX_EXPANSION
 from shardstore.manifest import FeatureSpec, FileEntry, ShardEntry
-from shardstore.ragged import RaggedArray
+from shardstore.ragged import OFFSETS_CACHE_BYTES, RaggedArray, offsets_problem, value_rows
 from shardstore.random_access import aligned_empty
 from shardstore.sources.base import ArrayLike, ReadContext, ShardWriteContext, Source
 
@@ -140,13 +140,9 @@ _WRITE_PIECE_BYTES = 64 << 20
 _MAX_OPEN = 1024
 #: Decoded bytes of chunks kept while a block stream is still inside them.
 _MAX_CACHED_BYTES = 256 << 20
-#: Bytes of ragged offsets tables kept in memory (8 bytes per record).
-MAX_OFFSET_BYTES = 64 << 20
 #: The arrays of a ragged feature's subgroup, as ``info["ragged"]`` names them.
 RAGGED_PARTS = ("values", "offsets")
 _EMPTY = np.uint64(2**64 - 1)
-_K = TypeVar("_K", bound=Hashable)
-_V = TypeVar("_V")
 
 
 def default_chunk_records(spec: FeatureSpec) -> int:
@@ -178,71 +174,6 @@ def _compressors(compression: str | None, level: int, dtype: np.dtype[Any]) -> A
             cname=_CNAMES[compression], clevel=level, shuffle=shuffle, typesize=dtype.itemsize
         )
     ]
-
-
-class _LRU(Generic[_K, _V]):
-    """A small thread-safe LRU mapping."""
-
-    def __init__(self, maxsize: int) -> None:
-        self._maxsize = maxsize
-        self._items: OrderedDict[_K, _V] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: _K) -> _V | None:
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def put(self, key: _K, value: _V) -> _V:
-        """Insert ``value`` unless ``key`` is present; return the stored value."""
-        with self._lock:
-            existing = self._items.get(key)
-            if existing is not None:
-                self._items.move_to_end(key)
-                return existing
-            self._items[key] = value
-            while len(self._items) > self._maxsize:
-                self._items.popitem(last=False)
-            return value
-
-
-class _ChunkCache:
-    """Decoded arrays under a byte budget, oldest dropped first.
-
-    Holds chunks that straddle two blocks, kept until their last row is read
-    (and, in a second instance, ragged offsets tables). A shard's blocks are
-    read in order by one reader at a time, so a chunk is needed again only by
-    the next block of the same shard; entries are dropped when that block
-    takes the chunk's last row. The byte budget bounds what
-    abandoned iterations leave behind.
-    """
-
-    def __init__(self, max_bytes: int) -> None:
-        self._max_bytes = max_bytes
-        self._nbytes = 0
-        self._items: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, int]) -> np.ndarray | None:
-        with self._lock:
-            return self._items.get(key)
-
-    def put(self, key: tuple[str, int], value: np.ndarray) -> None:
-        with self._lock:
-            if key in self._items:
-                return
-            self._items[key] = value
-            self._nbytes += value.nbytes
-            while self._nbytes > self._max_bytes and len(self._items) > 1:
-                self._nbytes -= self._items.popitem(last=False)[1].nbytes
-
-    def pop(self, key: tuple[str, int]) -> None:
-        with self._lock:
-            value = self._items.pop(key, None)
-            if value is not None:
-                self._nbytes -= value.nbytes
 
 
 @dataclass(frozen=True)
@@ -568,12 +499,14 @@ class ZarrSource(Source):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._arrays: _LRU[str, Any] = _LRU(_MAX_OPEN)  # zarr.Array by data file
+        self._arrays: LRU[str, Any] = LRU(_MAX_OPEN)  # zarr.Array by data file
         # (reader,) by data file; (None,) when the array is read through zarr
-        self._files: _LRU[str, tuple[_ChunkFile | None]] = _LRU(_MAX_OPEN)
-        self._chunks = _ChunkCache(_MAX_CACHED_BYTES)
+        self._files: LRU[str, tuple[_ChunkFile | None]] = LRU(_MAX_OPEN)
+        # chunks that straddle two blocks, kept until the next block of the shard takes
+        # their last row; the byte budget bounds what abandoned iterations leave behind
+        self._chunks: ByteBudgetCache[tuple[str, int]] = ByteBudgetCache(_MAX_CACHED_BYTES)
         # ragged features: each shard's offsets (validated), by offsets and values files
-        self._offsets = _ChunkCache(MAX_OFFSET_BYTES)
+        self._offsets: ByteBudgetCache[tuple[str, int]] = ByteBudgetCache(OFFSETS_CACHE_BYTES)
 
     # -- options and features ---------------------------------------------------------
     def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -960,17 +893,9 @@ class ZarrSource(Source):
         if table is not None:
             return table
         table = self._read_rows(offsets, 0, offsets.num_records, cache=False)
-        if (
-            table.shape != (offsets.num_records,)
-            or table[0] != 0
-            or table[-1] != values.num_records
-            or np.any(table[1:] < table[:-1])
-        ):
-            raise _damaged(
-                offsets,
-                f"its offsets do not run from 0, never decreasing, up to the "
-                f"{values.num_records} rows of {values.data_relpath!r}",
-            )
+        problem = offsets_problem(table, values.num_records)
+        if table.shape != (offsets.num_records,) or problem:
+            raise _damaged(offsets, f"{problem} ({values.data_relpath!r})")
         table.flags.writeable = False
         self._offsets.put(key, table)
         return table
@@ -1005,10 +930,8 @@ class ZarrSource(Source):
             data = np.empty((0, *values.shape), values.dtype)
         elif int(ends[-1]) - int(starts[0]) == total:  # no gap: one range of rows
             data = self._read_rows(values, int(starts[0]), int(ends[-1]), cache=False)
-        else:  # row r of the result is values[starts[k] + r - (rows before record k)]
-            before = np.cumsum(lengths) - lengths
-            picks = np.repeat(starts - before, lengths) + np.arange(total, dtype=np.int64)
-            data = self._gather(values, picks)
+        else:  # scattered records: their rows of values, each chunk decoded once
+            data = self._gather(values, value_rows(starts, lengths))
         return RaggedArray.from_lengths(data, lengths)
 
     def _through_zarr(self, ref: _ArrayRef, select: Callable[[Any], Any]) -> np.ndarray:
