@@ -23,7 +23,12 @@ __all__ = [
     "PluginLoadError",
     "ShardStoreError",
     "SourceNotFoundError",
+    "StorageError",
+    "StorageNotFoundError",
+    "StoragePermissionError",
+    "StorageUnavailableError",
     "UnsupportedDTypeError",
+    "storage_error",
 ]
 
 
@@ -121,3 +126,52 @@ class MissingDependencyError(ShardStoreError, ImportError):
 
     The message names the ``pip install`` command that adds it.
     """
+
+
+class StorageError(ShardStoreError, OSError):
+    """Storage refused or failed an operation (a file system or an object store).
+
+    The message names the operation and the file or object URL; ``errno`` is kept
+    where the operating system gave one.
+    """
+
+
+class StorageNotFoundError(StorageError, FileNotFoundError):
+    """A file or object that should exist does not."""
+
+
+class StoragePermissionError(StorageError, PermissionError):
+    """The storage denied access (permissions, credentials)."""
+
+
+class StorageUnavailableError(StorageError, ConnectionError):
+    """The storage did not answer, or kept failing, after every retry."""
+
+
+_STORAGE_HINTS = {
+    "denied": (
+        StoragePermissionError,
+        "check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+        "GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_ACCOUNT_KEY... or storage_options) "
+        "and the bucket's permissions",
+    ),
+    "not_found": (StorageNotFoundError, ""),
+    "unsupported": (StorageError, "this store does not offer that operation"),
+    "failed": (
+        StorageUnavailableError,
+        "retried with backoff until the retry limit; check the endpoint and the network, "
+        "or raise max_retries / retry_timeout in storage_options",
+    ),
+}
+
+
+def storage_error(kind: str, op: str, where: str, detail: str) -> StorageError:
+    """The :class:`StorageError` for a failed ``op`` (``read``, ``write``...) on ``where``.
+
+    ``kind`` is ``"not_found"``, ``"denied"``, ``"unsupported"`` or ``"failed"``.
+    """
+    cls, hint = _STORAGE_HINTS.get(kind, (StorageError, ""))
+    message = f"cannot {op} {where}: {detail}"
+    if hint:
+        message += f" ({hint})"
+    return cls(message)

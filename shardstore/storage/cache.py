@@ -1,0 +1,545 @@
+"""A local cache of whole shards from object storage: bounded, verified, shared by processes.
+
+Reading a dataset from S3 (or GCS, Azure...) shard by shard through a local disk keeps
+the fast local read paths (memory maps, ``preadv``) and makes later epochs run at local
+speed. The cache:
+
+* keeps **whole shards** (every file of a shard), laid out as in the dataset under
+  ``<cache_dir>/<store>/``, so a source reads a cached shard exactly as a local one;
+* **verifies** every file while it downloads (size and checksum from the manifest)
+  into a temporary file, and renames it into place only if it matches: no byte of a
+  damaged object reaches a reader (:class:`~shardstore.errors.ChecksumError` names it);
+* is **bounded** by ``limit`` bytes: least recently used shards are evicted first, and
+  never one that a reader or the prefetcher holds (an advisory ``flock`` per shard:
+  shared while in use, exclusive while downloaded or evicted, so the kernel releases
+  it when a process dies);
+* is **shared** by every process on the machine that uses the same directory: one
+  downloads a shard, the others wait for it and then read the same files;
+* **prefetches** ahead of the reader: given the order in which shards will be read
+  (known in advance from the shuffle seed and the epoch), up to ``depth`` shards
+  download concurrently ahead of the one being read.
+
+Layout of the directory::
+
+    <cache_dir>/
+      .lock                        serialises eviction decisions between processes
+      .tmp/<entry>-<random>        downloads in progress (sized to the final file)
+      <store>/                     one folder per dataset location (hash + readable tail)
+        <relpath>...               the shard files, as in the dataset
+        .entries/<entry>.lock      the shard's lock (shared: in use; exclusive: changing)
+        .entries/<entry>.done      the shard is complete and verified; mtime = last use
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+
+from shardstore.checksum import format_digest, new_hasher
+from shardstore.errors import ChecksumError, InvalidInputError, StorageError
+from shardstore.manifest import ShardEntry
+from shardstore.storage.base import Store
+
+__all__ = [
+    "CACHE_DIR_ENV",
+    "CACHE_LIMIT_ENV",
+    "DEFAULT_DEPTH",
+    "CacheFullError",
+    "ShardCache",
+    "default_cache_dir",
+]
+
+log = logging.getLogger(__name__)
+
+#: Environment variables for the default cache directory and size limit.
+CACHE_DIR_ENV = "SHARDSTORE_CACHE_DIR"
+CACHE_LIMIT_ENV = "SHARDSTORE_CACHE_LIMIT"
+#: Shards downloaded concurrently ahead of the reader.
+DEFAULT_DEPTH = 8
+#: Shards a process keeps pinned after it last used them (besides the prefetched ones).
+DEFAULT_KEEP = 8
+#: Bytes per read from the store while downloading.
+CHUNK_BYTES = 8 << 20
+#: How long a download waits for room held by other processes before giving up (s).
+ROOM_TIMEOUT = 120.0
+
+
+class CacheFullError(StorageError):
+    """The cache cannot make room: everything in it is in use (raise ``cache_limit``)."""
+
+
+def default_cache_dir() -> Path:
+    """``$SHARDSTORE_CACHE_DIR``, else ``$XDG_CACHE_HOME/shardstore`` or ``~/.cache/shardstore``."""
+    value = os.environ.get(CACHE_DIR_ENV)
+    if value:
+        return Path(value)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "shardstore"
+
+
+def _store_folder(store: Store) -> str:
+    h = new_hasher()
+    h.update(store.url.encode())
+    tail = re.sub(r"[^A-Za-z0-9_.-]+", "_", store.url.split("://", 1)[-1])[-48:].strip("_.")
+    return f"{h.hexdigest()[:12]}-{tail or 'store'}"
+
+
+def entry_id(shard: ShardEntry) -> str:
+    """The cache name of a shard: a hash of its files' paths and checksums."""
+    h = new_hasher()
+    for f in shard.files:
+        h.update(f"{f.path}\0{f.checksum}\n".encode())
+    return h.hexdigest()
+
+
+class _Pin:
+    """This process's shared lock on one cached shard (refcounted)."""
+
+    __slots__ = ("count", "fd", "key")
+
+    def __init__(self, key: tuple[str, str], fd: int) -> None:
+        self.key = key
+        self.fd = fd
+        self.count = 0
+
+
+class ShardCache:
+    """See the module docstring.
+
+    Parameters
+    ----------
+    directory : the cache directory (default :func:`default_cache_dir`).
+    limit : bytes the cached shards (and downloads in progress) may take, an int or a
+        size string such as ``"200GiB"``. Default: ``$SHARDSTORE_CACHE_LIMIT``, else
+        half the free space of the directory's file system when the cache is created.
+    depth : shards downloaded concurrently ahead of the reader.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        limit: int | str | None = None,
+        *,
+        depth: int = DEFAULT_DEPTH,
+    ) -> None:
+        from shardstore.writer import parse_size  # a light module; avoids a cycle at import
+
+        self.directory = Path(directory) if directory is not None else default_cache_dir()
+        try:
+            (self.directory / ".tmp").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidInputError(
+                f"cannot use {str(self.directory)!r} as the shard cache: {exc.strerror}"
+            ) from None
+        if limit is None:
+            limit = os.environ.get(CACHE_LIMIT_ENV) or None
+        if limit is None:
+            usage = shutil.disk_usage(self.directory)
+            self.limit = max(1, usage.free // 2)
+        else:
+            try:
+                self.limit = parse_size(limit)
+            except InvalidInputError:
+                raise InvalidInputError(
+                    f"cache_limit {limit!r} is not a size; use bytes or a string like '200GiB'"
+                ) from None
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise InvalidInputError(f"the prefetch depth must be an integer >= 1, got {depth!r}")
+        self.depth = depth
+        self.keep = DEFAULT_KEEP
+        #: Seconds a download waits for room that other readers hold before failing.
+        self.room_timeout = ROOM_TIMEOUT
+        self._lock = threading.Lock()
+        self._pins: dict[tuple[str, str], _Pin] = {}
+        self._idle: OrderedDict[tuple[str, str], _Pin] = OrderedDict()  # pinned, unused
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: dict[tuple[str, str], Future[None]] = {}
+        self._planned: list[tuple[Store, ShardEntry]] = []
+        self._plan_pos = 0
+        self._pid = os.getpid()
+        #: Bytes downloaded and requests made by this process (for benchmarks and logs).
+        self.bytes_downloaded = 0
+        self.downloads = 0
+
+    def __repr__(self) -> str:
+        return f"ShardCache({str(self.directory)!r}, limit={self.limit})"
+
+    # -- paths ------------------------------------------------------------------------------
+    def root(self, store: Store) -> Path:
+        """Where the shards of ``store`` are kept (the dataset's layout under it)."""
+        return self.directory / _store_folder(store)
+
+    def path(self, store: Store, relpath: str) -> Path:
+        """The cached copy of ``relpath`` (present while its shard is acquired)."""
+        return self.root(store) / relpath
+
+    def _entry_paths(self, store: Store, eid: str) -> tuple[Path, Path]:
+        meta = self.root(store) / ".entries"
+        return meta / f"{eid}.lock", meta / f"{eid}.done"
+
+    def check_room(self, shard_bytes: int, shards: int, *, what: str) -> None:
+        """Refuse a reader that needs ``shards`` shards of up to ``shard_bytes`` at once.
+
+        Raises
+        ------
+        InvalidInputError
+            ``limit`` is smaller than what the reader holds at once: waiting for room
+            could never end, so it fails now.
+        """
+        need = shard_bytes * shards
+        if need > self.limit:
+            raise InvalidInputError(
+                f"cache_limit {self.limit} bytes cannot hold the {shards} shards {what} keeps "
+                f"at once (up to {shard_bytes} bytes each, {need} bytes): raise cache_limit to "
+                f"at least {need} bytes, or write the dataset with smaller shards"
+            )
+
+    # -- acquiring --------------------------------------------------------------------------
+    def acquire(self, store: Store, shard: ShardEntry) -> None:
+        """Make sure every file of ``shard`` is in the cache, and pin it (blocking).
+
+        Pair with :meth:`release`. The files are then at :meth:`path` and stay there
+        (no process evicts a pinned shard) until released.
+        """
+        self._after_fork()
+        key = (_store_folder(store), entry_id(shard))
+        with self._lock:
+            pin = self._pins.get(key)
+            if pin is not None:
+                pin.count += 1
+                self._idle.pop(key, None)
+                moved = self._advance(key)
+            future = self._pending.get(key)
+        if pin is None:
+            if future is not None:
+                future.result()  # the prefetcher is downloading it: wait, then pin below
+            fd = self._ensure(store, shard)
+            with self._lock:
+                pin = self._pins.get(key)
+                if pin is None:
+                    pin = self._pins[key] = _Pin(key, fd)
+                else:  # pinned meanwhile (by the prefetcher or another thread)
+                    os.close(fd)
+                pin.count += 1
+                self._idle.pop(key, None)
+                moved = self._advance(key)
+        if moved:
+            self._fill()
+
+    def release(self, store: Store, shard: ShardEntry) -> None:
+        """Undo one :meth:`acquire`; the shard stays pinned while recently used."""
+        key = (_store_folder(store), entry_id(shard))
+        with self._lock:
+            pin = self._pins.get(key)
+            if pin is None or pin.count == 0:
+                return
+            pin.count -= 1
+            if pin.count == 0:
+                self._idle[key] = pin
+                self._idle.move_to_end(key)
+                self._trim()
+
+    def _trim(self) -> None:
+        """Unpin the least recently used idle shards beyond ``keep`` (not those planned next)."""
+        planned = {(_store_folder(s), entry_id(sh)) for s, sh in self._window()}
+        victims = [k for k in self._idle if k not in planned]
+        excess = len(self._idle) - self.keep
+        for key in victims[: max(0, excess)]:
+            pin = self._idle.pop(key)
+            self._pins.pop(key, None)
+            os.close(pin.fd)
+
+    def close(self) -> None:
+        """Stop prefetching and drop every pin of this process."""
+        with self._lock:
+            self._planned = []
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            for pin in self._pins.values():
+                with contextlib.suppress(OSError):
+                    os.close(pin.fd)
+            self._pins.clear()
+            self._idle.clear()
+            self._pending.clear()
+
+    def __enter__(self) -> ShardCache:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _after_fork(self) -> None:
+        if self._pid != os.getpid():  # a forked child: the parent's locks and threads are not ours
+            self._lock = threading.Lock()
+            self._pins, self._idle, self._pending = {}, OrderedDict(), {}
+            self._pool, self._planned, self._plan_pos = None, [], 0
+            self._pid = os.getpid()
+
+    # -- prefetching ------------------------------------------------------------------------
+    def plan(self, store: Store, shards: Sequence[ShardEntry]) -> None:
+        """Read ``shards`` next, in this order: download ahead of :meth:`acquire` calls."""
+        self._after_fork()
+        with self._lock:
+            self._planned = [(store, s) for s in shards]
+            self._plan_pos = 0
+        self._fill()
+
+    def _window(self) -> list[tuple[Store, ShardEntry]]:
+        return self._planned[self._plan_pos : self._plan_pos + self.depth]
+
+    def _advance(self, key: tuple[str, str]) -> bool:
+        """The reader reached ``key``: the prefetch window moves past it (lock held)."""
+        for offset, (s, sh) in enumerate(self._window()):
+            if (_store_folder(s), entry_id(sh)) == key:
+                self._plan_pos += offset + 1
+                return True
+        return False
+
+    def _fill(self) -> None:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.depth, thread_name_prefix="shardstore-fetch")
+            for store, shard in self._window():
+                key = (_store_folder(store), entry_id(shard))
+                if key in self._pins or key in self._pending:
+                    continue
+                self._pending[key] = self._pool.submit(self._prefetch_one, store, shard, key)
+
+    def _prefetch_one(self, store: Store, shard: ShardEntry, key: tuple[str, str]) -> None:
+        try:
+            fd = self._ensure(store, shard)
+        except Exception as exc:  # the reader's own acquire retries and raises it
+            log.debug("prefetch of shard %d from %s failed: %s", shard.index, store.url, exc)
+            with self._lock:
+                self._pending.pop(key, None)
+            return
+        with self._lock:
+            self._pending.pop(key, None)
+            if key in self._pins:
+                os.close(fd)
+                return
+            pin = self._pins[key] = _Pin(key, fd)
+            self._idle[key] = pin  # pinned for the reader; trimmed once it has passed
+            self._idle.move_to_end(key)
+
+    # -- the shared directory ---------------------------------------------------------------
+    def _ensure(self, store: Store, shard: ShardEntry) -> int:
+        """Return a descriptor holding a shared lock on the complete, verified shard."""
+        eid = entry_id(shard)
+        lock_path, done_path = self._entry_paths(store, eid)
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+                if self._complete(store, shard, done_path):
+                    with contextlib.suppress(OSError):
+                        os.utime(done_path)  # last use, for LRU eviction
+                    return fd
+                fcntl.flock(fd, fcntl.LOCK_EX)  # drops the shared lock first
+                if not self._complete(store, shard, done_path):
+                    self._download(store, shard, done_path)
+                fcntl.flock(fd, fcntl.LOCK_SH)
+                if self._complete(store, shard, done_path):
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # evicted between the two locks: start over
+
+    def _complete(self, store: Store, shard: ShardEntry, done_path: Path) -> bool:
+        if not done_path.exists():
+            return False
+        for f in shard.files:
+            try:
+                if os.stat(self.path(store, f.path)).st_size != f.size:
+                    return False
+            except OSError:
+                return False
+        return True
+
+    def _download(self, store: Store, shard: ShardEntry, done_path: Path) -> None:
+        """Download every file of ``shard`` (exclusive lock held), verified, then mark it done."""
+        with contextlib.suppress(FileNotFoundError):
+            done_path.unlink()
+        for f in shard.files:
+            dest = self.path(store, f.path)
+            tmp, tmp_fd = self._reserve(f.size, done_path.stem)
+            try:
+                hasher = new_hasher()
+                size = 0
+                for chunk in store.iter_chunks(f.path, CHUNK_BYTES):
+                    view = memoryview(chunk).cast("B")
+                    if size + view.nbytes > f.size:
+                        raise ChecksumError(
+                            f"{store.key_url(f.path)} holds more than the {f.size} bytes "
+                            f"its manifest records (shard {shard.index})",
+                            dataset=store.url,
+                            shard=shard.index,
+                            file=f.path,
+                        )
+                    hasher.update(view)
+                    os.pwrite(tmp_fd, view, size)
+                    size += view.nbytes
+                checksum = format_digest(hasher)
+                if size != f.size or checksum != f.checksum:
+                    what = (
+                        f"has {size} bytes, the manifest records {f.size}"
+                        if size != f.size
+                        else f"has checksum {checksum}, the manifest records {f.checksum}"
+                    )
+                    raise ChecksumError(
+                        f"dataset {store.url!r}, shard {shard.index}: object "
+                        f"{store.key_url(f.path)!r} {what}",
+                        dataset=store.url,
+                        shard=shard.index,
+                        file=f.path,
+                    )
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, dest)
+                self.bytes_downloaded += size
+                self.downloads += 1
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            finally:
+                os.close(tmp_fd)
+        done = json.dumps({"size": shard.nbytes, "files": [f.path for f in shard.files]})
+        tmp_done = done_path.with_name(f".{done_path.name}.{secrets.token_hex(4)}")
+        tmp_done.write_text(done)
+        os.replace(tmp_done, done_path)
+
+    # -- room -------------------------------------------------------------------------------
+    def _reserve(self, nbytes: int, eid: str) -> tuple[Path, int]:
+        """A temporary file sized ``nbytes`` (counted as used), after evicting what is needed."""
+        tmp = self.directory / ".tmp" / f"{eid}-{secrets.token_hex(6)}"
+        deadline = time.monotonic() + self.room_timeout
+        while True:
+            with self._global_lock():
+                if self._make_room(nbytes):
+                    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                    fcntl.flock(fd, fcntl.LOCK_EX)  # a live download (a stale one is unlocked)
+                    try:
+                        os.ftruncate(fd, nbytes)
+                    except OSError as exc:
+                        os.close(fd)
+                        os.unlink(tmp)
+                        if exc.errno == errno.ENOSPC:
+                            raise CacheFullError(
+                                f"the disk of the shard cache {str(self.directory)!r} is full"
+                            ) from None
+                        raise
+                    return tmp, fd
+            if time.monotonic() > deadline:
+                raise CacheFullError(
+                    f"the shard cache {str(self.directory)!r} (limit {self.limit} bytes) has "
+                    f"no room for {nbytes} more bytes: every cached shard is in use by a "
+                    "reader; raise cache_limit or run fewer readers on this cache"
+                )
+            time.sleep(0.1)
+
+    @contextlib.contextmanager
+    def _global_lock(self) -> Iterator[None]:
+        fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def usage(self) -> int:
+        """Bytes the cache holds now: complete shards plus downloads in progress."""
+        return sum(size for _, _, size, _ in self._entries()) + self._downloading()
+
+    def _downloading(self) -> int:
+        total = 0
+        for tmp in (self.directory / ".tmp").iterdir():
+            try:
+                fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    total += os.fstat(fd).st_size  # a live download
+                    continue
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)  # left by a process that died
+            finally:
+                os.close(fd)
+        return total
+
+    def _entries(self) -> list[tuple[float, Path, int, Path]]:
+        """``(last use, done marker, bytes, store folder)`` of every complete shard."""
+        out = []
+        for folder in self.directory.iterdir():
+            meta = folder / ".entries"
+            if not meta.is_dir():
+                continue
+            for done in meta.glob("*.done"):
+                try:
+                    st = done.stat()
+                    size = int(json.loads(done.read_text())["size"])
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue
+                out.append((st.st_mtime, done, size, folder))
+        return out
+
+    def _make_room(self, nbytes: int) -> bool:
+        """Evict least recently used unpinned shards until ``nbytes`` fit (global lock held)."""
+        entries = sorted(self._entries(), key=lambda e: e[0])
+        used = sum(e[2] for e in entries) + self._downloading()
+        for _, done, size, folder in entries:
+            if used + nbytes <= self.limit:
+                break
+            if self._evict(done, folder):
+                used -= size
+        return used + nbytes <= self.limit
+
+    def _evict(self, done: Path, folder: Path) -> bool:
+        lock_path = done.with_suffix(".lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # in use (a reader, a prefetch, or a download)
+            try:
+                files = json.loads(done.read_text())["files"]
+            except (OSError, ValueError, KeyError, TypeError):
+                files = []
+            with contextlib.suppress(OSError):
+                done.unlink()
+            for rel in files:
+                with contextlib.suppress(OSError):
+                    os.unlink(folder / rel)
+            log.debug("shard cache: evicted %s", done.stem)
+            return True
+        finally:
+            os.close(fd)
