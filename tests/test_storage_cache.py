@@ -144,7 +144,9 @@ def _reader(url: str, env: dict[str, str], cache_dir: str, shard_json: str, out:
     shard = SE.from_json(json.loads(shard_json), where="shard")
     cache = ShardCache(cache_dir, "1MiB")
     cache.acquire(store, shard)
-    Path(out).write_text(f"{cache.downloads} {cache.path(store, shard.files[0].path).stat().st_size}")
+    Path(out).write_text(
+        f"{cache.downloads} {cache.path(store, shard.files[0].path).stat().st_size}"
+    )
 
 
 def test_processes_share_one_cache_and_download_once(s3_url, s3_env, tmp_path):

@@ -18,10 +18,12 @@ obstore with exponential backoff and jitter, up to ``max_retries`` (default 10) 
 ``retry_timeout`` (default 2 minutes); what still fails becomes a
 :class:`~shardstore.errors.StorageError` naming the URL and the operation.
 
-These clients are not fork-safe (a child forked after the parent made a request
-hangs). A :class:`ObjectStore` therefore builds its client lazily, in each process
-(a forked child builds its own on first use), and pickles as its location and
-options, so it travels to Dask workers and spawned processes.
+These clients are not fork-safe: their threads do not survive ``fork()``, and a child
+forked after its parent made a request would hang on its first one. A
+:class:`ObjectStore` builds its client lazily, in the process that uses it, and pickles
+as its location and options, so it travels to Dask workers and to processes started
+with ``spawn`` or ``forkserver``; in a child forked after its parent used object
+storage it raises :class:`~shardstore.errors.StorageError` saying so, instead of hanging.
 """
 
 from __future__ import annotations
@@ -35,7 +37,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from shardstore.errors import InvalidInputError, MissingDependencyError, storage_error
+from shardstore.errors import (
+    InvalidInputError,
+    MissingDependencyError,
+    StorageError,
+    storage_error,
+)
 from shardstore.storage.base import ObjectInfo, PreconditionFailed, PutMode, Sink, Store
 from shardstore.storage.location import Location
 
@@ -66,6 +73,18 @@ DELETE_BATCH = 1000
 
 _memory_lock = threading.Lock()
 _memory_stores: dict[str, Any] = {}
+# The client's runtime threads do not survive fork(): a child forked after this process
+# used object storage would hang on its first request. Such a child fails fast instead.
+_used = False
+_forked_after_use = False
+
+
+def _mark_forked() -> None:
+    global _forked_after_use
+    _forked_after_use = _forked_after_use or _used
+
+
+os.register_at_fork(after_in_child=_mark_forked)
 
 
 def _obstore() -> Any:
@@ -173,13 +192,28 @@ class ObjectStore(Store):
 
     @property
     def client(self) -> Any:
-        """The obstore store of this process (built on first use, again after a fork)."""
+        """The obstore store of this process (built on first use).
+
+        Raises
+        ------
+        StorageError
+            In a process forked after its parent used object storage.
+        """
+        global _used
+        if _forked_after_use:
+            raise StorageError(
+                f"cannot reach {self.url} from a process forked after its parent used object "
+                "storage (the storage client's threads do not survive fork); start worker "
+                "processes with the 'spawn' or 'forkserver' method, e.g. "
+                "multiprocessing.get_context('spawn')"
+            )
         pid = os.getpid()
         if self._client is None or self._pid != pid:
             with self._lock:
                 if self._client is None or self._pid != pid:
                     self._client = self._build()
                     self._pid = pid
+                    _used = True
         return self._client
 
     def _build(self) -> Any:
