@@ -33,6 +33,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -139,6 +140,7 @@ class _UploadSink(Sink):
     def __init__(self, store: ObjectStore, key: str) -> None:
         self._store = store
         self._key = key
+        self._size = 0
         with store._errors("write", key):
             self._file = _obstore().open_writer(
                 store.client, store._kp + key, buffer_size=UPLOAD_PART_BYTES, max_concurrency=8
@@ -147,10 +149,13 @@ class _UploadSink(Sink):
     def write(self, data: Buffer) -> None:
         with self._store._errors("write", self._key):
             self._file.write(data)
+        self._size += memoryview(data).nbytes
 
     def close(self) -> None:
         with self._store._errors("write", self._key):
             self._file.close()
+        parts = -(-self._size // UPLOAD_PART_BYTES)
+        self._store._count("PUT", 1 if parts <= 1 else parts + 2)  # create + parts + complete
 
     def abort(self) -> None:
         # obstore cannot abort a buffered upload: finish it, then remove it. It lives
@@ -180,9 +185,16 @@ class ObjectStore(Store):
         # obstore's memory store has no prefix of its own: keys are prefixed here
         self._kp = f"{location.prefix}/" if location.scheme == "memory" and location.prefix else ""
         self._lock = threading.Lock()
+        #: Requests this object made, by kind (``GET``, ``HEAD``, ``LIST``, ``PUT``,
+        #: ``DELETE``): they cost money on public clouds; benchmarks report them.
+        self.requests: Counter[str] = Counter()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"location": self.location, "options": self.options}
+
+    def _count(self, kind: str, n: int = 1) -> None:
+        with self._lock:
+            self.requests[kind] += n
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["location"], state["options"])  # type: ignore[misc]
@@ -257,6 +269,7 @@ class ObjectStore(Store):
     # -- reading ----------------------------------------------------------------------------
     def head(self, key: str) -> ObjectInfo | None:
         """See :meth:`Store.head`."""
+        self._count("HEAD")
         try:
             with self._errors("head", key):
                 meta = self.client.head(self._kp + key)
@@ -266,6 +279,7 @@ class ObjectStore(Store):
 
     def get(self, key: str, *, max_size: int) -> bytes:
         """See :meth:`Store.get`."""
+        self._count("GET")
         with self._errors("read", key):
             result = self.client.get(self._kp + key)
             size = int(result.meta["size"])
@@ -280,6 +294,7 @@ class ObjectStore(Store):
         """See :meth:`Store.get_ranges` (ranges under 1 MiB apart are fetched in one request)."""
         if not starts:
             return []
+        self._count("GET", _merged_requests(starts, ends))
         with self._errors("read", key):
             return list(
                 self.client.get_ranges(self._kp + key, starts=list(starts), ends=list(ends))
@@ -287,6 +302,7 @@ class ObjectStore(Store):
 
     def iter_chunks(self, key: str, chunk_size: int) -> Iterator[Buffer]:
         """See :meth:`Store.iter_chunks`."""
+        self._count("GET")
         with self._errors("read", key):
             stream = self.client.get(self._kp + key).stream(min_chunk_size=chunk_size)
         while True:
@@ -303,6 +319,7 @@ class ObjectStore(Store):
         while True:
             with self._errors("list", prefix or "."):
                 chunk = next(stream, None)
+            self._count("LIST")
             if chunk is None:
                 return
             for meta in chunk:
@@ -324,6 +341,7 @@ class ObjectStore(Store):
                 k: v for k, v in (("e_tag", if_match.etag), ("version", if_match.version)) if v
             }
         size = memoryview(data).nbytes
+        self._count("PUT")
         with self._errors("write", key):
             result = self.client.put(self._kp + key, data, mode=put_mode, use_multipart=False)
         return ObjectInfo(
@@ -346,6 +364,7 @@ class ObjectStore(Store):
             self._delete_batch(batch)
 
     def _delete_batch(self, keys: Sequence[str]) -> None:
+        self._count("DELETE")
         try:
             with self._errors("delete", keys[0]):
                 self.client.delete([self._kp + k for k in keys])
@@ -364,6 +383,17 @@ def _info(meta: Mapping[str, Any], key: str) -> ObjectInfo:
         etag=meta.get("e_tag"),
         version=meta.get("version"),
     )
+
+
+def _merged_requests(starts: Sequence[int], ends: Sequence[int], gap: int = 1 << 20) -> int:
+    """Requests ``get_ranges`` makes: ranges less than ``gap`` apart are fetched together."""
+    spans = sorted(zip(starts, ends, strict=True))
+    count, reach = 0, -1
+    for lo, hi in spans:
+        if count == 0 or lo - reach >= gap:
+            count += 1
+        reach = max(reach, hi)
+    return count
 
 
 def _first_line(exc: BaseException) -> str:
