@@ -117,7 +117,7 @@ def collect(store: Store, *, grace: float | None = None, dry_run: bool = False) 
         if name in referenced or (name not in versions and name not in doomed):
             doomed.setdefault("", []).append(marker.key)  # stale: nothing to retire
     report.removed = sorted(
-        {k if not VERSION_DIR.fullmatch(v) else f"{v}/" for v, ks in doomed.items() for k in ks}
+        {f"{v}/" if k.startswith(f"{v}/") else k for v, ks in doomed.items() for k in ks}
     )
     if dry_run:
         return report
