@@ -379,7 +379,8 @@ def _hard_link(src: Path, dst: Path, *, required: bool) -> bool:
         if required:
             raise InvalidInputError(
                 f"cannot hard-link {str(src)!r} into {str(dst.parent)!r}: {exc.strerror}. "
-                "Hard links need both on the same filesystem; use link='copy' or 'auto'"
+                "Hard links need both on the same filesystem; use link='copy' or link='auto'",
+                params=("link",),
             ) from None
         log.info("cannot hard-link %s (%s); copying it", src, exc.strerror)
         return False
@@ -485,7 +486,9 @@ def index_tfrecords(
     from shardstore.reader import Dataset
 
     if link not in LINK_MODES:
-        raise InvalidInputError(f"link must be one of {', '.join(LINK_MODES)}, got {link!r}")
+        raise InvalidInputError(
+            f"link must be one of {', '.join(LINK_MODES)}, got {link!r}", params=("link",)
+        )
     decls = _declare_all(features)
     try:
         meta = json.loads(json.dumps(dict(metadata or {}), allow_nan=False))
@@ -496,7 +499,8 @@ def index_tfrecords(
         raise InvalidInputError(f"{root} exists and is not a directory")
     if not overwrite and (root / MANIFEST_NAME).exists():
         raise DatasetExistsError(
-            f"a dataset already exists at {root}; pass overwrite=True to replace it"
+            f"a dataset already exists at {root}; pass overwrite=True to replace it",
+            params=("overwrite",),
         )
     inputs = _check_inputs(files, decls)
 

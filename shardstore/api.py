@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shardstore import integrity
-from shardstore.errors import DatasetNotFoundError, InvalidInputError
+from shardstore.errors import DatasetNotFoundError, InvalidInputError, ManifestError
 from shardstore.fsutil import resolve_inside
 from shardstore.manifest import MANIFEST_NAME, Manifest
 from shardstore.reader import Dataset
@@ -118,7 +118,10 @@ def open(
         raise DatasetNotFoundError(
             f"no shardstore dataset at {str(root)!r}: no {MANIFEST_NAME} (never committed?)"
         ) from None
-    manifest = Manifest.from_json(data)
+    try:
+        manifest = Manifest.from_json(data)
+    except ManifestError as exc:  # name the file: "<path>/manifest.json: manifest.format: ..."
+        raise ManifestError(f"{manifest_path}: {exc}", params=exc.params) from None
     dataset = Dataset(root, manifest, source=source, verify=verify)
     if source is not None:
         dataset.source  # noqa: B018 - fail fast on an unknown or incompatible source

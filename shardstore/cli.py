@@ -34,9 +34,13 @@ TensorFlow.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import logging
 import os
+import re
+import select
+import shlex
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -60,6 +64,9 @@ PROG = "shardstore"
 EXIT_DAMAGED = 1
 #: Exit status for any other error.
 EXIT_ERROR = 2
+#: Exit status when the reader of stdout went away (``| head``): 128 + SIGPIPE, what a
+#: shell reports for a Unix tool stopped by the closed pipe.
+EXIT_PIPE_CLOSED = 141
 
 _Command = Callable[[argparse.Namespace], int]
 
@@ -139,6 +146,139 @@ def _one_line(exc: BaseException) -> str:
     """
     text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
     return text or type(exc).__name__
+
+
+# -- library messages in the command line's words ------------------------------------------
+#: Library parameters whose option has another name (``members=`` is ``--member``).
+_OPTION_ALIASES = {
+    "members": "member",
+    "label_columns": "label_column",
+    "features": "feature",
+    "executor": "workers",
+}
+#: A Python literal as messages spell a value: ``True``, ``'skip'``, ``3``, ``None``.
+_PY_VALUE = r"(?:'[^']*'|\"[^\"]*\"|-?[\w.]+)"
+
+
+def _option_action(command: argparse.ArgumentParser, name: str) -> argparse.Action | None:
+    """The ``--option`` of ``command`` that sets the library parameter ``name``, if any.
+
+    Parameters
+    ----------
+    command : argparse.ArgumentParser
+        The subcommand's parser.
+    name : str
+        A library parameter (``"overwrite"``, ``"on_error"``, ``"members"``).
+
+    Returns
+    -------
+    argparse.Action or None
+        The option storing a value into that parameter's destination (a
+        plain ``store`` option is preferred over a constant one, e.g.
+        ``--kind`` over ``--tfrecord``), or ``None`` when the command has none.
+    """
+    dest = _OPTION_ALIASES.get(name, name)
+    found = [
+        a
+        for a in command._actions
+        if a.dest == dest and any(o.startswith("--") for o in a.option_strings)
+    ]
+    found.sort(key=lambda a: isinstance(a, argparse._StoreConstAction))
+    return found[0] if found else None
+
+
+def _long_option(action: argparse.Action) -> str:
+    """The first ``--long`` spelling of ``action`` (``--resume`` of ``--resume/--no-resume``)."""
+    return next(o for o in action.option_strings if o.startswith("--"))
+
+
+def _option_setting(action: argparse.Action, value: object) -> str:
+    """How the command line sets ``action`` to ``value``.
+
+    Parameters
+    ----------
+    action : argparse.Action
+        The option.
+    value : object
+        The Python value a message names (``True``, ``'skip'``, ``3``).
+
+    Returns
+    -------
+    str
+        ``--overwrite``, ``--no-resume``, ``--on-error skip``, ``--shuffle true``...
+    """
+    flag = _long_option(action)
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return flag if value else f"--no-{flag[2:]}"
+    if isinstance(action, argparse._StoreTrueAction):
+        return flag if value else f"no {flag}"
+    if isinstance(value, bool) and action.choices and str(value).lower() in action.choices:
+        text = str(value).lower()
+    else:
+        text = "none" if value is None else str(value)
+    return f"{flag} {shlex.quote(text)}"
+
+
+def _cli_words(message: str, params: Sequence[str], command: argparse.ArgumentParser) -> str:
+    """``message`` with each library parameter it names respelled as ``command``'s option.
+
+    ``pass overwrite=True`` becomes ``pass --overwrite``,
+    ``on_error='skip'`` becomes ``--on-error skip``, and a bare
+    ``shard_size`` becomes ``--shard-size``. A source option (``-o KEY=VALUE``)
+    keeps its ``KEY=VALUE`` spelling behind ``-o``. Parameters the command
+    has no option for are left as they are.
+
+    Parameters
+    ----------
+    message : str
+        The error's one-line message.
+    params : sequence of str
+        The parameters it names (:attr:`shardstore.errors.ShardStoreError.params`).
+    command : argparse.ArgumentParser
+        The parser of the subcommand that ran.
+
+    Returns
+    -------
+    str
+        The message in the command line's words.
+    """
+    source_options = _option_action(command, "option") is not None
+    for name in params:
+        action = _option_action(command, name)
+        if action is None and not source_options:
+            continue
+        setting = re.compile(rf"(?<![\w.-]){re.escape(name)}=({_PY_VALUE})")
+        bare = re.compile(rf"(?<![\w.-]){re.escape(name)}\b(?!=)")
+        if action is None:  # a source option: -o KEY=VALUE
+            message = setting.sub(lambda m: f"-o {m.group(0)}", message)
+            message = bare.sub(f"-o {name}", message)
+            continue
+
+        def respell(m: re.Match[str], action: argparse.Action = action) -> str:
+            try:
+                value = ast.literal_eval(m.group(1))
+            except (ValueError, SyntaxError):
+                value = m.group(1)
+            return _option_setting(action, value)
+
+        message = setting.sub(respell, message)
+        message = bare.sub(_long_option(action), message)
+    return message
+
+
+class _CliWords(logging.Filter):
+    """Respells the parameters a library log record names (``extra={"params": ...}``)."""
+
+    def __init__(self, command: argparse.ArgumentParser) -> None:
+        super().__init__()
+        self.command = command
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        params = getattr(record, "params", None)
+        if params:
+            record.msg = _cli_words(record.getMessage(), params, self.command)
+            record.args = None
+        return True
 
 
 def _error(message: str) -> None:
@@ -333,8 +473,10 @@ def _describe_plugin(info: SourceInfo) -> dict[str, Any]:
     -------
     dict
         ``name``, ``distribution``, ``version``, ``target``, ``conflicts``,
-        ``capabilities`` (``None`` when the plugin failed to load) and
-        ``error`` (the failure's message, or ``None``).
+        ``capabilities`` (what a dataset written in this format gets; ``None``
+        when the plugin failed to load), ``via`` (capability -> the companion
+        source that provides it, e.g. ``{"random_access": "memmap"}`` for
+        ``npy``) and ``error`` (the failure's message, or ``None``).
     """
     entry: dict[str, Any] = {
         "name": info.name,
@@ -343,12 +485,26 @@ def _describe_plugin(info: SourceInfo) -> dict[str, Any]:
         "target": info.target,
         "conflicts": list(info.conflicts),
         "capabilities": None,
+        "via": {},
         "error": None,
     }
     try:
-        entry["capabilities"] = dict(get_source(info.name).capabilities())
+        source = get_source(info.name)
     except ShardStoreError as exc:
         entry["error"] = _one_line(exc)
+        return entry
+    capabilities = dict(source.capabilities())
+    companion = source.random_access_source
+    if not capabilities.get("random_access") and companion is not None:
+        # A dataset of this format reads by index through the companion (npy -> memmap).
+        try:
+            alt = get_source(companion)
+        except ShardStoreError:
+            alt = None
+        if alt is not None and alt.random_access and alt.can_read(info.name):
+            capabilities["random_access"] = True
+            entry["via"] = {"random_access": companion}
+    entry["capabilities"] = capabilities
     return entry
 
 
@@ -386,7 +542,10 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         if p["error"] is not None:
             lines.append(f"  error:        {p['error']}")
         else:
-            flags = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in p["capabilities"].items())
+            flags = ", ".join(
+                f"{k}={'yes' if v else 'no'}" + (f" (via {p['via'][k]})" if k in p["via"] else "")
+                for k, v in p["capabilities"].items()
+            )
             lines.append(f"  capabilities: {flags}")
         blocks.append("\n".join(lines))
     print("\n".join(blocks))
@@ -758,7 +917,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "plugins",
         parents=[common],
         help="list installed source plugins",
-        description="List installed source plugins and their capabilities.",
+        description="List installed source plugins and what a dataset written in each format "
+        "gets: tf_native (TensorFlow ops only: tf.data service, iterator checkpoints), "
+        "random_access (ds[i], shuffle='global'; 'via' names the source that reads it by "
+        "index) and supports_ragged (variable-length features).",
     )
     plugins.add_argument("--json", action="store_true", help="print the list as JSON")
     plugins.set_defaults(func=_cmd_plugins)
@@ -1200,12 +1362,26 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     command: _Command = args.func
+    words = _CliWords(_subcommand(parser, args.command))
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(words)
     try:
-        return command(args)
-    except (ShardStoreError, OSError) as exc:
+        status = command(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return status
+    except BrokenPipeError as exc:
+        if _stdout_is_closed():  # `shardstore info x | head -3`: stop quietly, as Unix tools do
+            return EXIT_PIPE_CLOSED
         if args.debug:
             raise
         _error(_one_line(exc))
+        return EXIT_ERROR
+    except (ShardStoreError, OSError) as exc:
+        if args.debug:
+            raise
+        params = exc.params if isinstance(exc, ShardStoreError) else ()
+        _error(_cli_words(_one_line(exc), params, words.command))
         return EXIT_ERROR
     except KeyboardInterrupt:
         if args.debug:
@@ -1217,3 +1393,42 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _error(f"{type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)")
         return EXIT_ERROR
+    finally:
+        for handler in handlers:
+            handler.removeFilter(words)
+
+
+def _stdout_is_closed() -> bool:
+    """Whether stdout's reader has gone; if so, point stdout at ``/dev/null``.
+
+    After a ``BrokenPipeError`` this tells a closed stdout (``| head``) from
+    another pipe breaking: the write end of a pipe whose reader has gone polls
+    as an error. Pointing the descriptor at ``/dev/null`` keeps the
+    interpreter's last flush at exit from failing again.
+
+    Returns
+    -------
+    bool
+        ``True`` when stdout is a pipe with no reader left.
+    """
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        closed = any(event & select.POLLERR for _, event in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no real descriptor (replaced in-process)
+        return False
+    if closed:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return closed
+
+
+def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of the subcommand ``name`` of ``parser``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            sub: argparse.ArgumentParser = action.choices[name]
+            return sub
+    raise AssertionError("the parser has no subcommands")  # pragma: no cover

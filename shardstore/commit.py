@@ -263,7 +263,8 @@ class Transaction:
     ) -> None:
         if not overwrite and base.exists:
             raise DatasetExistsError(
-                f"a dataset already exists at {root}; pass overwrite=True to replace it"
+                f"a dataset already exists at {root}; pass overwrite=True to replace it",
+                params=("overwrite",),
             )
         self.root = root
         self.version_id = version_id

@@ -10,6 +10,8 @@ keep working.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 __all__ = [
     "CapabilityError",
     "ChecksumError",
@@ -28,7 +30,29 @@ __all__ = [
 
 
 class ShardStoreError(Exception):
-    """Base class of every error raised by shardstore."""
+    """Base class of every error raised by shardstore.
+
+    Parameters
+    ----------
+    *args : object
+        The message (and any further arguments, as for ``Exception``).
+    params : iterable of str, optional
+        The parameters the message names, spelled as in Python (``"pass
+        overwrite=True"``, ``"shard_size must be > 0"``). The command line
+        respells each one as its option (``--overwrite``, ``--shard-size``),
+        so a message tells each user what to type.
+
+    Attributes
+    ----------
+    params : tuple of str
+        The ``params`` given (empty when the message names none).
+    """
+
+    params: tuple[str, ...] = ()
+
+    def __init__(self, *args: object, params: Iterable[str] = ()) -> None:
+        super().__init__(*args)
+        self.params = tuple(params)
 
 
 class InvalidInputError(ShardStoreError, ValueError):

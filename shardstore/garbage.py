@@ -148,7 +148,9 @@ def collect(
     if grace is None:
         grace = default_grace()
     if isinstance(grace, bool) or not isinstance(grace, int | float) or not grace >= 0:
-        raise InvalidInputError(f"grace must be a number of seconds >= 0, got {grace!r}")
+        raise InvalidInputError(
+            f"grace must be a number of seconds >= 0, got {grace!r}", params=("grace",)
+        )
     report = GcReport()
     if not _is_dir(root) or (not _is_dir(control_dir(root)) and not _has_version_dirs(root)):
         return report

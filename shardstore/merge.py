@@ -81,7 +81,8 @@ def link_or_copy(
             if link == "hardlink":
                 raise InvalidInputError(
                     f"cannot hard-link {str(src)!r} into {str(dst.parent)!r}: {exc.strerror}. "
-                    "Hard links need both on the same filesystem; use link='copy' or 'auto'"
+                    "Hard links need both on the same filesystem; use link='copy' or link='auto'",
+                    params=("link",),
                 ) from None
             log.info("cannot hard-link %s (%s); copying it", src, exc.strerror)
     with open(src, "rb") as fin, HashingFile(dst, fsync=fsync) as out:
@@ -267,14 +268,17 @@ def merge(
     from shardstore.reader import Dataset
 
     if link not in LINK_MODES:
-        raise InvalidInputError(f"link must be one of {', '.join(LINK_MODES)}, got {link!r}")
+        raise InvalidInputError(
+            f"link must be one of {', '.join(LINK_MODES)}, got {link!r}", params=("link",)
+        )
     root = Path(dest)
     if root.exists() and not root.is_dir():
         raise InvalidInputError(f"{root} exists and is not a directory")
     opened = _open_parts(parts, root)
     if not overwrite and (root / MANIFEST_NAME).exists():
         raise DatasetExistsError(
-            f"a dataset already exists at {root}; pass overwrite=True to replace it"
+            f"a dataset already exists at {root}; pass overwrite=True to replace it",
+            params=("overwrite",),
         )
     _check_compatible(opened)
     for part in opened:

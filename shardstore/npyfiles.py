@@ -231,7 +231,8 @@ def check_npy_files(
     def reject(name: str, reason: str) -> None:
         if on_error == "fail":
             raise InvalidInputError(
-                f"{name!r} {reason} (--on-error=skip / on_error='skip' ingests the other files)"
+                f"{name!r} {reason} (on_error='skip' ingests the other files)",
+                params=("on_error",),
             )
         bad.append(BadFile(name, reason))
 

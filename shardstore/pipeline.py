@@ -180,7 +180,8 @@ class ReadConfig:
         if boundaries is not None and (batch_size is None or start_step or service):
             raise InvalidInputError(
                 "bucket_boundaries needs a batch_size, and cannot be combined with "
-                "start_step or service"
+                "start_step or service",
+                params=("batch_size",),
             )
         return cls(
             batch_size=batch_size,
@@ -326,11 +327,19 @@ def _choose_source(dataset: Dataset, config: ReadConfig) -> tuple[Source, bool]:
         if config.shuffle == "global":
             raise CapabilityError(
                 "shuffle='global' gathers records by index with a random_access source, "
-                "which a tf_native pipeline cannot do; use shuffle=True"
+                "which a tf_native pipeline cannot do; use shuffle=True",
+                params=("shuffle",),
             )
         return source, False
     if config.shuffle == "global" or ragged:
-        source = dataset.source_for("random_access")
+        source = dataset.source_for(
+            "random_access",
+            wanted="shuffle='global'" if config.shuffle == "global" else "reading ragged features",
+            instead="Use shuffle=True (blocks of records in a random order, mixed in a window)"
+            if config.shuffle == "global"
+            else None,
+            params=("shuffle",),
+        )
         if ragged:
             source.require("supports_ragged")
         return source, True
@@ -402,7 +411,9 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
         cardinality = full + (1 if rest and not config.drop_remainder else 0)
 
     if config.pad is not None and batch is None:
-        raise InvalidInputError("pad needs a batch_size (records are padded batch by batch)")
+        raise InvalidInputError(
+            "pad needs a batch_size (records are padded batch by batch)", params=("batch_size",)
+        )
     if not shards or cardinality == 0:
         empty = {
             n: tf.RaggedTensor.from_row_lengths(

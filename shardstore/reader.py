@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -106,12 +107,23 @@ class Dataset:
                 )
         return source
 
-    def source_for(self, capability: str) -> Source:
+    def source_for(
+        self,
+        capability: str,
+        *,
+        wanted: str | None = None,
+        instead: str | None = None,
+        params: Sequence[str] = (),
+    ) -> Source:
         """The source to use for ``capability`` (e.g. ``"random_access"``).
 
         Without an explicit ``open(..., source=...)``, a source lacking the
         capability may hand over to the companion it names (``npy`` ->
-        ``memmap``). Raises ``CapabilityError`` naming the capability otherwise.
+        ``memmap``). Raises ``CapabilityError`` naming the capability otherwise:
+        with ``wanted`` (what the caller asked for, e.g. ``"shuffle='global'"``)
+        the message says that, and what to do: ``instead`` (another way to get
+        it done), or convert the dataset to a format that has the capability;
+        ``params`` are the parameters those name (``ShardStoreError.params``).
         """
         source = self.source
         if getattr(type(source), capability, False):
@@ -123,8 +135,21 @@ class Dataset:
                 alt.can_read(s) for s in self.manifest.sources
             ):
                 return alt
-        source.require(capability)
-        raise AssertionError("unreachable")  # pragma: no cover
+        if wanted is None:
+            source.require(capability)
+            raise AssertionError("unreachable")  # pragma: no cover
+        if capability == "random_access":
+            need = "reads records by index (random_access)"
+        else:
+            need = f"needs {capability}"
+        advice = f"{instead}, or convert" if instead else "Convert"
+        raise CapabilityError(
+            f"{wanted} {need}, which the {source.name!r} source of dataset {str(self.path)!r} "
+            f"does not support. {advice} the dataset once to a format that does: "
+            f"`shardstore convert {shlex.quote(str(self.path))} DEST --format npy` "
+            "(`shardstore.convert(src, dest, format='npy')` in Python)",
+            params=params,
+        )
 
     def __len__(self) -> int:
         return self.num_records
@@ -139,7 +164,11 @@ class Dataset:
         """
         from shardstore.random_access import gather_records, normalize_index
 
-        source = self.source_for("random_access")
+        source = self.source_for(
+            "random_access",
+            wanted="ds[...]",
+            instead="Read the records in order with ds.iter_numpy() or ds.to_tf()",
+        )
         indices, scalar = normalize_index(key, self.num_records)
         if self._random_ctx is None:
             self._random_ctx = ReadContext(self.path, self.shards, self.features, 1)

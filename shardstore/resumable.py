@@ -161,7 +161,12 @@ def _resume_point(
         )
         if not (resume and same) or found[0] is not None:
             why = "resume=False" if same and not resume else "the inputs or settings changed"
-            log.warning("discarding the interrupted ingest in %s (%s)", directory, why)
+            log.warning(
+                "discarding the interrupted ingest in %s (%s)",
+                directory,
+                why,
+                extra={"params": ("resume",)},
+            )
             shutil.rmtree(directory, ignore_errors=True)
             continue
         prefix = directory.name
@@ -214,7 +219,8 @@ def write_resumable(
 
     if not overwrite and (root / MANIFEST_NAME).exists():
         raise DatasetExistsError(
-            f"a dataset already exists at {root}; pass overwrite=True to replace it"
+            f"a dataset already exists at {root}; pass overwrite=True to replace it",
+            params=("overwrite",),
         )
     specs = {name: col.spec for name, col in columns.items()}
     source.check_features(specs)
@@ -305,6 +311,7 @@ def write_resumable(
             "interrupted: the finished shards are kept in %s; run the same ingest again to "
             "resume (resume=False starts over)",
             txn.staged,
+            extra={"params": ("resume",)},
         )
         raise
     except BaseException:

@@ -358,7 +358,7 @@ def test_kind_detection_and_arguments(tmp_path: Path) -> None:
         shardstore.ingest(tmp_path / "a.npy", tmp_path / "ds", kind="csv")
     with pytest.raises(InvalidInputError, match="index_tfrecords"):
         shardstore.ingest(tmp_path / "a.tfrecord", tmp_path / "ds")
-    with pytest.raises(InvalidInputError, match="apply to kind 'files'"):
+    with pytest.raises(InvalidInputError, match="apply to kind='files', not kind='npy'"):
         shardstore.ingest(tmp_path / "a.npy", tmp_path / "ds", label_from="parent")
     with pytest.raises(InvalidInputError, match="on_error"):
         shardstore.ingest(tmp_path / "a.npy", tmp_path / "ds", on_error="ignore")

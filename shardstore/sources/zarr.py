@@ -527,13 +527,17 @@ class ZarrSource(Source):
             compression not in COMPRESSIONS
         ):
             raise InvalidInputError(
-                f"unknown compression {compression!r} for the 'zarr' source; "
-                f"use one of {_describe_compressions()}"
+                f"unknown compression={compression!r} for the 'zarr' source; "
+                f"use one of {_describe_compressions()}",
+                params=("compression",),
             )
         level = opts.get("compression_level")
         if compression is None:
             if level is not None:
-                raise InvalidInputError("compression_level needs a compression (it is None)")
+                raise InvalidInputError(
+                    "compression_level needs a compression (it is None)",
+                    params=("compression_level",),
+                )
         else:
             lo, hi = LEVELS
             if level is None:
@@ -545,13 +549,17 @@ class ZarrSource(Source):
             ):
                 raise InvalidInputError(
                     f"compression_level must be an integer from {lo} to {hi} (Blosc's clevel), "
-                    f"got {level!r}"
+                    f"got {level!r}",
+                    params=("compression_level",),
                 )
             level = int(level)
         chunk = opts.get("chunk_records")
         if chunk is not None:
             if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
-                raise InvalidInputError(f"chunk_records must be a positive integer, got {chunk!r}")
+                raise InvalidInputError(
+                    f"chunk_records must be a positive integer, got {chunk!r}",
+                    params=("chunk_records",),
+                )
             chunk = int(chunk)
         return {"compression": compression, "compression_level": level, "chunk_records": chunk}
 
