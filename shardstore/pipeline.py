@@ -8,6 +8,11 @@ shard into a dataset of *blocks* (many records per element). The stages::
       ─► [block shuffle buffer ─► windows ─► seeded permutation in each window]
       ─► rebatch(batch_size) ─► assert_cardinality ─► output structure ─► prefetch
 
+A default pipeline runs in the process that built it (it may call Python, and
+its number of batches is asserted); it refuses to be split or moved by the
+tf.data service with a clear message (:func:`_local_only`). A ``tf_native``
+pipeline is TensorFlow ops only, made to be split: no cardinality assertion.
+
 Ordered reading (``shuffle=False``) uses ``interleave`` with a block length
 as long as the longest shard: several shards are read concurrently, but
 records come out in dataset order. Working on blocks keeps tf.data's
@@ -298,6 +303,71 @@ def _plain(fn: _F) -> _F:
     return cast(_F, tf.autograph.experimental.do_not_convert(fn))
 
 
+#: What a default pipeline says when the tf.data service splits it or runs it elsewhere.
+LOCAL_ONLY_MESSAGE = (
+    "shardstore: this to_tf() pipeline runs in the process that built it (it may read with "
+    "Python code, and it counts on reading every shard to keep its number of batches), so "
+    "the tf.data service cannot split it or run it on its workers. Use "
+    "to_tf(..., service=<dispatcher address>), or apply "
+    "tf.data.experimental.service.distribute to to_tf(..., tf_native=True)"
+)
+#: Where Linux tells a process who it is: its pid and start time (fields 1 and 22).
+_PROC_STAT = "/proc/self/stat"
+
+
+def _process_identity(stat: tf.Tensor) -> tf.Tensor:
+    """``"<pid>:<start time>"`` from the text of ``/proc/self/stat`` (TensorFlow ops)."""
+    pid = tf.strings.split(stat, " (")[0]
+    after_name = tf.strings.split(stat, ") ")[-1]  # the name may hold spaces and parentheses
+    start = tf.strings.split(tf.strings.strip(after_name), " ")[19]
+    return tf.strings.join([pid, start], ":")
+
+
+def _local_only(source: tf.data.Dataset, expected: int) -> tf.data.Dataset:
+    """``source`` (the pipeline's own first dataset), refusing to be split or moved.
+
+    The tf.data service runs a pipeline on its workers: with
+    ``ShardingPolicy.DYNAMIC`` it splits the first dataset (``source``) among
+    them, and a worker in another process cannot call this process's Python
+    functions. A default pipeline would then fail deep inside TensorFlow
+    ("expected 26 elements but contained only 0", "Could not find callback"),
+    so it checks both first and fails with :data:`LOCAL_ONLY_MESSAGE`:
+
+    * at every element, that it runs in the process that built it (Linux:
+      pid and start time from ``/proc/self/stat``);
+    * at the end, that it saw all ``expected`` elements of ``source``: an
+      element of ``tf.data.Dataset.random``, which the service never splits,
+      follows the source's last one on every worker.
+
+    A ``tf_native`` pipeline has no such check: it is made to be split.
+    """
+    if os.path.exists(_PROC_STAT):
+        with open(_PROC_STAT, encoding="utf-8", errors="replace") as f:
+            stat = f.read()
+        built_by = f"{stat.split(' (', 1)[0]}:{stat.rsplit(') ', 1)[1].split()[19]}"
+
+        def same_process(x: tf.Tensor) -> tf.Tensor:
+            here = _process_identity(tf.io.read_file(_PROC_STAT))
+            check = tf.debugging.Assert(tf.equal(here, built_by), [LOCAL_ONLY_MESSAGE])
+            with tf.control_dependencies([check]):
+                return tf.identity(x)
+
+        source = source.map(_plain(same_process))
+    end = tf.data.Dataset.random(seed=0).take(1).map(_plain(lambda _: tf.constant(-1, tf.int64)))
+
+    def count(seen: tf.Tensor, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        complete = tf.logical_or(x >= 0, tf.equal(seen, expected))
+        check = tf.debugging.Assert(complete, [LOCAL_ONLY_MESSAGE])
+        with tf.control_dependencies([check]):
+            return seen + 1, tf.identity(x)
+
+    return (
+        source.concatenate(end)
+        .scan(tf.constant(0, tf.int64), _plain(count))
+        .filter(_plain(lambda x: x >= 0))
+    )
+
+
 def _seeds(seed: int | None, n: int) -> list[int | None]:
     if seed is None:
         return [None] * n
@@ -443,10 +513,14 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
         else:
             out = out.unbatch()
         if plan.steps is not None:
-            out = out.take(plan.steps)
-    # a resumed first epoch is shorter than the next ones; a tf.data service
-    # worker reads only the splits the dispatcher hands it; buckets fill unevenly
-    if not config.start_step and config.service is None and config.bucket_boundaries is None:
+            # repeat(): "drop" never gets there (a share holds at least `steps` full
+            # batches), but repeat().take(steps) has a known cardinality without an
+            # assert_cardinality, which a tf_native pipeline does not have
+            out = out.repeat().take(plan.steps)
+    # a resumed first epoch is shorter than the next ones; a tf_native pipeline may be
+    # split by the tf.data service (service=, or the user's own distribute), and then
+    # each worker reads only the splits the dispatcher hands it; buckets fill unevenly
+    if not config.start_step and not config.tf_native and config.bucket_boundaries is None:
         out = out.apply(tf.data.experimental.assert_cardinality(cardinality))
     if config.pad is not None:
         out = out.map(_plain(_padder(specs, config.pad, config.pad_value)))
@@ -496,6 +570,8 @@ def _block_pipeline(
         positions = positions.shuffle(
             len(ctx.shards), seed=shard_seed, reshuffle_each_iteration=True
         )
+    if not config.tf_native:
+        positions = _local_only(positions, len(ctx.shards))
     longest = max(s.num_records for s in ctx.shards)
     parallel = min(len(ctx.shards), config.num_parallel_reads or os.cpu_count() or 2)
     blocks = positions.interleave(
@@ -540,14 +616,16 @@ def _epoch_counter(first: int) -> tf.data.Dataset:
     A Python counter behind a stateful ``numpy_function``: every iteration
     over the pipeline (every epoch) asks for the next number, so the order of
     epoch ``e`` is a pure function of ``(seed, e)`` and a job can resume at
-    any epoch.
+    any epoch. It runs in this process only (:func:`_local_only`, checked
+    before the Python counter is called).
     """
     counter = itertools.count(first)
 
     def next_epoch() -> np.int64:
         return np.int64(next(counter))
 
-    return tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).map(
+    once = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64))
+    return _local_only(once, 1).map(
         _plain(lambda _: tf.reshape(tf.numpy_function(next_epoch, [], tf.int64, stateful=True), []))
     )
 

@@ -314,11 +314,16 @@ class Dataset:
         bucket_by : the ragged feature whose length buckets records (default:
             the only ragged feature read).
         tf_native : build the pipeline from TensorFlow ops only (serialisable;
-            what tf.data service needs), from the source's block reader. The
-            default reads each batch with one ``numpy_function`` call from a
-            random-access source when the dataset has one (``npy`` datasets:
-            ``memmap``), the fastest path. Raises ``CapabilityError`` when the
-            source is not ``tf_native``.
+            what tf.data service needs), from the source's block reader. It
+            can be split among tf.data service workers, by ``service=`` or by
+            your own ``.apply(tf.data.experimental.service.distribute(...))``,
+            so its number of batches is not asserted (``cardinality()`` is
+            unknown, except with ``balance``). The default reads each batch
+            with one ``numpy_function`` call from a random-access source when
+            the dataset has one (``npy`` datasets: ``memmap``), the fastest
+            path, in this process only: under a tf.data service it fails with
+            a message that says to use ``service=`` or ``tf_native=True``.
+            Raises ``CapabilityError`` when the source is not ``tf_native``.
         """
         from shardstore.pipeline import ReadConfig, build_pipeline
 
