@@ -31,7 +31,7 @@ then, under the dataset lock,
 A crash at any point leaves either the previous state or the new one; what
 it leaves behind is in ``.shardstore/`` (plus, for a crash between the
 rename and the publication, one unreferenced ``v-<id>/`` whose writer lock
-says it was never published), and :func:`shardstore.gc.collect` removes it.
+says it was never published), and :func:`shardstore.garbage.collect` removes it.
 Superseded versions are kept for a grace period so that readers that opened
 them keep working (see ``docs/reliability.md``).
 """

@@ -100,6 +100,65 @@ def test_compact_parameter_lines_become_descriptions() -> None:
     )
 
 
+# -- API reference: Sphinx roles become cross-references -----------------------------------------
+def test_sphinx_roles_become_optional_cross_references() -> None:
+    replace = _tool("docs_griffe").replace_roles
+    paths = {"Dataset.to_tf": "shardstore.reader.Dataset.to_tf", "x.y": "shardstore.x.y"}
+    doc = (
+        "See :meth:`Dataset.to_tf` and :func:`~x.y`, :py:class:`numpy.ndarray`; "
+        "``:meth:`` in code stays."
+    )
+    assert replace(doc, paths.get) == (
+        'See <autoref identifier="shardstore.reader.Dataset.to_tf" optional>'
+        "<code>Dataset.to_tf</code></autoref> and "
+        '<autoref identifier="shardstore.x.y" optional><code>y</code></autoref>, '
+        "<code>numpy.ndarray</code>; ``:meth:`` in code stays."
+    )
+
+
+def test_every_docstring_role_resolves(caplog: pytest.LogCaptureFixture) -> None:
+    """Load the package as the docs build does: no role is left, none names a missing object."""
+    import griffe
+
+    tools = _tool("docs_griffe")
+    with caplog.at_level("WARNING"):
+        package = griffe.load(
+            "shardstore",
+            search_paths=[str(ROOT)],
+            extensions=griffe.load_extensions(tools.CompactNumpyParams, tools.SphinxRoles),
+        )
+    assert not [r.getMessage() for r in caplog.records if "does not exist" in r.getMessage()]
+    left = [
+        obj.path
+        for obj in tools._documented(package)
+        if obj.docstring is not None and tools.ROLE.search(obj.docstring.value)
+    ]
+    assert not left
+    to_tf = package["reader.Dataset.to_tf"].docstring.value
+    assert '<autoref identifier="shardstore.' in package["cli"].docstring.value
+    assert ":meth:" not in to_tf and ":func:" not in to_tf
+
+
+def test_a_raw_role_on_a_page_fails_the_build() -> None:
+    from mkdocs.exceptions import PluginError
+
+    hooks = _tool("docs_hooks")
+
+    class Page:
+        class file:  # the shape of mkdocs' page.file
+            src_path = "api.md"
+
+    html = "<p>Use :meth:<code>Dataset.to_tf</code> and :mod:`shardstore.parallel`</p>"
+    assert hooks.raw_roles(html) == [":meth:<code>Dataset.to_tf", ":mod:`shardstore.parallel"]
+    with pytest.raises(PluginError, match=r"api\.md shows Sphinx roles as text"):
+        hooks.on_page_content(html, page=Page)
+    fine = '<p><a class="autorefs"><code>Dataset.to_tf</code></a> costs 2:30 min</p>'
+    assert hooks.on_page_content(fine, page=Page) == fine
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+    python = config["plugins"][1]["mkdocstrings"]["handlers"]["python"]["options"]
+    assert "tools/docs_griffe.py:SphinxRoles" in python["extensions"]
+
+
 # -- README and navigation ---------------------------------------------------------------------
 def test_readme_links_resolve() -> None:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
