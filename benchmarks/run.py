@@ -10,9 +10,8 @@ Usage::
 Every run writes ``<out>/<date>.json`` and ``<out>/<date>.png`` and prints the
 tables. A complete run (scale 1, every suite and workload), or ``--publish``,
 also writes ``<out>/latest.json``/``latest.png``, copies the chart to
-``docs/assets/benchmark.png`` and rewrites the block between the
-``<!-- bench:start -->`` / ``<!-- bench:end -->`` markers of ``README.md``
-and ``docs/benchmarks.md``. ``--scale`` shrinks
+``docs/assets/benchmark.png`` and rewrites every bench block and figure of
+the pages (``benchmarks.readme.PAGES``: README and docs). ``--scale`` shrinks
 everything (records, memory sizes, shard counts) for a quick try.
 """
 
@@ -31,8 +30,9 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks.chart import save_chart
-from benchmarks.readme import CHART, PAGES, update_readme
+from benchmarks.readme import CHART, PAGES, pages, update_readme
 from benchmarks.results import (
+    INTERNAL_WORDS,
     Row,
     evaluate_targets,
     finish_read,
@@ -81,7 +81,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-modes", type=_csv(str, MODES), default=list(MODES))
     p.add_argument("--shards", type=int, default=10_000, help="shards for time to first batch")
     p.add_argument("--manifest-shards", type=int, default=100_000, help="shards for open()")
-    p.add_argument("--note", default=None, help="a caveat printed with the results")
+    p.add_argument(
+        "--note",
+        type=_user_note,
+        default=None,
+        help="a caveat shown with the results on the pages users read: describe the machine "
+        "(e.g. 'other processes were running'), not who ran the benchmark or why",
+    )
     p.add_argument(
         "--readme",
         type=Path,
@@ -94,10 +100,22 @@ def _parser() -> argparse.ArgumentParser:
         "--publish",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="write latest.*, docs/assets/benchmark.png and the README block "
+        help="write latest.*, docs/assets/benchmark.png and the pages' bench figures "
         "(default: only after a complete run at scale 1)",
     )
     return p
+
+
+def _user_note(text: str) -> str:
+    """An ``argparse`` type: a note fit for users' pages (no words of how we build things)."""
+    found = INTERNAL_WORDS.search(text)
+    if found:
+        raise argparse.ArgumentTypeError(
+            f"the note is shown on the pages users read; {found.group(0)!r} speaks of how "
+            "the product is built: describe the machine's load instead (e.g. 'other "
+            "processes were running')"
+        )
+    return text
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -218,12 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(format_report(doc))
-    pages = args.readme or [REPO / p for p in PAGES]
-    for path in save(doc, args.out, publish=publish, pages=pages, chart=args.chart):
+    for path in save(
+        doc, args.out, publish=publish, pages=args.readme or pages(), chart=args.chart
+    ):
         _log(f"wrote {path}")
     if not publish:
         _log(
-            "partial run: latest.*, docs/assets/benchmark.png and README left alone "
+            "partial run: latest.*, docs/assets/benchmark.png and the pages left alone "
             "(--publish to write them)"
         )
     return 0
