@@ -6,10 +6,10 @@ Usage::
     shardstore verify PATH [--progress | --no-progress]
     shardstore gc PATH [--grace SECONDS] [--dry-run] [--json]
     shardstore plugins [--json]
-    shardstore ingest SRC... DEST [--kind files|npy|npz|zarr|tfrecord] [--labels CSV] ...
-    shardstore ingest --tfrecord FILES... DEST --feature NAME:DTYPE:SHAPE[:ENCODING] ...
+    shardstore ingest SRC [SRC ...] DEST [--kind files|npy|npz|zarr|tfrecord] [--labels CSV] ...
+    shardstore ingest --tfrecord FILE [FILE ...] DEST --feature NAME:DTYPE:SHAPE[:ENCODING] ...
     shardstore convert SRC DST --format FORMAT [-o KEY=VALUE ...]
-    shardstore merge PARTS... DEST [--link auto|hardlink|copy] [--verify]
+    shardstore merge PART [PART ...] DEST [--link auto|hardlink|copy] [--verify]
     shardstore demo [--records N] [--no-train]
     shardstore bench PATH [--batch-size N] [--shuffle false|true|global] [--epochs N] ...
     shardstore --version
@@ -616,7 +616,7 @@ def _ingest_tfrecords(args: argparse.Namespace, paths: list[str]) -> int:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    """Ingest existing files: ``args.paths`` is SRC... DEST (:func:`shardstore.ingest`).
+    """Ingest existing files ``args.srcs`` into ``args.dest`` (:func:`shardstore.ingest`).
 
     Parameters
     ----------
@@ -633,9 +633,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     from shardstore.errors import InvalidInputError
     from shardstore.ingest import ingest
 
-    paths: list[str] = args.paths
-    if len(paths) < 2:
-        raise InvalidInputError("give the input(s) and the destination: ingest SRC... DEST")
+    paths: list[str] = [*args.srcs, args.dest]
     kind = args.kind
     if kind is None and all(p.endswith((".tfrecord", ".tfrecords")) for p in paths[:-1]):
         kind = "tfrecord"
@@ -937,7 +935,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "re-encoding: hard-linked, or copied when they cannot be). The kind is detected "
         "unless --kind says it. An interrupted ingest resumes when run again.",
     )
-    ingest.add_argument("paths", metavar="SRC... DEST", nargs="+", help="the inputs, then DEST")
+    ingest.add_argument("srcs", metavar="SRC", nargs="+", help="the inputs")
+    ingest.add_argument("dest", metavar="DEST", help="the dataset directory to write")
     ingest.add_argument(
         "--kind",
         choices=("files", "npy", "npz", "zarr", "tfrecord"),
@@ -1053,7 +1052,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "files are hard-linked (copied when they cannot be); checksums are carried over, "
         "copies are hashed and checked. The parts are left as they are.",
     )
-    merge.add_argument("paths", metavar="PATH", nargs="+", help="the parts, then DEST")
+    merge.add_argument("parts", metavar="PART", nargs="+", help="the datasets to merge")
+    merge.add_argument("dest", metavar="DEST", help="the dataset directory to write")
     merge.add_argument(
         "--link",
         choices=("auto", "hardlink", "copy"),
@@ -1205,10 +1205,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             f"{s.seconds:.3f} s, time to first batch {s.first_batch_s:.3f} s"
         )
     best = max(stats, key=lambda s: s.records_per_s)
+    first = stats[0]
     lines.append(
-        f"best epoch: {best.records_per_s:,.0f} records/s, {best.gb_per_s:.3f} GB/s; "
-        f"time to first batch {stats[0].first_batch_s:.3f} s "
-        f"(+ open and to_tf: {t2 - t0 + stats[0].first_batch_s:.3f} s)"
+        f"best epoch (epoch {best.epoch}): {best.records_per_s:,.0f} records/s, "
+        f"{best.gb_per_s:.3f} GB/s; epoch {first.epoch}'s time to first batch "
+        f"{first.first_batch_s:.3f} s, {t2 - t0 + first.first_batch_s:.3f} s with open and to_tf"
     )
     print("\n".join(lines))
     return 0
@@ -1241,7 +1242,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    """Merge ``args.paths[:-1]`` into ``args.paths[-1]`` (:func:`shardstore.merge`).
+    """Merge the datasets ``args.parts`` into ``args.dest`` (:func:`shardstore.merge`).
 
     Parameters
     ----------
@@ -1254,12 +1255,9 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     int
         0 once the merged dataset is committed.
     """
-    from shardstore.errors import InvalidInputError
     from shardstore.merge import merge
 
-    if len(args.paths) < 2:
-        raise InvalidInputError("give at least one part and the destination: merge PARTS... DEST")
-    *parts, dest = args.paths
+    parts, dest = args.parts, args.dest
     ds = merge(
         parts,
         dest,
