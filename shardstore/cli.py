@@ -35,6 +35,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import importlib.abc
+import importlib.util
 import json
 import logging
 import os
@@ -43,7 +46,7 @@ import select
 import shlex
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from shardstore import __version__
@@ -64,6 +67,8 @@ PROG = "shardstore"
 EXIT_DAMAGED = 1
 #: Exit status for any other error.
 EXIT_ERROR = 2
+#: TensorFlow's C++ log threshold (3: fatal only).
+_TF_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"
 #: Exit status when the reader of stdout went away (``| head``): 128 + SIGPIPE, what a
 #: shell reports for a Unix tool stopped by the closed pipe.
 EXIT_PIPE_CLOSED = 141
@@ -847,7 +852,8 @@ def _build_parser() -> argparse.ArgumentParser:
             "--debug",
             action="store_true",
             default=default,
-            help="show the full traceback of an error instead of a one-line message",
+            help="show the full traceback of an error instead of a one-line message, and "
+            "TensorFlow's own log messages",
         )
 
     add_globals(parser, False)
@@ -1148,7 +1154,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     """
     import time
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow  # noqa: F401  (imported first: a training job has it loaded already)
 
     from shardstore.bench import stream_epochs
@@ -1228,7 +1233,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     int
         0.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from shardstore.demo import run_demo
 
     run_demo(
@@ -1365,7 +1369,8 @@ def main(argv: list[str] | None = None) -> int:
     for handler in handlers:
         handler.addFilter(words)
     try:
-        status = command(args)
+        with _quiet_tensorflow(not args.debug):
+            status = command(args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
         return status
     except BrokenPipeError as exc:
@@ -1421,6 +1426,86 @@ def _stdout_is_closed() -> bool:
         os.dup2(devnull, fd)
         os.close(devnull)
     return closed
+
+
+class _QuietImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports TensorFlow with file descriptor 2 pointed at ``/dev/null``.
+
+    TensorFlow's C++ libraries log as they load (oneDNN notices, "could not
+    find cuda drivers"), before any setting can silence them; the command
+    line does not show that unless ``--debug``. An error in the import still
+    raises, and shows once descriptor 2 is back.
+    """
+
+    NAME = "tensorflow"
+
+    def __init__(self) -> None:
+        self._loader: Any = None
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        """Find ``tensorflow`` with the other finders and load it through this loader."""
+        if fullname != self.NAME:
+            return None
+        self.uninstall()
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        self._loader, spec.loader = spec.loader, self
+        return spec
+
+    def create_module(self, spec: Any) -> Any:
+        """The module, as the real loader creates it."""
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        """Run ``tensorflow/__init__.py`` with descriptor 2 silenced, then hand back the loader."""
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        try:
+            self._loader.exec_module(module)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            module.__loader__ = module.__spec__.loader = self._loader
+
+    def install(self) -> None:
+        """Take the next ``import tensorflow`` (nothing if it is imported already)."""
+        if self.NAME not in sys.modules and self not in sys.meta_path:
+            sys.meta_path.insert(0, self)
+
+    def uninstall(self) -> None:
+        """Leave imports alone."""
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow(enabled: bool) -> Iterator[None]:
+    """Keep TensorFlow's C++ logging off the terminal while a command runs (unless ``--debug``).
+
+    ``TF_CPP_MIN_LOG_LEVEL=3`` (errors too: on a CPU machine TensorFlow logs
+    a failed CUDA initialisation as an error) and a quiet ``import
+    tensorflow``. The environment is the command line's own; the library
+    never changes it. Both are undone when the command returns.
+    """
+    if not enabled:
+        yield
+        return
+    saved = os.environ.get(_TF_LOG_LEVEL)
+    os.environ[_TF_LOG_LEVEL] = "3"
+    quiet = _QuietImport()
+    quiet.install()
+    try:
+        yield
+    finally:
+        quiet.uninstall()
+        if saved is None:
+            os.environ.pop(_TF_LOG_LEVEL, None)
+        else:
+            os.environ[_TF_LOG_LEVEL] = saved
 
 
 def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:

@@ -758,3 +758,40 @@ def test_another_broken_pipe_is_still_an_error(
     monkeypatch.setattr(cli, "_cmd_plugins", broken)
     assert cli.main(["plugins"]) == 2
     assert _err(capsys) == "shardstore: error: [Errno 32] Broken pipe"
+
+
+# -- TensorFlow's own logging ---------------------------------------------------------------
+def test_commands_that_import_tensorflow_keep_its_logging_quiet(tmp_path: Path) -> None:
+    """oneDNN notices, 'could not find cuda drivers', a failed cuInit: not on a user's terminal.
+
+    Fresh processes with nothing set in the environment, as a user runs them.
+    """
+    src = shardstore.write(
+        tmp_path / "t", {"x": np.arange(40)}, format="tfrecord", records_per_shard=16, fsync=False
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    for argv in (
+        ["bench", str(src.path), "--no-progress"],
+        ["convert", str(src.path), str(tmp_path / "n"), "--format", "npy", "--no-progress"],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "shardstore", *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == "", result.stderr
+    assert shardstore.open(tmp_path / "n").num_records == 40
+
+
+def test_quiet_tensorflow_is_undone_after_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")
+    finders = list(sys.meta_path)
+    with cli._quiet_tensorflow(True):
+        assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3"
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1" and sys.meta_path == finders
+    with cli._quiet_tensorflow(False):  # --debug: TensorFlow speaks as it likes
+        assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"
