@@ -386,11 +386,17 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
     specs = {name: dataset.features[name] for name in config.read_features}
     plan = _Plan.create(dataset, config)
     shards, num_records = plan.shards, plan.num_records
-    dataset.check_files(shards, features=config.read_features)  # only the files read
+    if config.tf_native:
+        # TensorFlow ops cannot hash: the files read are verified now, whole, up front
+        dataset.check_files(shards, features=config.read_features)
+    else:  # files are verified as they are read (shardstore.integrity)
+        dataset._check_plausible(shards)
     record_bytes = max(1, round(sum(s.mean_record_nbytes for s in specs.values())))
     longest = max((s.num_records for s in shards), default=1)
     block = _block_records(record_bytes, config.batch_size, longest)
-    ctx = ReadContext(dataset.path, shards, specs, block)
+    ctx = ReadContext(
+        dataset.path, shards, specs, block, verifier=dataset.verifier(), lazy=not config.tf_native
+    )
     source.check_shards(ctx)
     batch = config.batch_size
     if plan.steps is not None:
@@ -480,6 +486,8 @@ def _block_pipeline(
     """Blocks of records from the source's block reader, interleaved (and shuffled)."""
     shard_seed, block_seed, window_seed = _seeds(config.seed, 3)
     read_shard = source.tf_reader(ctx)
+    if ctx.lazy:
+        read_shard = _prepared(source, ctx, read_shard)
     positions = tf.data.Dataset.range(len(ctx.shards))
     if config.shuffle:
         positions = positions.shuffle(
@@ -501,6 +509,37 @@ def _block_pipeline(
             blocks, config, ctx.block_records, record_bytes, block_seed, window_seed
         )
     return blocks
+
+
+def _prepared(
+    source: Source, ctx: ReadContext, read_shard: Callable[[tf.Tensor], tf.data.Dataset]
+) -> Callable[[tf.Tensor], tf.data.Dataset]:
+    """``read_shard`` preceded, the first time each shard is reached, by its checks.
+
+    One ``numpy_function`` per shard (not per block), run by the interleave
+    when it opens the shard, so shards are checked in parallel and only when
+    read: the files of a source that does not verify its own reads are
+    hashed whole (once per process, :meth:`Verifier.require_shard`), then the
+    source's :meth:`~Source.prepare_shard` runs (e.g. TFRecord framing).
+    """
+    verifier = None if source.verifies_reads else ctx.verifier
+    has_hook = type(source).prepare_shard is not Source.prepare_shard
+    if verifier is None and not has_hook:
+        return read_shard
+    names = tuple(ctx.features)
+
+    def prepare(position: np.ndarray) -> np.int64:
+        pos = int(position)
+        if verifier is not None:
+            verifier.require_shard(ctx.shards[pos], names)
+        source.prepare_shard(ctx, pos)
+        return np.int64(pos)
+
+    def read(position: tf.Tensor) -> tf.data.Dataset:
+        checked = tf.numpy_function(prepare, [position], tf.int64, stateful=False)
+        return tf.data.Dataset.from_tensors(tf.reshape(checked, [])).flat_map(read_shard)
+
+    return _plain(read)
 
 
 def _gather_group(batch: int | None, block: int, record_bytes: int) -> int:

@@ -700,6 +700,15 @@ class TFRecordSource(Source):
             for chunk in encode_records(shard.features, arrays, shard.num_records):
                 f.write(chunk)
 
+    def prepare_shard(self, ctx: ReadContext, position: int) -> None:
+        """Check every record header of the shard's file before TensorFlow reads it.
+
+        See :func:`check_framing`: ``TFRecordDataset`` trusts a record's
+        length once its CRC matches, and crashes on absurd lengths.
+        """
+        shard = ctx.shards[position]
+        check_framing(ctx.resolve(shard.files[0].path), shard, dataset=str(ctx.root))
+
     def tf_reader(self, ctx: ReadContext) -> Callable[[tf.Tensor], tf.data.Dataset]:
         """Blocks via ``TFRecordDataset`` -> ``batch`` -> ``parse_example`` -> decode.
 
@@ -717,8 +726,9 @@ class TFRecordSource(Source):
 
         layout = _file_layouts(ctx)
         resolved = [ctx.resolve(s.files[0].path) for s in ctx.shards]
-        for shard, path in zip(ctx.shards, resolved, strict=True):
-            check_framing(path, shard, dataset=str(ctx.root))
+        if not ctx.lazy:  # else the reader calls prepare_shard just before each shard is read
+            for position in range(len(ctx.shards)):
+                self.prepare_shard(ctx, position)
         paths = tf.constant([str(p) for p in resolved], tf.string)
         decode = _decoder(ctx.features, layout)
         block = ctx.block_records
