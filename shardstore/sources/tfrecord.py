@@ -611,15 +611,20 @@ def check_framing(path: Path, shard: ShardEntry, *, dataset: str | None = None) 
         Naming the shard and the file, and the byte offset of the bad header.
     """
     entry = shard.files[0]
+
+    def damaged(what: str) -> ChecksumError:
+        if dataset is None:
+            return ChecksumError(
+                f"shard {shard.index}: file {entry.path!r} {what}",
+                shard=shard.index,
+                file=entry.path,
+            )
+        return ChecksumError.in_file(dataset, shard.index, entry.path, what)
+
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise ChecksumError(
-            f"shard {shard.index}: file {entry.path!r} cannot be read ({exc})",
-            dataset=dataset,
-            shard=shard.index,
-            file=entry.path,
-        ) from None
+        raise damaged(f"cannot be read ({exc})") from None
     sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     with _framing_lock:
         if _framing_ok.get(str(path)) == sig:
@@ -627,20 +632,9 @@ def check_framing(path: Path, shard: ShardEntry, *, dataset: str | None = None) 
     try:
         count = _count_frames(path, st.st_size, shard.num_records)
     except TFRecordFormatError as exc:
-        raise ChecksumError(
-            f"shard {shard.index}: file {entry.path!r} is not a sound TFRecord file: {exc}",
-            dataset=dataset,
-            shard=shard.index,
-            file=entry.path,
-        ) from None
+        raise damaged(f"is not a sound TFRecord file: {exc}") from None
     if count != shard.num_records:
-        raise ChecksumError(
-            f"shard {shard.index}: file {entry.path!r} holds {count} records, the manifest "
-            f"says {shard.num_records}",
-            dataset=dataset,
-            shard=shard.index,
-            file=entry.path,
-        )
+        raise damaged(f"holds {count} records, the manifest says {shard.num_records}")
     with _framing_lock:
         _framing_ok[str(path)] = sig
 
