@@ -16,7 +16,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from benchmarks.results import machine_line, read_tables, targets_table, validate, write_table
+from benchmarks.results import (
+    cold_table,
+    machine_line,
+    read_tables,
+    targets_table,
+    validate,
+    write_table,
+)
 
 __all__ = ["END", "START", "readme_block", "replace_block", "update_readme"]
 
@@ -39,9 +46,17 @@ def readme_block(doc: dict[str, Any], chart_link: str = CHART) -> str:
     ]
     if s.get("note"):
         parts.append(f"**Note:** {s['note']}")
+    parts += [read_tables(doc), write_table(doc)]
+    if doc.get("cold"):
+        parts += [
+            "**Cold cache**: the pages of each dataset's own files evicted "
+            "(`posix_fadvise(DONTNEED)`), each row in a fresh process; bytes read from "
+            "disk are the process's `read_bytes`; the floors are `cat` of the shard files "
+            "(in order) and 16 threads `pread`-ing the records of a global shuffle, in the "
+            "same run.",
+            cold_table(doc),
+        ]
     parts += [
-        read_tables(doc),
-        write_table(doc),
         targets_table(doc),
         f"![benchmark chart]({chart_link})",
     ]

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -474,6 +475,8 @@ class Verifier:
             st = os.fstat(fd)
         if st is None:
             raise self.damaged(shard, entry.path, "is missing")
+        if not stat.S_ISREG(st.st_mode):
+            raise self.damaged(shard, entry.path, "is not a regular file")
         if st.st_size != entry.size:
             what = f"has {st.st_size} bytes, the manifest records {entry.size}"
             raise self.damaged(shard, entry.path, what)
@@ -524,7 +527,7 @@ class Verifier:
         if sections is not None:
             return sections
         try:
-            sections = read_index(location, entry)
+            sections = read_index(location, entry, limit=max_index_bytes(shard))
         except (BlockIndexError, OSError) as exc:
             self._index_problem(shard, str(exc))
             return None
@@ -547,16 +550,46 @@ class Verifier:
         )
 
 
-def read_index(location: str, entry: FileEntry) -> dict[tuple[int, int], FileBlocks]:
+def max_index_bytes(shard: ShardEntry) -> int:
+    """The largest block index a reader accepts for ``shard``.
+
+    An honest index holds 8 bytes per block of at least a record or 64 KiB
+    (about 1/8192 of the data) plus a few headers; a claim beyond 1 MiB plus
+    1/1024 of the shard's bytes is refused before anything is read.
+    """
+    return (1 << 20) + shard.nbytes // 1024
+
+
+def read_index(
+    location: str, entry: FileEntry, *, limit: int | None = None
+) -> dict[tuple[int, int], FileBlocks]:
     """Read a block index file and check it against its manifest entry, then decode it.
+
+    ``limit``: the most bytes to read (:func:`max_index_bytes`); a manifest
+    claiming more is refused before anything is allocated.
 
     Raises
     ------
     BlockIndexError
-        Missing, of another size or checksum than the manifest records, or undecodable.
+        Missing, too big, of another size or checksum than the manifest
+        records, or undecodable.
     """
-    try:
-        with open(location, "rb", buffering=0) as f:
+    if limit is not None and entry.size > limit:
+        raise BlockIndexError(
+            f"is said to hold {entry.size} bytes, more than a block index of this shard can "
+            f"({limit})",
+            file=entry.path,
+        )
+    try:  # non-blocking: a FIFO planted at the path must not hang the reader
+        fd = os.open(location, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with open(fd, "rb", buffering=0) as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise BlockIndexError("is not a regular file", file=entry.path)
+            size = st.st_size
+            if size != entry.size:
+                raise BlockIndexError(f"has {size} bytes, the manifest records {entry.size}",
+                                      file=entry.path)  # fmt: skip
             data = f.read(entry.size + 1)
     except FileNotFoundError:
         raise BlockIndexError("is missing", file=entry.path) from None
@@ -625,7 +658,7 @@ def hash_shards(
         if shard.blocks is not None:
             location, st = resolve_stat(shard.blocks.path)
             try:
-                sections = read_index(location, shard.blocks)
+                sections = read_index(location, shard.blocks, limit=max_index_bytes(shard))
             except BlockIndexError as exc:
                 problems.append(damaged(shard, shard.blocks.path, str(exc)))
             except OSError as exc:

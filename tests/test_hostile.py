@@ -591,7 +591,11 @@ def test_symlinks_leaving_the_dataset_are_refused_before_opening(
             else:
                 with pytest.raises(ManifestError, match="outside the dataset directory"):
                     ds = shardstore.open(path)
-                    ds.to_tf(4)
+                    ds.to_tf(4, tf_native=True)  # TensorFlow ops only: checked up front
+                with pytest.raises(  # else refused when the reader reaches the file
+                    (ManifestError, tf.errors.OpError), match="outside the dataset directory"
+                ):
+                    collect(shardstore.open(path).to_tf(4))
                 with pytest.raises(ManifestError, match="outside the dataset directory"):
                     shardstore.open(path)[:]
         assert not [p for p in opened if str(outside) in os.path.realpath(p)]

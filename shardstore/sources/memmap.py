@@ -184,9 +184,12 @@ class MemmapSource(Source):
             if checker.known(entry) or self._still_there(ctx, entry, handle.fd):
                 return handle, header, checker.file(shard, entry, fd=handle.fd)
             self._drop(key)
-        fd = os.open(ctx.resolve_str(entry.path), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        check = checker.file(shard, entry)  # missing, or another size than the manifest's
         try:
-            check = checker.file(shard, entry, fd=fd)  # size against the manifest
+            fd = os.open(ctx.resolve_str(entry.path), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            raise check.damaged("is missing") from None
+        try:
             # the header NumPy (and so shardstore) writes for what the manifest
             # says: equal bytes need no parsing (10 us instead of ~100 us, which
             # matters when a global shuffle reopens thousands of small shards)

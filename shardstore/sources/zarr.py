@@ -83,6 +83,7 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -96,7 +97,7 @@ from shardstore.errors import (
     ManifestError,
     UnsupportedDTypeError,
 )
-from shardstore.integrity import MAX_EXPANSION, FileCheck
+from shardstore.integrity import MAX_EXPANSION, FileCheck, Verifier
 from shardstore.manifest import FeatureSpec, FileEntry, ShardEntry
 from shardstore.ragged import OFFSETS_CACHE_BYTES, RaggedArray, offsets_problem, value_rows
 from shardstore.random_access import aligned_empty
@@ -197,8 +198,24 @@ class _ArrayRef:
     data_path: Path  # absolute path of that file
     checksum: str = ""  # the manifest's checksum of the metadata and the data file
     dataset: str = ""  # the dataset directory (named by errors)
-    # verifies what is read of the data file (for the reader that located the array)
-    check: FileCheck | None = field(default=None, compare=False, repr=False)
+    # what verifies the files read, for the reader that located the array (see ``check``)
+    verifier: Verifier | None = field(default=None, compare=False, repr=False)
+    entries: tuple[ShardEntry, FileEntry, tuple[FileEntry, ...]] | None = field(
+        default=None, compare=False, repr=False
+    )
+
+    @cached_property
+    def check(self) -> FileCheck | None:
+        """The data file's check, once the array's metadata files are verified (on first use).
+
+        Nothing is opened before the array is first read: a pipeline over
+        many shards checks each one when it reaches it.
+        """
+        if self.verifier is None or self.entries is None:
+            return None
+        shard, data, metas = self.entries
+        self.verifier.require_files(shard, metas)  # small, read by zarr itself: whole
+        return self.verifier.file(shard, data)
 
     @property
     def node(self) -> str:
@@ -484,8 +501,6 @@ def _locate(
         if meta not in entries:
             raise ManifestError(f"shard {shard.index}: zarr metadata {meta!r} is not listed")
     checksums = {path: f.checksum for path, f in entries.items()}
-    # the metadata (small files, read by zarr itself) is verified whole before it is parsed
-    ctx.checker.require_files(shard, entries.values())
     return _ArrayRef(
         shard=shard.index,
         feature=feature,
@@ -500,7 +515,8 @@ def _locate(
         data_path=ctx.resolve(data.path),
         checksum=data.checksum + checksums[meta_relpath],
         dataset=str(ctx.root),
-        check=ctx.checker.file(shard, data),
+        verifier=ctx.checker,
+        entries=(shard, data, tuple(entries.values())),
     )
 
 
@@ -731,6 +747,7 @@ class ZarrSource(Source):
         import zarr
         from zarr.storage import LocalStore
 
+        ref.check  # noqa: B018 - the metadata is verified before zarr parses it
         with self._lock:
             arr = self._arrays.get(ref.key)
             if arr is None:
