@@ -17,12 +17,14 @@ never per record), so pipelines built on it are not serialisable:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import mmap
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -69,13 +71,79 @@ class _Handle:
     closed under a reader could be reused for another file meanwhile).
     """
 
-    __slots__ = ("fd",)
+    __slots__ = ("fd", "random")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self.random = False  # posix_fadvise(RANDOM) given: no readahead
 
     def __del__(self) -> None:
         os.close(self.fd)
+
+
+#: Reads in flight at once for scattered records missing from the page cache: what a
+#: disk (or a network file system) needs to reach its throughput on random reads.
+READ_THREADS = 16
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_nowait = hasattr(os, "RWF_NOWAIT")
+
+
+def _read_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="shardstore-read")
+        return _pool
+
+
+def _after_fork() -> None:  # a forked child must not use the parent's threads
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+def read_runs(handle: _Handle, check: FileCheck, runs: list[tuple[memoryview, int]]) -> None:
+    """Fill each ``(buffer, offset)`` of ``runs`` from the file of ``handle``, verified.
+
+    What the page cache holds is copied at once (``preadv`` with
+    ``RWF_NOWAIT``, which never waits for the disk); the rest is read by
+    :data:`READ_THREADS` threads, so that many reads are in flight, as storage
+    needs for random reads. With records scattered over the file, the file is
+    advised ``POSIX_FADV_RANDOM`` (no readahead: only the records' own pages
+    are read).
+    """
+    global _nowait
+    fd = handle.fd
+    if not handle.random:
+        handle.random = True
+        with contextlib.suppress(OSError, AttributeError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+    missing: list[tuple[memoryview, int]] = []
+    for view, offset in runs:
+        got = 0
+        if _nowait:
+            try:
+                got = os.preadv(fd, [view], offset, os.RWF_NOWAIT)
+            except BlockingIOError:
+                got = 0
+            except OSError:  # RWF_NOWAIT unsupported here: read everything in order
+                _nowait = False
+        if got == len(view):
+            check.verify_range(offset, view, lambda at, n: os.pread(fd, n, at))
+        else:
+            missing.append((view, offset))
+    if not missing:
+        return
+    if len(missing) == 1:
+        check.pread_into(fd, *missing[0])
+        return
+    # from the threads, in file order; any error is raised here, in the caller's thread
+    for future in [_read_pool().submit(check.pread_into, fd, v, o) for v, o in missing]:
+        future.result()
 
 
 class MemmapSource(Source):
@@ -356,9 +424,14 @@ class MemmapSource(Source):
                 np.take(whole, rows - first, axis=0, out=dest)
                 continue
             buf = dest.reshape(-1).view(np.uint8).data
-            for lo, hi in zip(run_starts, run_ends, strict=True):
-                offset = header + int(rows[lo]) * record_bytes
-                check.pread_into(handle.fd, buf[lo * record_bytes : hi * record_bytes], offset)
+            runs = [
+                (buf[lo * record_bytes : hi * record_bytes], header + int(rows[lo]) * record_bytes)
+                for lo, hi in zip(run_starts, run_ends, strict=True)
+            ]
+            if len(runs) == 1:
+                check.pread_into(handle.fd, *runs[0])
+            else:
+                read_runs(handle, check, runs)
 
     def tf_reader(self, ctx: ReadContext) -> Callable[[tf.Tensor], tf.data.Dataset]:
         """Blocks of records, each read by one ``numpy_function``."""
