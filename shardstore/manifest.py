@@ -20,6 +20,7 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -277,11 +278,20 @@ class ShardEntry:
         return self.files if self.blocks is None else (*self.files, self.blocks)
 
     def file_for(self, feature: str) -> FileEntry:
-        """The file holding ``feature`` in this shard."""
+        """The file holding ``feature`` in this shard (the first one listed for it)."""
+        found = self._by_feature.get(feature)
+        if found is None:
+            raise ManifestError(f"shard {self.index} has no file for feature {feature!r}")
+        return found
+
+    @cached_property
+    def _by_feature(self) -> dict[str, FileEntry]:
+        """feature -> its first file (readers look files up per shard per read)."""
+        out: dict[str, FileEntry] = {}
         for f in self.files:
-            if f.feature == feature:
-                return f
-        raise ManifestError(f"shard {self.index} has no file for feature {feature!r}")
+            if f.feature is not None:
+                out.setdefault(f.feature, f)
+        return out
 
     def ragged_files(self, feature: str) -> tuple[FileEntry, FileEntry]:
         """The ``(values, offsets)`` files of a ragged feature (``info["ragged"]`` names each)."""

@@ -254,7 +254,7 @@ class MemmapSource(Source):
             self._drop(key)
         check = checker.file(shard, entry)  # missing, or another size than the manifest's
         try:
-            fd = os.open(ctx.resolve_str(entry.path), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(check.location, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             raise check.damaged("is missing") from None
         try:

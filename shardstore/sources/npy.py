@@ -141,6 +141,7 @@ def npy_layout(ctx: ReadContext) -> dict[str, list[int]]:
                 ragged_layout(ctx, position, fname)
             continue
         column = headers[fname] = []
+        record_bytes = spec.record_nbytes
         for shard in ctx.shards:
             entry = shard.file_for(fname)
             header = entry.info.get("header_bytes")
@@ -149,7 +150,7 @@ def npy_layout(ctx: ReadContext) -> dict[str, list[int]]:
                     f"shard {shard.index}, file {entry.path!r}: invalid info.header_bytes "
                     f"{header!r}"
                 )
-            expected = header + shard.num_records * spec.record_nbytes
+            expected = header + shard.num_records * record_bytes
             if entry.size != expected:
                 raise ManifestError(
                     f"shard {shard.index}, file {entry.path!r}: size {entry.size} does not "
