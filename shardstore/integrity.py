@@ -254,34 +254,45 @@ class FileCheck:
         bits = state.bits
         if bits is None:  # done meanwhile
             return
-        hashes = blocks.hashes
         i = bits.find(0, b0, b1)
-        while i != -1:
-            lo, hi = blocks.block_span(i)
-            if lo >= offset and hi <= end:
-                digest = xxhash.xxh3_64_intdigest(view[lo - offset : hi - offset])
-            else:
-                if read is None:
-                    raise ValueError(
-                        f"block {i} of {self.entry.path!r} is only partly in the data given, "
-                        "and no read() fetches the rest"
+        if i == -1:
+            return
+        hashes = blocks.hashes
+        first, size, step = blocks.first, blocks.size, blocks.block
+        digest_of = xxhash.xxh3_64_intdigest
+        verified: list[int] = []
+        try:
+            while i != -1:
+                if first and i == 0:
+                    lo, hi = 0, min(first, size)
+                else:
+                    lo = first + (i - (1 if first else 0)) * step
+                    hi = min(size, lo + step)
+                if lo >= offset and hi <= end:
+                    digest = digest_of(view[lo - offset : hi - offset])
+                else:
+                    if read is None:
+                        raise ValueError(
+                            f"block {i} of {self.entry.path!r} is only partly in the data "
+                            "given, and no read() fetches the rest"
+                        )
+                    hasher = xxhash.xxh3_64()
+                    if lo < offset:
+                        hasher.update(read(lo, offset - lo))
+                    hasher.update(view[max(lo, offset) - offset : min(hi, end) - offset])
+                    if hi > end:
+                        hasher.update(read(end, hi - end))
+                    digest = hasher.intdigest()
+                if digest != hashes[i]:
+                    raise self.damaged(
+                        f"is damaged: bytes {lo}-{hi} (block {i}) do not match their checksum "
+                        f"in the block index; run Dataset.verify() to check every file"
                     )
-                hasher = xxhash.xxh3_64()
-                if lo < offset:
-                    hasher.update(read(lo, offset - lo))
-                hasher.update(view[max(lo, offset) - offset : min(hi, end) - offset])
-                if hi > end:
-                    hasher.update(read(end, hi - end))
-                digest = hasher.intdigest()
-            if digest != int(hashes[i]):
-                raise self.damaged(
-                    f"is damaged: bytes {lo}-{hi} (block {i}) do not match their checksum in "
-                    f"the block index; run Dataset.verify() to check every file"
-                )
-            self._mark(i)
-            if state.bits is None:
-                return
-            i = bits.find(0, i + 1, b1)
+                verified.append(i)
+                i = bits.find(0, i + 1, b1)
+        finally:
+            if verified:
+                self._mark(verified)
 
     def verify_spans(self, view: Any, starts: np.ndarray, length: int) -> None:
         """Verify the blocks holding records ``[s, s + length)`` for each ``s`` in ``starts``.
@@ -308,6 +319,7 @@ class FileCheck:
             self.verify_range(lo, buf[lo:hi])
             if state.bits is None:
                 return
+            bits = state.bits
 
     def _block_ids(self, offsets: np.ndarray) -> np.ndarray:
         blocks = self._blocks
@@ -336,17 +348,21 @@ class FileCheck:
             return None
         return blocks.block_span(b0)[0], blocks.block_span(b1 - 1)[1]
 
-    def _mark(self, i: int) -> None:
+    def _mark(self, verified: list[int]) -> None:
+        """Remember blocks ``verified`` (one lock for the lot; the last one marks the file)."""
         state = self._state
         assert state is not None
         with _lock:
             bits = state.bits
-            if bits is None or bits[i]:
+            if bits is None:
                 return
-            bits[i] = 1
-            state.left -= 1
+            for i in verified:
+                if not bits[i]:
+                    bits[i] = 1
+                    state.left -= 1
             if state.left <= 0:
                 state.done, state.bits = True, None
+                self._blocks = None  # nothing left to check: drop the hashes
 
     # -- whole files ----------------------------------------------------------------------
     def verify_all(self) -> None:
