@@ -451,7 +451,9 @@ class Dataset:
         if problems:
             files = sum(len(s.stored_files) for s in self.shards)
             damaged = len({(e.shard, e.file) for e in problems})
-            lines = "\n".join(f"  {e}" for e in problems)
+            lines = "\n".join(f"  {e}" for e in problems[:20])
+            if len(problems) > 20:
+                lines += f"\n  ... and {len(problems) - 20} more (err.errors lists them all)"
             raise DamagedFilesError(
                 f"dataset {str(self.path)!r}: {damaged} of {files} files damaged:\n{lines}",
                 problems,
