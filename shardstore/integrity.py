@@ -307,7 +307,15 @@ class FileCheck:
         if blocks is None:
             self.verify_all()
             return
-        ids = np.union1d(self._block_ids(starts), self._block_ids(starts + max(0, length - 1)))
+        b0 = _block_ids(blocks, starts)
+        b1 = _block_ids(blocks, starts + max(0, length - 1))
+        spans = b1 - b0
+        if len(spans) and int(spans.max()) > 1:  # records over several blocks: every one
+            b0 = np.repeat(b0, spans + 1) + (
+                np.arange(int((spans + 1).sum()))
+                - np.repeat(np.cumsum(spans + 1) - spans - 1, spans + 1)
+            )
+        ids = np.union1d(b0, b1)
         bits = state.bits
         if bits is None:
             return
@@ -320,14 +328,6 @@ class FileCheck:
             if state.bits is None:
                 return
             bits = state.bits
-
-    def _block_ids(self, offsets: np.ndarray) -> np.ndarray:
-        blocks = self._blocks
-        assert blocks is not None
-        offsets = np.asarray(offsets, np.int64)
-        if not blocks.first:
-            return offsets // blocks.block
-        return np.where(offsets < blocks.first, 0, 1 + (offsets - blocks.first) // blocks.block)
 
     def span(self, lo: int, hi: int) -> tuple[int, int] | None:
         """The byte range of whole blocks to fetch so that ``[lo, hi)`` can be verified.
@@ -432,6 +432,14 @@ class FileCheck:
                     f"ends at byte {offset + done}, before the records the manifest records"
                 )
             done += got
+
+
+def _block_ids(blocks: FileBlocks, offsets: np.ndarray) -> np.ndarray:
+    """The block holding each byte offset of ``offsets``."""
+    offsets = np.asarray(offsets, np.int64)
+    if not blocks.first:
+        return offsets // blocks.block
+    return np.where(offsets < blocks.first, 0, 1 + (offsets - blocks.first) // blocks.block)
 
 
 # -- one reader's view -------------------------------------------------------------------------

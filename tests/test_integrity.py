@@ -464,3 +464,19 @@ def test_pipelines_of_tensorflow_ops_verify_up_front(ds: shardstore.Dataset) -> 
     assert (exc.value.shard, exc.value.file) == (3, path)
     with pytest.raises(tf.errors.OpError, match="ChecksumError"):
         collect(fresh.to_tf(8))
+
+
+def test_verify_spans_covers_every_block_of_long_records(tmp_path: Path) -> None:
+    """Records over several blocks (100 KiB records, 64 KiB blocks): the middle ones too."""
+    data = {"v": np.random.default_rng(1).standard_normal((6, 100 * 256)).astype(np.float32)}
+    ds = shardstore.write(tmp_path / "d", data, records_per_shard=6, fsync=False)
+    shard = ds.shards[0]
+    entry = shard.file_for("v")
+    header, record = entry.info["header_bytes"], 100 * 1024
+    flip_bit(ds.path / entry.path, header + 3 * record + record // 2)  # record 3, middle block
+    raw = (ds.path / entry.path).read_bytes()
+    check = integrity.Verifier(ds.path).file(shard, entry)
+    starts = np.array([header + record, header + 5 * record])
+    check.verify_spans(raw, starts, record)  # records 1 and 5: intact
+    with pytest.raises(ChecksumError, match="do not match"):
+        check.verify_spans(raw, np.array([header + 3 * record]), record)
