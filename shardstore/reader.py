@@ -297,7 +297,9 @@ class Dataset:
             default reads each batch with one ``numpy_function`` call from a
             random-access source when the dataset has one (``npy`` datasets:
             ``memmap``), the fastest path. Raises ``CapabilityError`` when the
-            source is not ``tf_native``.
+            source is not ``tf_native``. TensorFlow ops cannot hash, so such a
+            pipeline verifies the files it will read, whole, when it is built
+            (default pipelines verify what they read, when they read it).
         """
         from shardstore.pipeline import ReadConfig, build_pipeline
 
