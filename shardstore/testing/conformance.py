@@ -328,6 +328,20 @@ class SourceConformance:
         assert exc.value.file == victim.path
         assert exc.value.shard == 1
 
+    def test_a_flipped_bit_is_detected_when_read(
+        self, dataset: shardstore.Dataset, tmp_path: Path
+    ) -> None:
+        """Whatever reads the damaged bytes fails naming the file (``verifies_reads`` or not)."""
+        copy = self._damaged_copy(dataset, tmp_path)
+        victim = max(copy.shards[1].files, key=lambda f: f.size)
+        flip_bit(copy.path / victim.path, victim.size // 2)
+        assert_damage_reported(lambda: collect(copy.to_tf(batch_size=8)), copy.path, 1, victim.path)
+        if shardstore.get_source(self.source).random_access:
+            start = copy.shards[0].num_records
+            assert_damage_reported(
+                lambda: copy[start : start + copy.shards[1].num_records], copy.path, 1, victim.path
+            )
+
     def test_truncation_is_detected_when_read(
         self, dataset: shardstore.Dataset, tmp_path: Path
     ) -> None:
