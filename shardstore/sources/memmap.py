@@ -106,6 +106,12 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
 
 
+def _advise(fd: int, advice: str) -> None:
+    """``posix_fadvise(fd, 0, 0, advice)`` where the platform has it."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.posix_fadvise(fd, 0, 0, getattr(os, advice))
+
+
 def read_runs(handle: _Handle, check: FileCheck, runs: list[tuple[memoryview, int]]) -> None:
     """Fill each ``(buffer, offset)`` of ``runs`` from the file of ``handle``, verified.
 
@@ -120,8 +126,7 @@ def read_runs(handle: _Handle, check: FileCheck, runs: list[tuple[memoryview, in
     fd = handle.fd
     if not handle.random:
         handle.random = True
-        with contextlib.suppress(OSError, AttributeError):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        _advise(fd, "POSIX_FADV_RANDOM")
     missing: list[tuple[memoryview, int]] = []
     verified = check.done
     for view, offset in runs:
@@ -265,7 +270,11 @@ class MemmapSource(Source):
             # matters when a global shuffle reopens thousands of small shards)
             ours = npy_header(dtype, expected)
             head = bytearray(header)
+            # no readahead for the header alone (up to read_ahead_kb, often MiBs, of records
+            # a random reader may never want); sequential readers start their own below
+            _advise(fd, "POSIX_FADV_RANDOM")
             check.pread_into(fd, head, 0)
+            _advise(fd, "POSIX_FADV_NORMAL")
             if len(ours) == header and head == ours:
                 parsed = NpyHeader(dtype, expected, False, header)
             else:
@@ -431,6 +440,9 @@ class MemmapSource(Source):
                 for lo, hi in zip(run_starts, run_ends, strict=True)
             ]
             if len(runs) == 1:
+                if handle.random and len(runs[0][0]) >= 1 << 20:  # sequential again: readahead
+                    handle.random = False
+                    _advise(handle.fd, "POSIX_FADV_NORMAL")
                 check.pread_into(handle.fd, *runs[0])
             else:
                 read_runs(handle, check, runs)
