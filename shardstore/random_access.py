@@ -93,6 +93,11 @@ def gather_records(
     bounds = np.flatnonzero(np.diff(positions)) + 1
     whole = ctx.verifier if ctx.verifier is not None and not source.verifies_reads else None
     names = tuple(ctx.features)
+    touched = positions[np.r_[0, bounds]] if len(unique) else positions[:0]
+    new = touched[~ctx.opened[touched]]
+    if len(new) > 1:  # shards read for the first time: let the source open them together
+        source.open_shards(ctx, new.tolist())
+    ctx.opened[new] = True
     for lo, hi in zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(unique)].tolist(), strict=True):
         if lo == hi:
             continue

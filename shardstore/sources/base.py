@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -270,6 +270,11 @@ class ReadContext:
         return self.verifier if self.verifier is not None else Verifier(self.root, "size")
 
     @cached_property
+    def opened(self) -> np.ndarray:
+        """``bool`` per shard: whether the reader has had the source open it (``open_shards``)."""
+        return np.zeros(len(self.shards), dtype=bool)
+
+    @cached_property
     def record_starts(self) -> np.ndarray:
         """``int64`` array: index of each shard's first record, plus the total at the end."""
         starts = np.zeros(len(self.shards) + 1, dtype=np.int64)
@@ -342,6 +347,16 @@ class Source(ABC):
         so that what can be refused from the manifest alone (a lying header
         length, a size that contradicts the layout) fails at ``to_tf`` time
         with a ``ManifestError``, not mid-epoch. The default checks nothing.
+        """
+
+    def open_shards(self, ctx: ReadContext, positions: Sequence[int]) -> None:  # noqa: B027
+        """Get ready to read shards ``positions`` of ``ctx`` (called before a gather).
+
+        The reader calls this with the shards a gather is about to read that
+        it has not read before in this context, so a source can open their
+        files all at once (e.g. from threads: opening a shard on cold storage
+        costs a few reads, latency that parallel opens hide). The default does
+        nothing.
         """
 
     def prepare_shard(self, ctx: ReadContext, position: int) -> None:  # noqa: B027

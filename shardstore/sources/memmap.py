@@ -23,7 +23,7 @@ import mmap
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -185,6 +185,22 @@ class MemmapSource(Source):
     def check_shards(self, ctx: ReadContext) -> None:
         """Check every file's recorded header length and size against the features."""
         npy_layout(ctx)
+
+    def open_shards(self, ctx: ReadContext, positions: Sequence[int]) -> None:
+        """Open (and check) the fixed-shape features' files of ``positions``, from threads.
+
+        On cold storage, opening a shard reads its block index and each
+        file's header: a few reads of latency each. A gather that touches
+        hundreds of new shards (``shuffle="global"``) opens them with
+        :data:`READ_THREADS` reads in flight instead of one at a time.
+        """
+        names = [n for n, spec in ctx.features.items() if not spec.is_ragged]
+        jobs = [(p, n) for p in positions for n in names]
+        if len(jobs) < 2:
+            return
+        pool = _read_pool()
+        for future in [pool.submit(self._file, ctx, p, n) for p, n in jobs]:
+            future.result()
 
     def _map(self, ctx: ReadContext, position: int, feature: str) -> tuple[np.ndarray, mmap.mmap]:
         """A read-only memory map of a fixed-shape feature's file in one shard (cached).
