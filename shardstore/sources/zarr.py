@@ -775,16 +775,19 @@ class ZarrSource(Source):
             if cached[0] is not None and ref.check is not None and not ref.check.done:
                 cached[0].verify_index(ref.check)  # parsed for another reader: check it here
             return cached[0]
-        arr = self._zarr_array(ref)
-        # to_dict() holds tuples and enums: normalise it to the JSON form of zarr.json
-        meta = json.loads(json.dumps(arr.metadata.to_dict(), default=str))
+        # zarr.json as written (checked first; the same JSON zarr parses): arrays on the
+        # fast path never go through zarr itself, whose event-loop thread must not be
+        # waited on from inside a tf.data function while the pipeline is torn down
+        ref.check  # noqa: B018 - the metadata is verified before it is parsed
+        meta = _check_array_metadata(ref)
         layout = _fast_path(meta, ref)
+        fill = _fill_value(meta.get("fill_value"), ref.dtype) if layout is not None else None
         reader: _ChunkFile | None = None
-        if layout is None:
+        if layout is None or fill is None:
             log.debug("zarr source: reading %s through zarr (not on the fast path)", ref.key)
+            self._zarr_array(ref)
         else:
             offsets, lengths, index_at = _read_shard_index(ref, layout)
-            fill = np.asarray(arr.metadata.fill_value).astype(ref.dtype)[()]
             reader = _ChunkFile(
                 ref, offsets=offsets, lengths=lengths, codec=layout.codec, fill_value=fill
             )
@@ -1105,8 +1108,36 @@ _ZARR_DTYPES = {
 _MAX_METADATA_BYTES = 1 << 20
 
 
-def _check_array_metadata(ref: _ArrayRef) -> None:
-    """Refuse an array ``zarr.json`` that zarr should not be allowed to act on.
+def _fill_value(value: Any, dtype: np.dtype[Any]) -> Any:
+    """A ``zarr.json`` ``fill_value`` as a ``dtype`` scalar, or ``None`` if not understood.
+
+    Numbers and booleans; ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` and hex bit
+    patterns (``"0x7fc00000"``) for floats; ``[real, imag]`` for complex numbers.
+    """
+
+    def one(v: Any, kind: np.dtype[Any]) -> Any:
+        if isinstance(v, str) and v.startswith("0x"):
+            bits = np.array(int(v, 16), dtype=f"<u{kind.itemsize}")
+            return bits.view(kind)[()]
+        if isinstance(v, str) and v not in ("NaN", "Infinity", "-Infinity"):
+            raise ValueError(v)
+        return np.asarray(float(v) if isinstance(v, str) else v).astype(kind)[()]
+
+    try:
+        if dtype.kind == "c":
+            part = np.dtype(f"<f{dtype.itemsize // 2}")
+            if not (isinstance(value, list) and len(value) == 2):
+                return None
+            return np.asarray(complex(one(value[0], part), one(value[1], part))).astype(dtype)[()]
+        if isinstance(value, list | dict) or value is None:
+            return None
+        return one(value, dtype)
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def _check_array_metadata(ref: _ArrayRef) -> dict[str, Any]:
+    """Refuse an array ``zarr.json`` that zarr should not be allowed to act on; return it.
 
     Raises
     ------
@@ -1152,6 +1183,7 @@ def _check_array_metadata(ref: _ArrayRef) -> None:
         raise fail("only a regular chunk grid is supported")
     _check_chunk_shape(chunk_shape, [max(1, 2 * d) for d in expected], fail)
     _check_codecs(meta.get("codecs"), chunk_shape, fail)
+    return meta
 
 
 def _check_chunk_shape(shape: Any, limit: list[int], fail: Callable[[str], Exception]) -> None:
