@@ -32,6 +32,7 @@ from typing import Any
 
 from benchmarks.results import (
     Row,
+    cold_table,
     machine_line,
     read_tables,
     targets_table,
@@ -153,9 +154,17 @@ def readme_block(doc: dict[str, Any], chart_link: str = CHART) -> str:
     note = user_note(s.get("note"))
     if note:
         parts.append(f"**Note:** {note}")
+    parts += [read_tables(doc), write_table(doc)]
+    if doc.get("cold"):
+        parts += [
+            "**Cold cache**: the pages of each dataset's own files evicted "
+            "(`posix_fadvise(DONTNEED)`), each row in a fresh process; bytes read from "
+            "disk are the process's `read_bytes`; the floors are `cat` of the shard files "
+            "(in order) and 16 threads `pread`-ing the records of a global shuffle, in the "
+            "same run.",
+            cold_table(doc),
+        ]
     parts += [
-        read_tables(doc),
-        write_table(doc),
         targets_table(doc),
         f"![benchmark chart]({chart_link})",
     ]

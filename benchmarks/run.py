@@ -46,7 +46,7 @@ from benchmarks.workloads import IMAGES, WORKLOADS, make_arrays
 
 __all__ = ["SUITES", "main", "run"]
 
-SUITES = ("read", "write", "memory", "scaling")
+SUITES = ("read", "write", "memory", "scaling", "cold")
 MODES = ("sequential", "shuffle", "global")
 REPO = Path(__file__).resolve().parent.parent
 
@@ -81,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-modes", type=_csv(str, MODES), default=list(MODES))
     p.add_argument("--shards", type=int, default=10_000, help="shards for time to first batch")
     p.add_argument("--manifest-shards", type=int, default=100_000, help="shards for open()")
+    p.add_argument(
+        "--cold-gb", type=_csv(float), default=[2.0, 20.0], help="datasets read cold (GB)"
+    )
+    p.add_argument("--sparse-tb", type=float, default=1.0, help="simulated dataset (TB)")
     p.add_argument(
         "--note",
         type=_user_note,
@@ -137,7 +141,20 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "memory_modes": args.memory_modes,
         "shards": max(2, round(args.shards * args.scale)),
         "manifest_shards": max(2, round(args.manifest_shards * args.scale)),
+        "cold_gb": _cold_sizes(args),
+        "sparse_tb": round(args.sparse_tb * args.scale, 4),
     }
+
+
+def _cold_sizes(args: argparse.Namespace) -> list[float]:
+    """The cold datasets' sizes, scaled, and shrunk to what the disk can hold (said in the log)."""
+    sizes = [round(g * args.scale, 3) for g in args.cold_gb]
+    where = args.workdir or Path(tempfile.gettempdir())
+    free_gb = shutil.disk_usage(where).free / 1e9
+    fitted = [min(g, round(free_gb / 2, 1)) for g in sizes]
+    if fitted != sizes:
+        _log(f"cold: {free_gb:.0f} GB free in {where}: datasets of {fitted} GB instead of {sizes}")
+    return fitted
 
 
 def _read(args: argparse.Namespace, settings: dict[str, Any], workdir: Path) -> list[Row]:
@@ -179,7 +196,25 @@ def _scaling(args: argparse.Namespace, settings: dict[str, Any], workdir: Path) 
     )
 
 
-_RUNNERS = {"read": _read, "write": _write, "memory": _memory, "scaling": _scaling}
+def _cold(args: argparse.Namespace, settings: dict[str, Any], workdir: Path) -> list[Row]:
+    from benchmarks.cold import run_cold_suite
+
+    return run_cold_suite(
+        workdir,
+        sizes_gb=settings["cold_gb"],
+        sparse_tb=settings["sparse_tb"],
+        batch_size=IMAGES.batch_size,
+        log=_log,
+    )
+
+
+_RUNNERS = {
+    "read": _read,
+    "write": _write,
+    "memory": _memory,
+    "scaling": _scaling,
+    "cold": _cold,
+}
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:

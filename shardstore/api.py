@@ -94,10 +94,10 @@ def open(
     path : the dataset directory.
     source : read with this source instead of the one that wrote the shards
         (it must be able to read them).
-    verify : when shard files are checksummed on the read path: ``"once"``
-        (default: each file is hashed before this process first reads it)
-        or ``"size"`` (sizes only). Default: ``$SHARDSTORE_VERIFY`` or
-        ``"once"``. See ``docs/reliability.md``.
+    verify : what is checksummed on the read path: ``"once"`` (default:
+        every block this process reads is verified when it is first read,
+        against the shard's block index) or ``"size"`` (sizes only). Default:
+        ``$SHARDSTORE_VERIFY`` or ``"once"``. See ``docs/reliability.md``.
 
     Raises
     ------

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from shardstore import __version__
 from shardstore.api import open as open_dataset
-from shardstore.errors import ChecksumError, ShardStoreError
+from shardstore.errors import DamagedFilesError, ShardStoreError
 from shardstore.manifest import FeatureSpec
 from shardstore.registry import SourceInfo, available_sources, get_source
 from shardstore.summary import summarize
@@ -322,8 +322,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         print(_format_info(summary, dict(ds.features)))
-    if summary["checksums"]["state"] == "damaged":
-        print(f"{PROG}: info: dataset is DAMAGED: {summary['checksums']['error']}", file=sys.stderr)
+    checks = summary["checksums"]
+    if checks["state"] == "damaged":
+        more = len(checks["damaged"]) - 1
+        extra = f" (and {_plural(more, 'more problem')}: 'shardstore verify' lists them)"
+        print(
+            f"{PROG}: info: dataset is DAMAGED: {checks['error']}{extra if more else ''}",
+            file=sys.stderr,
+        )
         return EXIT_DAMAGED
     return 0
 
@@ -373,7 +379,13 @@ def _format_info(summary: dict[str, Any], features: dict[str, FeatureSpec]) -> s
         state = f"DAMAGED: {checks['error']}"
     else:
         state = "sizes OK ('shardstore verify' re-hashes every byte)"
-    rows.append(("checksums", f"{checks['algorithm']}, {state}"))
+    if checks["block_indexes"] == summary["num_shards"]:
+        kind = "per file and per block"
+    elif checks["block_indexes"]:
+        kind = f"per file, per block in {checks['block_indexes']} shards"
+    else:
+        kind = "per file (no block index: files are verified whole when first read)"
+    rows.append(("checksums", f"{checks['algorithm']} {kind}; {state}"))
     if summary["metadata"]:
         rows.append(("metadata", ", ".join(sorted(summary["metadata"]))))
     if "plot" in summary:
@@ -420,10 +432,17 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     ds = open_dataset(args.path)
     try:
         ds.verify(progress=args.progress)
-    except ChecksumError as exc:
+    except DamagedFilesError as exc:
         if args.debug:
             raise
-        print(f"{PROG}: verify FAILED: {_one_line(exc)}", file=sys.stderr)
+        for err in exc.errors:  # every damaged file, one line each, then the summary
+            print(f"{PROG}: verify: DAMAGED: {_one_line(err)}", file=sys.stderr)
+        damaged = len({(e.shard, e.file) for e in exc.errors})
+        print(
+            f"{PROG}: verify FAILED: {damaged} of {_plural(exc.checked, 'file')} damaged "
+            f"in {ds.path}",
+            file=sys.stderr,
+        )
         return EXIT_DAMAGED
     print(f"OK: {_summary(ds)} verified")
     return 0

@@ -16,6 +16,7 @@ __all__ = [
     "CapabilityError",
     "ChecksumError",
     "CommitConflictError",
+    "DamagedFilesError",
     "DatasetExistsError",
     "DatasetNotFoundError",
     "InvalidInputError",
@@ -122,6 +123,27 @@ class ChecksumError(ShardStoreError, OSError):
             shard=shard,
             file=file,
         )
+
+
+class DamagedFilesError(ChecksumError):
+    """:meth:`Dataset.verify` found damaged files: every one is in :attr:`errors`.
+
+    A :class:`ChecksumError` whose ``dataset``, ``shard`` and ``file`` are
+    those of the first damaged file; :attr:`errors` holds one
+    ``ChecksumError`` per damaged file, in shard order, and :attr:`checked`
+    the number of files checked.
+    """
+
+    def __init__(self, message: str, errors: list[ChecksumError], *, checked: int) -> None:
+        first = errors[0] if errors else None
+        super().__init__(
+            message,
+            dataset=first.dataset if first else None,
+            shard=first.shard if first else None,
+            file=first.file if first else None,
+        )
+        self.errors = list(errors)
+        self.checked = checked
 
 
 class SourceNotFoundError(ShardStoreError, LookupError):

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 
 from shardstore import faults
+from shardstore.blocks import BlockHasher, FileBlocks
 from shardstore.checksum import format_digest, new_hasher
 from shardstore.errors import DatasetExistsError, ManifestError
 
@@ -48,16 +49,24 @@ class HashingFile:
 
     Use as a context manager. The file is created with ``O_EXCL``; on an
     exception inside the block it is removed. After a clean exit,
-    :attr:`size` and :attr:`checksum` describe exactly the bytes written.
+    :attr:`size` and :attr:`checksum` describe exactly the bytes written, and
+    :attr:`blocks` the checksum of each block (:mod:`shardstore.blocks`; the
+    layout can be chosen with :meth:`set_block_layout` before writing).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self.path = Path(path)
         self._fsync = fsync
         self._hasher = new_hasher()
+        self._block_hasher = BlockHasher()
         self.size = 0
         self.checksum = ""
+        self.blocks: FileBlocks | None = None
         self._fd = -1
+
+    def set_block_layout(self, first: int, block: int) -> None:
+        """Blocks ``[0, first)``, then ``block`` bytes each (before the first write)."""
+        self._block_hasher.set_layout(first, block)
 
     def __enter__(self) -> HashingFile:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
@@ -69,6 +78,7 @@ class HashingFile:
         """Append ``data`` (any contiguous buffer) to the file."""
         view = memoryview(data).cast("B")
         self._hasher.update(view)
+        self._block_hasher.update(view)
         while view:
             n = os.write(self._fd, view)
             view = view[n:]
@@ -92,6 +102,7 @@ class HashingFile:
             remove_quietly(self.path)
         else:
             self.checksum = format_digest(self._hasher)
+            self.blocks = self._block_hasher.finish(self.size, self.checksum)
 
 
 def publish(tmp: Path, dest: Path, *, replace: bool) -> None:

@@ -20,6 +20,7 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -257,19 +258,40 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class ShardEntry:
-    """One shard: which source wrote it, how many records, which files."""
+    """One shard: which source wrote it, how many records, which files.
+
+    ``blocks`` is the shard's block index (:mod:`shardstore.blocks`): the
+    per-block checksums of its files, in a file of its own whose size and
+    checksum are listed here. ``None`` for shards written before block
+    indexes existed: their files are then verified whole.
+    """
 
     index: int
     source: str
     num_records: int
     files: tuple[FileEntry, ...]
+    blocks: FileEntry | None = None
+
+    @property
+    def stored_files(self) -> tuple[FileEntry, ...]:
+        """Every file the shard keeps on disk: its ``files`` and its block index, if any."""
+        return self.files if self.blocks is None else (*self.files, self.blocks)
 
     def file_for(self, feature: str) -> FileEntry:
-        """The file holding ``feature`` in this shard."""
+        """The file holding ``feature`` in this shard (the first one listed for it)."""
+        found = self._by_feature.get(feature)
+        if found is None:
+            raise ManifestError(f"shard {self.index} has no file for feature {feature!r}")
+        return found
+
+    @cached_property
+    def _by_feature(self) -> dict[str, FileEntry]:
+        """feature -> its first file (readers look files up per shard per read)."""
+        out: dict[str, FileEntry] = {}
         for f in self.files:
-            if f.feature == feature:
-                return f
-        raise ManifestError(f"shard {self.index} has no file for feature {feature!r}")
+            if f.feature is not None:
+                out.setdefault(f.feature, f)
+        return out
 
     def ragged_files(self, feature: str) -> tuple[FileEntry, FileEntry]:
         """The ``(values, offsets)`` files of a ragged feature (``info["ragged"]`` names each)."""
@@ -296,12 +318,15 @@ class ShardEntry:
 
     def to_json(self) -> dict[str, Any]:
         """The manifest representation of this shard."""
-        return {
+        out: dict[str, Any] = {
             "index": self.index,
             "source": self.source,
             "num_records": self.num_records,
             "files": [f.to_json() for f in self.files],
         }
+        if self.blocks is not None:
+            out["blocks"] = self.blocks.to_json()
+        return out
 
     @classmethod
     def from_json(cls, obj: object, *, where: str) -> ShardEntry:
@@ -318,10 +343,15 @@ class ShardEntry:
         entries = tuple(
             FileEntry.from_json(f, where=f"{where}.files[{i}]") for i, f in enumerate(files)
         )
-        paths = [f.path for f in entries]
+        blocks = obj.get("blocks")
+        if blocks is not None:
+            blocks = FileEntry.from_json(blocks, where=f"{where}.blocks")
+            if blocks.feature is not None or blocks.info:
+                raise ManifestError(f"{where}.blocks: a block index has no feature and no info")
+        paths = [f.path for f in entries] + ([blocks.path] if blocks is not None else [])
         if len(set(paths)) != len(paths):
             raise ManifestError(f"{where}.files: the same path is listed twice")
-        return cls(index, source, num_records, entries)
+        return cls(index, source, num_records, entries, blocks)
 
 
 @dataclass(frozen=True)
@@ -425,7 +455,7 @@ class Manifest:
                     f"manifest.shards[{pos}].index is {shard.index}; shards must be listed "
                     "in index order starting at 0"
                 )
-            for f in shard.files:
+            for f in shard.stored_files:
                 if f.feature is not None and f.feature not in features:
                     raise ManifestError(
                         f"manifest.shards[{pos}]: file {f.path!r} names unknown feature "

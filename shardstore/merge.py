@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from tqdm.auto import tqdm
 
+from shardstore.blocks import INDEX_SUFFIX
 from shardstore.checksum import CHUNK_BYTES, format_digest, new_hasher
 from shardstore.commit import Transaction, manifest_state
 from shardstore.errors import (
@@ -199,6 +200,38 @@ def _new_path(prefix: str, index: int, shard: ShardEntry, path: str) -> str:
     return f"{prefix}/{index:06d}/{path}"  # another layout: kept whole under the shard
 
 
+def _carry_index(
+    part: Dataset,
+    shard: ShardEntry,
+    index: int,
+    prefix: str,
+    root: Path,
+    files: Sequence[FileEntry],
+    *,
+    link: str,
+    fsync: bool,
+) -> FileEntry | None:
+    """Bring ``shard``'s block index in as shard ``index``'s (linked or copied, checked).
+
+    Sections of an index are found by file size and checksum, not by path, so
+    the index stays valid for the renamed files. ``None`` when the shard has
+    none (its files are then verified whole when read).
+    """
+    if shard.blocks is None:
+        return None
+    relpath = f"{prefix}/{index:06d}{INDEX_SUFFIX}"
+    if any(f.path == relpath for f in files):  # a foreign layout took the name: go without
+        return None
+    src = resolve_inside(part.path, shard.blocks.path)
+    try:
+        linked = link_or_copy(src, root / relpath, link=link, fsync=fsync, expected=shard.blocks)
+    except (ChecksumError, FileNotFoundError):
+        raise _damaged(part, shard, shard.blocks.path, "does not match its manifest") from None
+    if linked and (root / relpath).stat().st_size != shard.blocks.size:
+        raise _damaged(part, shard, shard.blocks.path, "does not match its manifest")
+    return FileEntry(relpath, shard.blocks.size, shard.blocks.checksum)
+
+
 def _merged_features(parts: Sequence[Dataset]) -> dict[str, FeatureSpec]:
     """The parts' features; a ragged feature's length statistics summed over the parts."""
     out = dict(parts[0].features)
@@ -332,7 +365,11 @@ def merge(
                         copied += 1
                     files.append(FileEntry(relpath, f.size, f.checksum, f.feature, dict(f.info)))
                     bar.update(f.size)
-                shards.append(ShardEntry(index, shard.source, shard.num_records, tuple(files)))
+                blocks = _carry_index(part, shard, index, prefix, txn.shard_root, files,
+                                      link=link, fsync=fsync)  # fmt: skip
+                shards.append(
+                    ShardEntry(index, shard.source, shard.num_records, tuple(files), blocks)
+                )
         manifest = Manifest(
             features=_merged_features(opened),
             shards=tuple(shards),

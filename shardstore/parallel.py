@@ -150,8 +150,9 @@ def _write_in_context(
     """Write one shard; on failure remove the files this shard finished, then re-raise."""
     try:
         source.write_shard(ctx, arrays)
+        ctx.write_block_index()  # the per-block checksums of every file the source wrote
     except BaseException:
-        for entry in ctx.files:
+        for entry in [*ctx.files, *([ctx.blocks] if ctx.blocks else [])]:
             remove_quietly(ctx.root / entry.path)
         raise
     return ctx.entry(source.name)
@@ -380,7 +381,7 @@ class ShardDispatcher:
             self._source.name,
         ):
             raise ManifestError(f"{where}: the worker returned an entry for another shard")
-        for f in entry.files:
+        for f in entry.stored_files:
             if not f.path.startswith(ctx.prefix + "/"):
                 raise ManifestError(f"{where}: file {f.path!r} is outside {ctx.prefix}/")
             try:

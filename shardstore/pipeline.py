@@ -465,11 +465,17 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
     specs = {name: dataset.features[name] for name in config.read_features}
     plan = _Plan.create(dataset, config)
     shards, num_records = plan.shards, plan.num_records
-    dataset.check_files(shards, features=config.read_features)  # only the files read
+    if config.tf_native:
+        # TensorFlow ops cannot hash: the files read are verified now, whole, up front
+        dataset.check_files(shards, features=config.read_features)
+    else:  # files are verified as they are read (shardstore.integrity)
+        dataset._check_plausible(shards)
     record_bytes = max(1, round(sum(s.mean_record_nbytes for s in specs.values())))
     longest = max((s.num_records for s in shards), default=1)
     block = _block_records(record_bytes, config.batch_size, longest)
-    ctx = ReadContext(dataset.path, shards, specs, block)
+    ctx = ReadContext(
+        dataset.path, shards, specs, block, verifier=dataset.verifier(), lazy=not config.tf_native
+    )
     source.check_shards(ctx)
     batch = config.batch_size
     if plan.steps is not None:
@@ -565,6 +571,8 @@ def _block_pipeline(
     """Blocks of records from the source's block reader, interleaved (and shuffled)."""
     shard_seed, block_seed, window_seed = _seeds(config.seed, 3)
     read_shard = source.tf_reader(ctx)
+    if ctx.lazy:
+        read_shard = _prepared(source, ctx, read_shard)
     positions = tf.data.Dataset.range(len(ctx.shards))
     if config.shuffle:
         positions = positions.shuffle(
@@ -588,6 +596,37 @@ def _block_pipeline(
             blocks, config, ctx.block_records, record_bytes, block_seed, window_seed
         )
     return blocks
+
+
+def _prepared(
+    source: Source, ctx: ReadContext, read_shard: Callable[[tf.Tensor], tf.data.Dataset]
+) -> Callable[[tf.Tensor], tf.data.Dataset]:
+    """``read_shard`` preceded, the first time each shard is reached, by its checks.
+
+    One ``numpy_function`` per shard (not per block), run by the interleave
+    when it opens the shard, so shards are checked in parallel and only when
+    read: the files of a source that does not verify its own reads are
+    hashed whole (once per process, :meth:`Verifier.require_shard`), then the
+    source's :meth:`~Source.prepare_shard` runs (e.g. TFRecord framing).
+    """
+    verifier = None if source.verifies_reads else ctx.verifier
+    has_hook = type(source).prepare_shard is not Source.prepare_shard
+    if verifier is None and not has_hook:
+        return read_shard
+    names = tuple(ctx.features)
+
+    def prepare(position: np.ndarray) -> np.int64:
+        pos = int(position)
+        if verifier is not None:
+            verifier.require_shard(ctx.shards[pos], names)
+        source.prepare_shard(ctx, pos)
+        return np.int64(pos)
+
+    def read(position: tf.Tensor) -> tf.data.Dataset:
+        checked = tf.numpy_function(prepare, [position], tf.int64, stateful=False)
+        return tf.data.Dataset.from_tensors(tf.reshape(checked, [])).flat_map(read_shard)
+
+    return _plain(read)
 
 
 def _gather_group(batch: int | None, block: int, record_bytes: int) -> int:
@@ -630,6 +669,23 @@ def _epoch_counter(first: int) -> tf.data.Dataset:
     )
 
 
+def _shard_blocks(starts: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """First and end record of every block of ``block`` records, shard by shard.
+
+    ``starts`` holds each shard's first record and the total. Vectorised: a
+    dataset of 10^5 shards is planned in milliseconds.
+    """
+    starts = np.asarray(starts, np.int64)
+    sizes = np.diff(starts)
+    counts = -(-sizes // block)
+    first = np.repeat(starts[:-1], counts)
+    index = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(
+        np.cumsum(counts) - counts, counts
+    )
+    lo = first + index * block
+    return lo, np.minimum(lo + block, np.repeat(starts[1:], counts))
+
+
 def _record_order(
     ctx: ReadContext,
     config: ReadConfig,
@@ -663,11 +719,7 @@ def _record_order(
     reps = max(1, -(-used // max(1, num_records)))
     n = tf.constant(num_records, tf.int64)
     key = _seed_key(config.seed)
-    starts = ctx.record_starts.tolist()
-    block_lo = np.concatenate([np.arange(a, b, block) for a, b in itertools.pairwise(starts)])
-    block_hi = np.concatenate(
-        [np.minimum(np.arange(a, b, block) + block, b) for a, b in itertools.pairwise(starts)]
-    )
+    block_lo, block_hi = _shard_blocks(ctx.record_starts, block)
     window = config.shuffle_buffer or max(2 * block, WINDOW_BYTES // max(1, record_bytes))
     per_window = max(1, -(-max(window, group) // block))
     num_windows = -(-len(block_lo) // per_window)
@@ -700,10 +752,12 @@ def _record_order(
     # Group boundaries relative to the epoch's first record: one batch, then
     # doubling up to ``group``, so the first batch arrives after one batch's
     # worth of reading even when a group spans many shards.
-    bounds, size = [0], batch
-    while bounds[-1] < used:
-        bounds.append(bounds[-1] + min(size, group))
+    head, size = [0], batch
+    while head[-1] < used and size < group:
+        head.append(head[-1] + size)
         size *= 2
+    tail = np.arange(head[-1] + group, used + group, group, dtype=np.int64)
+    bounds = np.concatenate([np.asarray(head, np.int64), tail if head[-1] < used else tail[:0]])
     los, his = tf.constant(bounds[:-1], tf.int64), tf.constant(bounds[1:], tf.int64)
 
     def groups(e: tf.Tensor) -> tf.data.Dataset:

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shardstore import integrity
-from shardstore.errors import CapabilityError, ChecksumError, InvalidInputError, ManifestError
+from shardstore.errors import (
+    CapabilityError,
+    ChecksumError,
+    DamagedFilesError,
+    InvalidInputError,
+    ManifestError,
+)
 from shardstore.fsutil import InsideResolver
 from shardstore.manifest import FeatureSpec, Manifest, ShardEntry
 from shardstore.progress import progress_bar
@@ -41,9 +47,9 @@ class Dataset:
     :attr:`num_shards`, :attr:`features` (name -> :class:`FeatureSpec`),
     :attr:`metadata`, :attr:`nbytes`, :attr:`verify_mode`.
 
-    ``verify`` chooses when shard files are checksummed on the read path
-    (:mod:`shardstore.integrity`): ``"once"`` (default) hashes each file
-    before this process first reads it, ``"size"`` only checks sizes.
+    ``verify`` chooses what is checksummed on the read path
+    (:mod:`shardstore.integrity`): ``"once"`` (default) verifies every block
+    of a file when this process first reads it, ``"size"`` only checks sizes.
     """
 
     def __init__(
@@ -60,8 +66,8 @@ class Dataset:
         self._random_ctx: ReadContext | None = None
         #: ``"once"`` or ``"size"``: see :mod:`shardstore.integrity`.
         self.verify_mode = integrity.normalize_mode(verify)
-        # (shard, features) random access has checked already
-        self._checked: set[tuple[int, tuple[str, ...]]] = set()
+        # shards random access has checked against the manifest already
+        self._checked: set[int] = set()
 
     # -- metadata -----------------------------------------------------------------------
     @property
@@ -171,7 +177,9 @@ class Dataset:
         )
         indices, scalar = normalize_index(key, self.num_records)
         if self._random_ctx is None:
-            self._random_ctx = ReadContext(self.path, self.shards, self.features, 1)
+            self._random_ctx = ReadContext(
+                self.path, self.shards, self.features, 1, verifier=self.verifier()
+            )
         self._check_touched(self._random_ctx, indices)
         out = gather_records(source, self._random_ctx, indices)
         if scalar:
@@ -207,7 +215,7 @@ class Dataset:
         from shardstore.random_access import gather_records
 
         specs = {n: self.features[n] for n in names}
-        ctx = ReadContext(self.path, self.shards, specs, 1)
+        ctx = ReadContext(self.path, self.shards, specs, 1, verifier=self.verifier())
         for lo in range(0, self.num_records, step):
             indices = np.arange(lo, min(lo + step, self.num_records), dtype=np.int64)
             self._check_touched(ctx, indices)
@@ -318,12 +326,15 @@ class Dataset:
             can be split among tf.data service workers, by ``service=`` or by
             your own ``.apply(tf.data.experimental.service.distribute(...))``,
             so its number of batches is not asserted (``cardinality()`` is
-            unknown, except with ``balance``). The default reads each batch
-            with one ``numpy_function`` call from a random-access source when
-            the dataset has one (``npy`` datasets: ``memmap``), the fastest
-            path, in this process only: under a tf.data service it fails with
-            a message that says to use ``service=`` or ``tf_native=True``.
-            Raises ``CapabilityError`` when the source is not ``tf_native``.
+            unknown, except with ``balance``). TensorFlow ops cannot hash, so
+            such a pipeline verifies the files it will read, whole, when it is
+            built. The default reads each batch with one ``numpy_function``
+            call from a random-access source when the dataset has one (``npy``
+            datasets: ``memmap``), the fastest path, and verifies what it reads
+            when it reads it, in this process only: under a tf.data service it
+            fails with a message that says to use ``service=`` or
+            ``tf_native=True``. Raises ``CapabilityError`` when the source is
+            not ``tf_native``.
         """
         from shardstore.pipeline import ReadConfig, build_pipeline
 
@@ -368,20 +379,30 @@ class Dataset:
             pipeline = pipeline.with_options(options)
         return pipeline
 
+    def verifier(self) -> integrity.Verifier:
+        """A new :class:`~shardstore.integrity.Verifier` of this dataset, in its verify mode.
+
+        Each pipeline and each random-access context gets one: it checks the
+        files it opens against the manifest (sizes when first opened, blocks
+        when read), sharing the process-wide memory of what was verified.
+        """
+        return integrity.Verifier(self.path, self.verify_mode)
+
     def check_files(
         self,
         shards: Sequence[ShardEntry] | None = None,
         *,
         features: Sequence[str] | None = None,
     ) -> None:
-        """Check the files of ``shards`` (default: all) before they are read.
+        """Check the files of ``shards`` (default: all) now, before they are read.
 
         Every file must exist inside the dataset with its recorded size and,
-        with ``verify="once"`` (the default), its recorded checksum, hashed
-        the first time this process reads it (:mod:`shardstore.integrity`).
-        ``to_tf`` calls this with the shards it is about to read, random
-        access with the shards it touches. With ``features``, only those
-        features' files (and files of no single feature) are checked.
+        with ``verify="once"`` (the default), its recorded checksum: files not
+        verified before by this process are hashed whole. Pipelines do not
+        need this (they verify what they read, when they read it); only
+        ``to_tf(tf_native=True)`` calls it, for its pipeline of TensorFlow ops
+        cannot hash. With ``features``, only those features' files (and files
+        of no single feature) are checked.
 
         Raises
         ------
@@ -398,9 +419,17 @@ class Dataset:
                 )
                 for s in shards
             ]
-        integrity.check_shards(
-            shards, InsideResolver(self.path).resolve_stat, self._damaged, mode=self.verify_mode
-        )
+        resolve_stat = InsideResolver(self.path).resolve_stat
+        if self.verify_mode == "size":
+            problems = integrity.stat_shards(
+                [dataclasses.replace(s, blocks=None) for s in shards], resolve_stat, self._damaged
+            )
+        else:
+            problems = integrity.hash_shards(
+                shards, resolve_stat, self._damaged, rehash=False, blocks=False, first_only=True
+            )
+        if problems:
+            raise problems[0]
 
     def _check_plausible(self, shards: Sequence[ShardEntry]) -> None:
         """Refuse a shard claiming far more record bytes than its files could hold.
@@ -422,32 +451,50 @@ class Dataset:
                 )
 
     def _check_touched(self, ctx: ReadContext, indices: np.ndarray) -> None:
-        """``check_files`` for the shards holding ``indices`` not checked by this object yet."""
+        """The manifest checks of the shards holding ``indices``, once per shard.
+
+        Their files are verified as they are read (:mod:`shardstore.integrity`).
+        """
         if not len(indices):
             return
         positions = np.unique(np.searchsorted(ctx.record_starts, indices, side="right") - 1)
-        names = tuple(ctx.features)
-        new = [ctx.shards[int(p)] for p in positions if (int(p), names) not in self._checked]
+        new = [ctx.shards[int(p)] for p in positions if int(p) not in self._checked]
         if new:
-            self.check_files(new, features=names)
-            self._checked.update((s.index, names) for s in new)
+            self._check_plausible(new)
+            self._checked.update(s.index for s in new)
 
     def verify(self, *, progress: bool | None = None) -> None:
-        """Re-check the size and checksum of every file (always hashing, whatever ``verify_mode``).
+        """Re-hash every file and every block, whatever ``verify_mode``; report all damage.
+
+        Every file of every shard is hashed (block indexes included), and
+        each file's blocks are compared with its shard's block index.
 
         Raises
         ------
-        ChecksumError
-            Naming the dataset, the shard and the file that does not match.
+        DamagedFilesError
+            A ``ChecksumError`` naming the dataset, the shard and the first
+            damaged file; ``err.errors`` lists every damaged file (one
+            ``ChecksumError`` each), ``err.checked`` the files checked.
         """
-        with progress_bar(total=self.nbytes, desc="verify", unit="B", enabled=progress) as bar:
-            integrity.check_shards(
+        total = sum(f.size for s in self.shards for f in s.stored_files)
+        with progress_bar(total=total, desc="verify", unit="B", enabled=progress) as bar:
+            problems = integrity.hash_shards(
                 self.shards,
                 InsideResolver(self.path).resolve_stat,
                 self._damaged,
-                mode="once",
                 rehash=True,
                 progress=bar.update,
+            )
+        if problems:
+            files = sum(len(s.stored_files) for s in self.shards)
+            damaged = len({(e.shard, e.file) for e in problems})
+            lines = "\n".join(f"  {e}" for e in problems[:20])
+            if len(problems) > 20:
+                lines += f"\n  ... and {len(problems) - 20} more (err.errors lists them all)"
+            raise DamagedFilesError(
+                f"dataset {str(self.path)!r}: {damaged} of {files} files damaged:\n{lines}",
+                problems,
+                checked=files,
             )
 
     def _damaged(self, shard: ShardEntry, relpath: str, what: str) -> ChecksumError:

@@ -115,7 +115,7 @@ def _read_journal(path: Path) -> tuple[dict[str, Any] | None, list[ShardEntry]]:
 
 
 def _intact(root: Path, prefix: str, entry: ShardEntry) -> bool:
-    for f in entry.files:
+    for f in entry.stored_files:
         if not f.path.startswith(prefix + "/"):
             return False
         try:
@@ -171,7 +171,7 @@ def _resume_point(
             continue
         prefix = directory.name
         done = {e.index: e for e in entries if e.index < num_shards and _intact(staging, prefix, e)}
-        keep = {journal} | {staging / f.path for e in done.values() for f in e.files}
+        keep = {journal} | {staging / f.path for e in done.values() for f in e.stored_files}
         strays = _remove_strays(directory, keep)
         log.info(
             "resuming the ingest in %s: %d of %d shards already written (%d stray files removed)",

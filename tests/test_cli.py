@@ -84,7 +84,7 @@ def test_info_human(dataset: Dataset, capsys: pytest.CaptureFixture[str]) -> Non
         f"{cli._human_bytes(decoded)}; compression ratio {ratio:.2f} (decoded/on disk)"
     )
     assert rows["sources"] == "npy"
-    assert rows["checksums"].startswith("xxh3_64, sizes OK")
+    assert rows["checksums"].startswith("xxh3_64 per file and per block; sizes OK")
     assert rows["features"] == "2"
     lines = captured.out.splitlines()
     x_line = next(line for line in lines if line.split()[:1] == ["x"])
@@ -155,8 +155,10 @@ def test_info_json(dataset: Dataset, capsys: pytest.CaptureFixture[str]) -> None
     assert info["checksums"] == {
         "algorithm": "xxh3_64",
         "files": 2 * SHARDS,
+        "block_indexes": SHARDS,
         "state": "sizes-ok",
         "error": None,
+        "damaged": [],
     }
     assert "plot" not in info
 

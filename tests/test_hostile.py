@@ -49,7 +49,7 @@ from shardstore.errors import (
 )
 from shardstore.manifest import Manifest
 from shardstore.sources.tfrecord import masked_crc32c
-from shardstore.testing import assert_bitwise_equal, collect
+from shardstore.testing import assert_bitwise_equal, assert_damage_reported, collect
 
 STRESS = os.environ.get("SHARDSTORE_STRESS", "") not in ("", "0")
 EXAMPLES = 2000 if STRESS else 60
@@ -591,7 +591,11 @@ def test_symlinks_leaving_the_dataset_are_refused_before_opening(
             else:
                 with pytest.raises(ManifestError, match="outside the dataset directory"):
                     ds = shardstore.open(path)
-                    ds.to_tf(4)
+                    ds.to_tf(4, tf_native=True)  # TensorFlow ops only: checked up front
+                with pytest.raises(  # else refused when the reader reaches the file
+                    (ManifestError, tf.errors.OpError), match="outside the dataset directory"
+                ):
+                    collect(shardstore.open(path).to_tf(4))
                 with pytest.raises(ManifestError, match="outside the dataset directory"):
                     shardstore.open(path)[:]
         assert not [p for p in opened if str(outside) in os.path.realpath(p)]
@@ -706,7 +710,12 @@ def test_a_tfrecord_announcing_a_huge_record_is_refused_before_tensorflow_reads_
         head = struct.pack("<Q", length)
         victim.write_bytes(head + struct.pack("<I", masked_crc32c(head)) + raw[12:])
         save(path, load(path))
+        victim_path = str(victim.relative_to(path))
         for verify in ("once", "size"):
+            ds = shardstore.open(path, verify=verify)
             with pytest.raises(ChecksumError, match=r"announces .* past the end") as exc:
-                shardstore.open(path, verify=verify).to_tf(4)
+                ds.to_tf(4, tf_native=True)  # TF ops only: checked when the pipeline is built
             assert exc.value.shard == 1
+            # else checked in Python when the reader reaches the shard, before TF opens it
+            err = assert_damage_reported(lambda ds=ds: collect(ds.to_tf(4)), path, 1, victim_path)
+            assert re.search(r"announces .* past the end", str(err))

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 import shardstore
-from shardstore.errors import CapabilityError, ChecksumError, ManifestError
+from shardstore.errors import CapabilityError, ManifestError
 from shardstore.manifest import FeatureSpec
 from shardstore.sources import tfrecord as tfr
 from shardstore.sources.tfrecord import (
@@ -28,6 +28,7 @@ from shardstore.testing import (
     ALL_DTYPES,
     SourceConformance,
     assert_bitwise_equal,
+    assert_damage_reported,
     collect,
     random_records,
 )
@@ -225,8 +226,10 @@ def test_a_damaged_record_fails_the_read(tmp_path: Path) -> None:
     raw[len(raw) // 20 * 10 + 20] ^= 0x10  # inside the data of record 10 (not a header)
     os.chmod(path, 0o644)
     path.write_bytes(bytes(raw))
-    with pytest.raises(ChecksumError):  # hashed before the first read
-        ds.to_tf(4)
+    err = assert_damage_reported(  # the shard is hashed when the reader first reaches it
+        lambda: collect(shardstore.open(ds.path).to_tf(4)), ds.path, 0, ds.shards[0].files[0].path
+    )
+    assert "has checksum" in str(err)
     with pytest.raises(tf.errors.DataLossError):  # and TFRecordDataset's own CRC check
         collect(shardstore.open(ds.path, verify="size").to_tf(4))
 

@@ -22,7 +22,7 @@ import concurrent.futures as cf
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,6 +37,7 @@ __all__ = [
     "ALL_DTYPES",
     "SourceConformance",
     "assert_bitwise_equal",
+    "assert_damage_reported",
     "assert_same_dataset",
     "collect",
     "comparable_manifest",
@@ -60,6 +61,32 @@ def random_records(dtype: np.dtype[Any], shape: tuple[int, ...], n: int, seed: i
         return rng.integers(0, 2, (n, *shape)).astype(bool)
     count = n * int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     return rng.integers(0, 256, count, dtype=np.uint8).view(dtype).reshape(n, *shape)
+
+
+def assert_damage_reported(
+    read: Callable[[], Any], dataset: str | os.PathLike[str], shard: int, file: str
+) -> BaseException:
+    """``read()`` must fail naming the damaged ``file`` of ``shard`` in ``dataset``.
+
+    Outside TensorFlow that is a :class:`ChecksumError` whose ``dataset``,
+    ``shard`` and ``file`` are set; inside a running ``tf.data`` pipeline,
+    where TensorFlow turns Python errors into its own, a
+    ``tf.errors.OpError`` whose message names all three. Returns the error.
+    """
+    import tensorflow as tf
+
+    try:
+        read()
+    except ChecksumError as exc:
+        assert (exc.dataset, exc.shard, exc.file) == (str(dataset), shard, file), str(exc)
+        return exc
+    except tf.errors.OpError as exc:
+        message = str(exc)
+        assert "ChecksumError" in message, message
+        assert f"dataset {str(dataset)!r}, shard {shard}: file {file!r}" in message, message
+        error: BaseException = exc
+        return error
+    raise AssertionError(f"reading did not fail on damaged file {file!r} of shard {shard}")
 
 
 def assert_bitwise_equal(actual: Any, expected: Any) -> None:
@@ -301,21 +328,55 @@ class SourceConformance:
         assert exc.value.file == victim.path
         assert exc.value.shard == 1
 
-    def test_truncation_is_detected_before_reading(
+    def test_a_flipped_bit_is_detected_when_read(
         self, dataset: shardstore.Dataset, tmp_path: Path
     ) -> None:
+        """Whatever reads the damaged bytes fails naming the file (``verifies_reads`` or not)."""
+        copy = self._damaged_copy(dataset, tmp_path)
+        victim = max(copy.shards[1].files, key=lambda f: f.size)
+        flip_bit(copy.path / victim.path, victim.size // 2)
+        assert_damage_reported(lambda: collect(copy.to_tf(batch_size=8)), copy.path, 1, victim.path)
+        if shardstore.get_source(self.source).random_access:
+            start = copy.shards[0].num_records
+            assert_damage_reported(
+                lambda: copy[start : start + copy.shards[1].num_records], copy.path, 1, victim.path
+            )
+
+    def test_truncation_is_detected_when_read(
+        self, dataset: shardstore.Dataset, tmp_path: Path
+    ) -> None:
+        """Reads verify what they read: the epoch fails on the shard, naming the file."""
         copy = self._damaged_copy(dataset, tmp_path)
         victim = copy.shards[2].files[0]
         os.truncate(copy.path / victim.path, victim.size - 1)
-        with pytest.raises(ChecksumError, match="bytes"):
-            copy.to_tf(batch_size=8)
+        err = assert_damage_reported(
+            lambda: collect(copy.to_tf(batch_size=8)), copy.path, 2, victim.path
+        )
+        assert "bytes" in str(err)
+        source = shardstore.get_source(self.source)
+        if source.tf_native:  # TensorFlow ops cannot hash: checked up front
+            with pytest.raises(ChecksumError, match="bytes"):
+                copy.to_tf(batch_size=8, tf_native=True)
+        if source.random_access:
+            start = sum(s.num_records for s in copy.shards[:2])
+            assert_damage_reported(lambda: copy[start : start + 3], copy.path, 2, victim.path)
 
     # -- capabilities -----------------------------------------------------------------------
     def test_tf_native_flag_is_honest(self, dataset: shardstore.Dataset) -> None:
+        """A ``tf_native`` source builds ``tf_native=True`` pipelines of TensorFlow ops only."""
         source = shardstore.get_source(self.source)
-        graph = dataset.to_tf(batch_size=8, shuffle=True, seed=0)._as_serialized_graph().numpy()
-        uses_python = any(op in graph for op in (b"PyFunc", b"EagerPyFunc", b"NumpyFunction"))
-        assert uses_python != source.tf_native
+
+        def uses_python(tfds: Any) -> bool:
+            graph = tfds._as_serialized_graph().numpy()
+            return any(op in graph for op in (b"PyFunc", b"EagerPyFunc", b"NumpyFunction"))
+
+        if source.tf_native:
+            native = dataset.to_tf(batch_size=8, shuffle=True, seed=0, tf_native=True)
+            assert not uses_python(native)
+        else:
+            assert uses_python(dataset.to_tf(batch_size=8, shuffle=True, seed=0))
+            with pytest.raises(CapabilityError, match="tf_native"):
+                dataset.to_tf(batch_size=8, tf_native=True)
 
     def test_random_access_flag_is_honest(
         self, dataset: shardstore.Dataset, data: dict[str, Any]
