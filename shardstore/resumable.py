@@ -276,6 +276,7 @@ def write_resumable(
                 continue
             ctx = ShardWriteContext(
                 root=txn.shard_root,  # .shardstore/staging: renamed into place at commit
+                base=root,
                 prefix=prefix,
                 index=index,
                 num_records=hi - lo,

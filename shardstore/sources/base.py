@@ -95,7 +95,7 @@ class ShardFile:
         self.feature = feature
         #: Source-specific details stored with the file in the manifest.
         self.info: dict[str, Any] = {}
-        self._file = HashingFile(ctx.root / relpath, fsync=ctx.fsync)
+        self._file = HashingFile(ctx.root / relpath, fsync=ctx.fsync, below=ctx.base or ctx.root)
 
     def __enter__(self) -> ShardFile:
         self._file.__enter__()
@@ -142,6 +142,10 @@ class ShardWriteContext:
     features : the spec of every feature, by name.
     options : source-specific write options (e.g. ``compression``).
     fsync : whether files are flushed to stable storage before the commit.
+    base : the dataset directory ``root`` lies in: every directory between
+        them is reached without following links (a staging directory swapped
+        for a symlink mid-write is refused, not written through). ``None``:
+        from ``root`` itself.
     """
 
     root: Path
@@ -151,6 +155,7 @@ class ShardWriteContext:
     features: Mapping[str, FeatureSpec]
     options: Mapping[str, Any] = field(default_factory=dict)
     fsync: bool = True
+    base: Path | None = None
     files: list[FileEntry] = field(default_factory=list)
     _open_paths: list[Path] = field(default_factory=list)
 
@@ -165,7 +170,7 @@ class ShardWriteContext:
             relpath = check_relative_path(f"{self.prefix}/{stem}{suffix}")
         except ManifestError as exc:
             raise InvalidInputError(f"invalid file suffix {suffix!r}: {exc}") from None
-        make_dirs((self.root / relpath).parent)
+        make_dirs((self.root / relpath).parent, below=self.base or self.root)
         return ShardFile(self, relpath, feature)
 
     def entry(self, source: str) -> ShardEntry:
