@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import builtins
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shardstore import integrity
 from shardstore.errors import DatasetNotFoundError, InvalidInputError
-from shardstore.fsutil import resolve_inside
+from shardstore.fsutil import read_manifest_bytes
 from shardstore.manifest import MANIFEST_NAME, Manifest
 from shardstore.reader import Dataset
+from shardstore.safefs import Directory
 from shardstore.writer import Writer, normalize_arrays
 
 if TYPE_CHECKING:
@@ -104,20 +104,28 @@ def open(
     DatasetNotFoundError
         No committed dataset (no ``manifest.json``) at ``path``.
     ManifestError
-        The manifest is invalid, unsafe, or of an unsupported format version.
+        The manifest is invalid, unsafe, of an unsupported format version, or
+        larger than :data:`~shardstore.fsutil.MAX_MANIFEST_BYTES`.
+    ChecksumError
+        ``manifest.json`` is not a regular file (a symlink, a directory, a
+        FIFO, a device: nothing is read from it).
+    StorageError
+        The operating system refused (no permission...).
     """
     root = Path(path)
     verify = integrity.normalize_mode(verify)
-    if not root.is_dir():
-        raise DatasetNotFoundError(f"no shardstore dataset at {str(root)!r}: not a directory")
-    manifest_path = resolve_inside(root, MANIFEST_NAME)
     try:
-        with builtins.open(manifest_path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
+        directory = Directory.open(root, damage=True)  # a link the caller typed is followed
+    except (FileNotFoundError, NotADirectoryError):
+        raise DatasetNotFoundError(
+            f"no shardstore dataset at {str(root)!r}: not a directory"
+        ) from None
+    with directory:
+        data = read_manifest_bytes(directory, MANIFEST_NAME)
+    if data is None:
         raise DatasetNotFoundError(
             f"no shardstore dataset at {str(root)!r}: no {MANIFEST_NAME} (never committed?)"
-        ) from None
+        )
     manifest = Manifest.from_json(data)
     dataset = Dataset(root, manifest, source=source, verify=verify)
     if source is not None:
@@ -142,8 +150,15 @@ def gc(
     -------
     GcReport
         ``removed`` (relative paths), ``bytes_freed``, ``kept_retired``
-        (versions still in their grace period) and ``in_progress`` (running
-        writers, whose files are never touched).
+        (versions still in their grace period), ``in_progress`` (running
+        writers, whose files are never touched) and ``damaged`` (entries that
+        are not what belongs there, e.g. symlinks: reported, left alone).
+
+    Raises
+    ------
+    ChecksumError
+        The control area ``.shardstore`` is a symlink or not a directory:
+        nothing is touched (remove it by hand once you have looked at it).
 
     Every write runs the same collection when it starts; ``docs/reliability.md``
     lists what is removed and when.

@@ -116,8 +116,8 @@ class StorageError(ShardStoreError, OSError):
         operation: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.errno = errno  # type: ignore[misc]
-        self.strerror = strerror  # type: ignore[misc]
+        self.errno = errno
+        self.strerror = strerror
         self.filename = filename
         self.operation = operation
 
@@ -186,9 +186,9 @@ class ChecksumError(ShardStoreError, OSError):
         self.shard = shard
         self.file = file
         self.what = what if what is not None else message
-        self.errno = errno  # type: ignore[misc]
+        self.errno = errno
         if errno is not None:
-            self.strerror = os.strerror(errno)  # type: ignore[misc]
+            self.strerror = os.strerror(errno)
         if file is not None:
             self.filename = file
 

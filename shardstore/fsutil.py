@@ -50,6 +50,7 @@ __all__ = [
     "HashingFile",
     "InsideResolver",
     "fsync_dir",
+    "link_into",
     "make_dirs",
     "parent_directory",
     "read_manifest_bytes",
@@ -159,6 +160,19 @@ class HashingFile:
         self._dir.close()
 
 
+def link_into(src: Path, dst: Path, *, below: Path | None = None) -> None:
+    """Hard-link the file ``src`` (as named) as the new file ``dst``.
+
+    ``dst``'s directory is reached from ``below`` (if given) without following
+    links, and created if missing. Errors keep ``errno`` (a
+    :class:`~shardstore.errors.StorageError`), so a caller can tell a file
+    system that refuses hard links.
+    """
+    d = parent_directory(dst, below=below, create=True)
+    with d, storage_errors(f"hard-link {str(src)!r} as", d.child(dst.name)):
+        os.link(src, dst.name, dst_dir_fd=d.fd, follow_symlinks=True)
+
+
 def fsync_dir(path: Path) -> None:
     """``fsync`` a directory so that renames and links in it are durable (where supported)."""
     try:
@@ -243,8 +257,11 @@ def read_manifest_bytes(root: Directory, name: str) -> bytes | None:
     (:class:`~shardstore.errors.ManifestError`, after reading at most that
     many bytes).
     """
-    if root.lstat(name) is None:
+    st = root.lstat(name)
+    if st is None:
         return None
+    if not stat.S_ISREG(st.st_mode):
+        raise wrong_entry(Path(root.path), name, root.child(name), st, "a regular file")
     try:
         return root.read_bytes(name, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
@@ -257,6 +274,50 @@ def read_manifest_bytes(root: Directory, name: str) -> bytes | None:
                 "needs fewer, larger shards)"
             ) from None
         raise
+
+
+def _located(root: Path, relpath: str, err: ChecksumError) -> ChecksumError:
+    """``err`` naming the dataset and ``relpath``: ``dataset '<root>': '<relpath>' <what>``."""
+    err.file = relpath
+    err.filename = relpath
+    err.dataset = str(root)
+    err.args = (f"dataset {str(root)!r}: {relpath!r} {err.what}",)
+    return err
+
+
+def wrong_entry(
+    root: Path, relpath: str, full: str, st: os.stat_result, expected: str
+) -> ChecksumError:
+    """The damage error for ``relpath`` (at ``full``), ``st``'s kind, where ``expected`` belongs.
+
+    A symbolic link gives :class:`~shardstore.errors.UnsafeLinkError`, whose
+    message says where the link points and whether that is outside the
+    dataset directory.
+    """
+
+    def located(err: ChecksumError) -> ChecksumError:
+        return _located(root, relpath, err)
+
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = os.readlink(full)
+        except OSError:
+            target = "?"
+        real_root = os.path.realpath(root)
+        real = os.path.realpath(full)
+        inside = real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+        where = "" if inside else ", outside the dataset directory"
+        what = (
+            f"is a symbolic link to {target!r}{where}; shardstore never follows links inside "
+            "a dataset"
+        )
+        return located(UnsafeLinkError(what, what=what, errno=errno.ELOOP))
+    what = f"is {describe_mode(st.st_mode)}, not {expected}"
+    if expected == "a directory":
+        return located(DamagedNotADirectoryError(what, what=what, errno=errno.ENOTDIR))
+    if stat.S_ISDIR(st.st_mode):
+        return located(DamagedIsADirectoryError(what, what=what, errno=errno.EISDIR))
+    return located(NotRegularFileError(what, what=what))
 
 
 class InsideResolver:
@@ -282,39 +343,8 @@ class InsideResolver:
         #: directory relpath -> absolute path; "" is the root
         self._dirs: dict[str, str] = {"": self._real_root}
 
-    def _damage(self, relpath: str, err: ChecksumError) -> ChecksumError:
-        err.file = relpath
-        err.dataset = str(self._root)
-        err.args = (f"dataset {str(self._root)!r}: {relpath!r} {err.what}",)
-        return err
-
     def _wrong(self, relpath: str, full: str, st: os.stat_result, expected: str) -> ChecksumError:
-        kind = describe_mode(st.st_mode)
-        if stat.S_ISLNK(st.st_mode):
-            try:
-                target = os.readlink(full)
-            except OSError:
-                target = "?"
-            real = os.path.realpath(full)
-            inside = real == self._real_root or real.startswith(
-                self._real_root.rstrip(os.sep) + os.sep
-            )
-            where = "" if inside else ", outside the dataset directory"
-            what = (
-                f"is a symbolic link to {target!r}{where}; shardstore never follows links "
-                "inside a dataset"
-            )
-            return self._damage(relpath, UnsafeLinkError(what, what=what, errno=errno.ELOOP))
-        what = f"is {kind}, not {expected}"
-        if expected == "a directory":
-            return self._damage(
-                relpath, DamagedNotADirectoryError(what, what=what, errno=errno.ENOTDIR)
-            )
-        if stat.S_ISDIR(st.st_mode):
-            return self._damage(
-                relpath, DamagedIsADirectoryError(what, what=what, errno=errno.EISDIR)
-            )
-        return self._damage(relpath, NotRegularFileError(what, what=what))
+        return wrong_entry(self._root, relpath, full, st, expected)
 
     def _dir(self, relpath: str) -> str | None:
         """The absolute path of the directory ``relpath``, checked; ``None`` if missing."""
@@ -336,13 +366,21 @@ class InsideResolver:
         self._dirs[relpath] = full
         return full
 
-    def resolve_stat(self, relpath: str) -> tuple[str, os.stat_result | None]:
-        """The absolute path of ``relpath`` and its ``lstat`` (``None``: missing).
+    def resolve_stat(
+        self, relpath: str, *, directory_ok: bool = False
+    ) -> tuple[str, os.stat_result | None]:
+        """The absolute path of the regular file ``relpath`` and its ``lstat`` (``None``: missing).
 
-        One ``lstat`` per file (plus one per directory not seen yet).
+        One ``lstat`` per file (plus one per directory not seen yet). With
+        ``directory_ok``, a real directory is accepted too.
         """
         head, _, name = relpath.rpartition("/")
-        directory = self._dir(head)
+        try:
+            directory = self._dir(head)
+        except ChecksumError as exc:  # name the file, and say which directory is wrong
+            what = f"cannot be reached: {exc.file!r} {exc.what}"
+            err = type(exc)(what, what=what, errno=exc.errno)
+            raise _located(self._root, relpath, err) from None
         if directory is None:
             return os.path.join(self._real_root, relpath), None
         full = os.path.join(directory, name)
@@ -351,13 +389,16 @@ class InsideResolver:
                 st = os.lstat(full)
             except FileNotFoundError:
                 return full, None
-        if not stat.S_ISREG(st.st_mode):
+        if not (stat.S_ISREG(st.st_mode) or (directory_ok and stat.S_ISDIR(st.st_mode))):
             raise self._wrong(relpath, full, st, "a regular file")
         return full, st
 
     def resolve_str(self, relpath: str) -> str:
-        """The absolute path of ``relpath`` (checked as above; a missing file is not an error)."""
-        return self.resolve_stat(relpath)[0]
+        """The absolute path of the file or directory ``relpath`` (checked as above).
+
+        A missing entry is not an error here (the reader reports it).
+        """
+        return self.resolve_stat(relpath, directory_ok=True)[0]
 
     def resolve(self, relpath: str) -> Path:
         """:meth:`resolve_str` as a ``Path``."""

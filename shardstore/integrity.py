@@ -34,7 +34,7 @@ from pathlib import Path
 
 from shardstore.checksum import hash_file
 from shardstore.errors import ChecksumError, InvalidInputError
-from shardstore.manifest import FileEntry, ShardEntry
+from shardstore.manifest import MAX_EXPANSION, FileEntry, ShardEntry
 
 __all__ = [
     "ENV_VAR",
@@ -51,11 +51,6 @@ __all__ = [
 VERIFY_MODES: tuple[str, ...] = ("once", "size")
 #: Environment variable that sets the default mode.
 ENV_VAR = "SHARDSTORE_VERIFY"
-#: Largest ratio of decoded record bytes to stored bytes a reader accepts, for a
-#: shard and for a compressed chunk. Blosc/Zstandard reach ~18,000 on all-zero
-#: data; a claim beyond this is a lying header or manifest, refused before any
-#: allocation.
-MAX_EXPANSION = 1 << 16
 #: Threads hashing files at once (bounded: beyond the storage's bandwidth it only thrashes).
 MAX_THREADS = 8
 

@@ -9,6 +9,7 @@ touches no shard file until asked. TensorFlow is imported only by
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 from shardstore import integrity
 from shardstore.errors import CapabilityError, ChecksumError, InvalidInputError, ManifestError
 from shardstore.fsutil import InsideResolver
-from shardstore.manifest import FeatureSpec, Manifest, ShardEntry
+from shardstore.manifest import MAX_EXPANSION, FeatureSpec, Manifest, ShardEntry
 from shardstore.progress import progress_bar
 from shardstore.registry import get_source
 from shardstore.sources.base import ReadContext
@@ -140,9 +141,11 @@ class Dataset:
         from shardstore.random_access import gather_records, normalize_index
 
         source = self.source_for("random_access")
-        indices, scalar = normalize_index(key, self.num_records)
         if self._random_ctx is None:
             self._random_ctx = ReadContext(self.path, self.shards, self.features, 1)
+        if isinstance(key, slice):  # check the shards first: allocate nothing a lie implies
+            self._check_range(self._random_ctx, range(*key.indices(self.num_records)))
+        indices, scalar = normalize_index(key, self.num_records)
         self._check_touched(self._random_ctx, indices)
         out = gather_records(source, self._random_ctx, indices)
         if scalar:
@@ -167,6 +170,7 @@ class Dataset:
         records. Used by ``convert``; handy for scikit-learn style consumers.
         """
         names = list(features) if features is not None else list(self.features)
+        self._check_plausible(self.shards)
         record_bytes = max(1, int(sum(self.features[n].mean_record_nbytes for n in names)))
         step = batch_size or max(1, (64 << 20) // record_bytes)
         try:
@@ -365,27 +369,72 @@ class Dataset:
                 for s in shards
             ]
         integrity.check_shards(
-            shards, InsideResolver(self.path).resolve_stat, self._damaged, mode=self.verify_mode
+            shards, self._resolve_stat(shards), self._damaged, mode=self.verify_mode
         )
+
+    def _resolve_stat(
+        self, shards: Sequence[ShardEntry]
+    ) -> Callable[[str], tuple[str, os.stat_result | None]]:
+        """:meth:`InsideResolver.resolve_stat`, damage reported at the shard listing the file.
+
+        Every file of the dataset is checked to be a regular file, reached
+        through real directories (no symlink, FIFO, device...), before it is
+        hashed, mapped or handed to TensorFlow.
+        """
+        resolver = InsideResolver(self.path)
+        owner = {f.path: s for s in shards for f in s.files}
+
+        def resolve_stat(relpath: str) -> tuple[str, os.stat_result | None]:
+            try:
+                return resolver.resolve_stat(relpath)
+            except ChecksumError as exc:
+                located = type(exc).in_file(
+                    self.path, owner[relpath].index, relpath, exc.what, errno=exc.errno
+                )
+                raise located from None
+
+        return resolve_stat
 
     def _check_plausible(self, shards: Sequence[ShardEntry]) -> None:
         """Refuse a shard claiming far more record bytes than its files could hold.
 
         Readers allocate what the manifest's shapes and counts imply; a
         manifest whose claims are not backed by bytes on disk (more than
-        :data:`~shardstore.integrity.MAX_EXPANSION` times, compression
-        included) is refused before anything is allocated.
+        :data:`~shardstore.manifest.MAX_EXPANSION` times, compression
+        included) is refused before anything is allocated. Every record
+        counts its fixed-shape features' bytes and 8 bytes (an offset) per
+        ragged feature; the files' recorded sizes are checked against the
+        disk (:mod:`shardstore.integrity`) before anything is read.
         """
-        # ragged values add what their files hold (their rows are counted from file sizes)
-        record_bytes = sum(s.record_nbytes for s in self.features.values() if s.is_fixed)
+        specs = self.features.values()
+        record_bytes = sum(s.record_nbytes for s in specs if s.is_fixed)
+        record_bytes += 8 * sum(1 for s in specs if s.is_ragged)
         for shard in shards:
             claimed = shard.num_records * record_bytes
-            if claimed > integrity.MAX_EXPANSION * shard.nbytes + (1 << 20):
+            if claimed > MAX_EXPANSION * shard.nbytes + (1 << 20):
                 raise ManifestError(
                     f"dataset {str(self.path)!r}, shard {shard.index}: claims {claimed} bytes "
-                    f"of records in {shard.nbytes} bytes of files (more than "
-                    f"{integrity.MAX_EXPANSION}-fold); refusing to read it"
+                    f"of records ({shard.num_records} records) in {shard.nbytes} bytes of files "
+                    f"(more than {MAX_EXPANSION}-fold); refusing to read it"
                 )
+
+    def _check_range(self, ctx: ReadContext, records: range) -> None:
+        """``check_files`` for the shards a range of record numbers touches; allocates nothing."""
+        if not len(records):
+            return
+        lo, hi = min(records[0], records[-1]), max(records[0], records[-1]) + 1
+        starts = ctx.record_starts
+        first = int(np.searchsorted(starts, lo, side="right")) - 1
+        last = int(np.searchsorted(starts, hi - 1, side="right")) - 1
+        names = tuple(ctx.features)
+        new = [
+            ctx.shards[p]
+            for p in range(first, last + 1)
+            if (p, names) not in self._checked and ctx.shards[p].num_records
+        ]
+        if new:
+            self.check_files(new, features=names)
+            self._checked.update((s.index, names) for s in new)
 
     def _check_touched(self, ctx: ReadContext, indices: np.ndarray) -> None:
         """``check_files`` for the shards holding ``indices`` not checked by this object yet."""
@@ -399,25 +448,53 @@ class Dataset:
             self._checked.update((s.index, names) for s in new)
 
     def verify(self, *, progress: bool | None = None) -> None:
-        """Re-check the size and checksum of every file (always hashing, whatever ``verify_mode``).
+        """Check that every shard can be read as the manifest says.
+
+        Runs what reading runs, and more: the plausibility of every record
+        count (before anything is allocated), the size and checksum of every
+        file (always hashing, whatever ``verify_mode``; every file must be a
+        regular file reached without a symlink), the source's layout checks
+        (:meth:`~shardstore.sources.base.Source.check_shards`), and, with a
+        random-access source, a read of the first and last record of every
+        shard (which parses the headers and file structure a reader trusts).
 
         Raises
         ------
         ChecksumError
             Naming the dataset, the shard and the file that does not match.
+        ManifestError
+            A count, a header or a file structure that contradicts the manifest.
         """
+        self._check_plausible(self.shards)
         with progress_bar(total=self.nbytes, desc="verify", unit="B", enabled=progress) as bar:
             integrity.check_shards(
                 self.shards,
-                InsideResolver(self.path).resolve_stat,
+                self._resolve_stat(self.shards),
                 self._damaged,
                 mode="once",
                 rehash=True,
                 progress=bar.update,
             )
+        source = self.source
+        ctx = ReadContext(self.path, self.shards, self.features, 1)
+        source.check_shards(ctx)
+        try:
+            reader = self.source_for("random_access")
+        except CapabilityError:
+            return
+        if reader is not source:
+            reader.check_shards(ctx)
+        from shardstore.random_access import gather_records
+
+        for position, shard in enumerate(self.shards):
+            if shard.num_records:
+                start = int(ctx.record_starts[position])
+                ends = sorted({start, start + shard.num_records - 1})
+                gather_records(reader, ctx, np.array(ends, dtype=np.int64))
 
     def _damaged(self, shard: ShardEntry, relpath: str, what: str) -> ChecksumError:
-        return ChecksumError.in_file(self.path, shard.index, relpath, what)
+        code = errno.ENOENT if what == "is missing" else None  # a FileNotFoundError too
+        return ChecksumError.in_file(self.path, shard.index, relpath, what, errno=code)
 
     def info(self) -> dict[str, Any]:
         """A JSON-ready summary (used by ``shardstore info --json``)."""

@@ -17,8 +17,8 @@ choice).
 Reading never blocks and never reads without bound: :func:`open_regular` and
 :meth:`Directory.open_read` look at the entry with ``lstat`` first and open
 only regular files, with ``O_NONBLOCK`` (a FIFO swapped in meanwhile cannot
-block the ``open``), then check with ``fstat`` that what was opened is that
-same regular file, and only then clear ``O_NONBLOCK``. :func:`read_bounded`
+block the ``open``), then check with ``fstat`` that what was opened is a
+regular file, and only then clear ``O_NONBLOCK``. :func:`read_bounded`
 reads at most a given number of bytes.
 
 Every ``OSError`` leaves this module as a :class:`~shardstore.errors.StorageError`
@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -60,6 +61,7 @@ __all__ = [
     "Entry",
     "check_regular",
     "describe_mode",
+    "open_binary",
     "open_regular",
     "read_bounded",
     "read_regular",
@@ -295,7 +297,7 @@ class Directory:
             raise self._refuse(path, st, "a regular file")
         with storage_errors("open", path, damage=self.damage):
             fd = os.open(name, os.O_RDONLY | _NONBLOCK | _NOFOLLOW | _CLOEXEC, dir_fd=self.fd)
-        return _settle(fd, path, st, self._refuse)
+        return _settle(fd, path, self._refuse)
 
     def read_bytes(self, name: str, limit: int) -> bytes:
         """The contents of the regular file ``name``, refusing more than ``limit`` bytes."""
@@ -335,15 +337,24 @@ class Directory:
         A link or anything but a regular file is refused, never opened
         through (``O_NOFOLLOW | O_NONBLOCK``, then ``fstat``).
         """
+        return self._open_existing(name, os.O_RDWR, create=create, operation="open the lock")
+
+    def open_append(self, name: str, *, create: bool) -> int | None:
+        """A write-only, appending descriptor of the regular file ``name`` (``None``: missing)."""
+        return self._open_existing(
+            name, os.O_WRONLY | os.O_APPEND, create=create, operation="open for appending"
+        )
+
+    def _open_existing(self, name: str, access: int, *, create: bool, operation: str) -> int | None:
         path = self.child(name)
-        flags = os.O_RDWR | _NOFOLLOW | _NONBLOCK | _CLOEXEC | (os.O_CREAT if create else 0)
+        flags = access | _NOFOLLOW | _NONBLOCK | _CLOEXEC | (os.O_CREAT if create else 0)
         try:
             fd = os.open(_check_name(name), flags, 0o644, dir_fd=self.fd)
         except FileNotFoundError:
             if create:
                 raise from_os_error(
                     FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT)),
-                    "create the lock",
+                    operation,
                     path,
                     damage=self.damage,
                 ) from None
@@ -352,8 +363,8 @@ class Directory:
             st = self.lstat(name) if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO) else None
             if st is not None and not stat.S_ISREG(st.st_mode):
                 raise self._refuse(path, st, "a regular file") from None
-            raise from_os_error(exc, "open the lock", path, damage=self.damage) from exc
-        return _settle(fd, path, None, self._refuse)
+            raise from_os_error(exc, operation, path, damage=self.damage) from exc
+        return _settle(fd, path, self._refuse)
 
     def unlink(self, name: str, *, missing_ok: bool = False) -> int:
         """Remove the non-directory ``name`` (a link itself, never its target); its size."""
@@ -527,20 +538,19 @@ class Directory:
 def _settle(
     fd: int,
     path: str,
-    seen: os.stat_result | None,
     refuse: Callable[[str, os.stat_result, str], ShardStoreError],
 ) -> int:
-    """Check that ``fd`` is a regular file (``seen``'s, if given); clear ``O_NONBLOCK``."""
+    """Check that ``fd`` is a regular file, then clear ``O_NONBLOCK``; close it on refusal.
+
+    The entry may have been replaced between its ``lstat`` and the ``open``
+    (``manifest.json`` is, atomically, by every commit): what counts is what
+    was opened. A FIFO swapped in meanwhile was opened without blocking
+    (``O_NONBLOCK``) and is refused here, unread.
+    """
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise refuse(path, st, "a regular file")
-        if seen is not None and not os.path.samestat(seen, st):
-            raise NotRegularFileError(
-                f"{path!r} was replaced while it was being opened",
-                file=path,
-                what="was replaced while it was being opened",
-            )
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~_NONBLOCK)
     except BaseException as exc:
@@ -584,7 +594,7 @@ def open_regular(
     (``follow_symlinks=True, damage=False``) gives a :class:`StorageError`.
     """
     name = os.fspath(path)
-    seen = check_regular(name, follow_symlinks=follow_symlinks, damage=damage)
+    check_regular(name, follow_symlinks=follow_symlinks, damage=damage)
     flags = os.O_RDONLY | _NONBLOCK | _CLOEXEC | (0 if follow_symlinks else _NOFOLLOW)
     with storage_errors("open", name, damage=damage):
         fd = os.open(name, flags)
@@ -595,7 +605,28 @@ def open_regular(
             return err
         return StorageError(str(err), errno=err.errno, filename=p, operation="open")
 
-    return _settle(fd, name, seen, refuse)
+    return _settle(fd, name, refuse)
+
+
+def open_binary(
+    path: str | os.PathLike[str],
+    *,
+    buffering: int = -1,
+    follow_symlinks: bool = False,
+    damage: bool = True,
+) -> io.FileIO | io.BufferedReader:
+    """:func:`open_regular` as a binary file object (``open(path, "rb")`` made safe)."""
+    fd = open_regular(path, follow_symlinks=follow_symlinks, damage=damage)
+    try:
+        raw = io.FileIO(fd, "rb", closefd=True)
+        return (
+            raw
+            if buffering == 0
+            else io.BufferedReader(raw, buffering if buffering > 0 else io.DEFAULT_BUFFER_SIZE)
+        )
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def read_bounded(fd: int, limit: int, path: str) -> bytes:

@@ -33,6 +33,7 @@ from shardstore.errors import ChecksumError, ManifestError
 from shardstore.manifest import FileEntry, ShardEntry
 from shardstore.ragged import OFFSETS_CACHE_BYTES, RaggedArray, offsets_problem
 from shardstore.random_access import aligned_empty
+from shardstore.safefs import open_regular
 from shardstore.sources.base import ArrayLike, ReadContext, ShardWriteContext, Source
 from shardstore.sources.npy import (
     NpyHeader,
@@ -155,7 +156,7 @@ class MemmapSource(Source):
             if fd is not None:
                 self._files.move_to_end(key)
                 return fd, header
-        fd = os.open(ctx.resolve_str(entry.path), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = open_regular(ctx.resolve_str(entry.path))  # a regular file, never a FIFO
         try:
             # the header NumPy (and so shardstore) writes for what the manifest
             # says: equal bytes need no parsing (10 us instead of ~100 us, which

@@ -100,6 +100,7 @@ from shardstore.integrity import MAX_EXPANSION
 from shardstore.manifest import FeatureSpec, FileEntry, ShardEntry
 from shardstore.ragged import OFFSETS_CACHE_BYTES, RaggedArray, offsets_problem, value_rows
 from shardstore.random_access import aligned_empty
+from shardstore.safefs import open_binary
 from shardstore.sources.base import ArrayLike, ReadContext, ShardWriteContext, Source
 
 if TYPE_CHECKING:
@@ -287,7 +288,7 @@ class _ChunkFile:
                 f"chunk {index} would expand {length} bytes into {want} (more than "
                 f"{MAX_EXPANSION}-fold: refused as a decompression bomb)",
             )
-        with open(ref.data_path, "rb", buffering=0) as f:
+        with open_binary(ref.data_path, buffering=0) as f:
             if self._codec is None:
                 if out is None:
                     out = aligned_empty(self._chunk_shape, ref.dtype)
@@ -1002,7 +1003,7 @@ def _read_shard_index(ref: _ArrayRef, layout: _Layout) -> tuple[np.ndarray, np.n
     """The (offsets, lengths) of the chunks in ``ref``'s data file, CRC-checked."""
     nchunks = layout.chunks_in_shard
     index_bytes = 16 * nchunks + (4 if layout.index_crc32c else 0)
-    with open(ref.data_path, "rb", buffering=0) as f:
+    with open_binary(ref.data_path, buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
         if size < index_bytes:
             raise _damaged(ref, f"{size} bytes cannot hold a shard index of {index_bytes}")
@@ -1050,7 +1051,7 @@ def _check_array_metadata(ref: _ArrayRef) -> None:
     path = ref.root / ref.node / "zarr.json"
     where = f"shard {ref.shard}, {ref.meta_relpath!r}"
     try:
-        with open(path, "rb") as f:
+        with open_binary(path) as f:
             raw = f.read(_MAX_METADATA_BYTES + 1)
     except OSError as exc:
         raise _damaged(ref, f"cannot be read ({exc})", relpath=ref.meta_relpath) from None
