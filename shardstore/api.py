@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 from shardstore import integrity
 from shardstore.errors import DatasetNotFoundError, InvalidInputError
-from shardstore.fsutil import read_manifest_bytes
+from shardstore.fsutil import read_manifest_file
 from shardstore.manifest import MANIFEST_NAME, Manifest
 from shardstore.reader import Dataset
-from shardstore.safefs import Directory
 from shardstore.writer import Writer, normalize_arrays
 
 if TYPE_CHECKING:
@@ -114,14 +113,9 @@ def open(
     """
     root = Path(path)
     verify = integrity.normalize_mode(verify)
-    try:
-        directory = Directory.open(root, damage=True)  # a link the caller typed is followed
-    except (FileNotFoundError, NotADirectoryError):
-        raise DatasetNotFoundError(
-            f"no shardstore dataset at {str(root)!r}: not a directory"
-        ) from None
-    with directory:
-        data = read_manifest_bytes(directory, MANIFEST_NAME)
+    if not root.is_dir():  # a link the caller typed is followed; nothing below it is
+        raise DatasetNotFoundError(f"no shardstore dataset at {str(root)!r}: not a directory")
+    data = read_manifest_file(root)
     if data is None:
         raise DatasetNotFoundError(
             f"no shardstore dataset at {str(root)!r}: no {MANIFEST_NAME} (never committed?)"

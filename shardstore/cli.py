@@ -1184,8 +1184,10 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        The exit status: 0 on success, 1 when ``verify`` finds a damaged
-        file, 2 on any other error, including bad arguments.
+        The exit status: 0 on success, 1 when the dataset is damaged (a
+        ``ChecksumError``: a file that does not match its manifest, an entry
+        that is not what belongs there), 2 on any other error, including bad
+        arguments.
     """
     parser = _build_parser()
     try:
@@ -1202,6 +1204,11 @@ def main(argv: list[str] | None = None) -> int:
     command: _Command = args.func
     try:
         return command(args)
+    except ChecksumError as exc:  # damage, wherever it is found: exit status 1
+        if args.debug:
+            raise
+        _error(_one_line(exc))
+        return EXIT_DAMAGED
     except (ShardStoreError, OSError) as exc:
         if args.debug:
             raise

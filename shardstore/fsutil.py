@@ -43,7 +43,7 @@ from shardstore.errors import (
     StorageError,
     UnsafeLinkError,
 )
-from shardstore.safefs import Directory, describe_mode, storage_errors
+from shardstore.safefs import Directory, describe_mode, read_regular, storage_errors
 
 __all__ = [
     "MAX_MANIFEST_BYTES",
@@ -54,6 +54,7 @@ __all__ = [
     "make_dirs",
     "parent_directory",
     "read_manifest_bytes",
+    "read_manifest_file",
     "remove_quietly",
     "remove_tree",
     "resolve_inside",
@@ -81,7 +82,7 @@ def parent_directory(path: Path, *, below: Path | None = None, create: bool = Fa
     rel = PurePosixPath(os.path.relpath(path.parent, below))
     if rel.parts[:1] == ("..",):
         raise ValueError(f"{path} is not inside {below}")
-    base = Directory.open(below, damage=True)
+    base = Directory.open(below, create=create, damage=True)
     if str(rel) == ".":
         return base
     with base:
@@ -268,11 +269,7 @@ def read_manifest_bytes(root: Directory, name: str) -> bytes | None:
         return None  # removed since the lstat
     except StorageError as exc:
         if exc.errno == errno.EFBIG:
-            raise ManifestError(
-                f"{root.child(name)!r} is larger than {MAX_MANIFEST_BYTES} bytes, the most "
-                "a manifest may hold; it is not a shardstore manifest (or the dataset "
-                "needs fewer, larger shards)"
-            ) from None
+            raise _too_large(root.child(name)) from None
         raise
 
 
@@ -318,6 +315,37 @@ def wrong_entry(
     if stat.S_ISDIR(st.st_mode):
         return located(DamagedIsADirectoryError(what, what=what, errno=errno.EISDIR))
     return located(NotRegularFileError(what, what=what))
+
+
+def read_manifest_file(root: Path, name: str = "manifest.json") -> bytes | None:
+    """:func:`read_manifest_bytes` by path: ``root`` as named, ``name`` never through a link.
+
+    One ``lstat`` and one ``open`` of the manifest's own path (nothing else is
+    opened); the same refusals as :func:`read_manifest_bytes`.
+    """
+    full = root / name
+    with storage_errors("examine", full, damage=True):
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            return None
+    if not stat.S_ISREG(st.st_mode):
+        raise wrong_entry(root, name, str(full), st, "a regular file")
+    try:
+        return read_regular(full, MAX_MANIFEST_BYTES)
+    except FileNotFoundError:
+        return None  # removed since the lstat
+    except StorageError as exc:
+        if exc.errno == errno.EFBIG:
+            raise _too_large(str(full)) from None
+        raise
+
+
+def _too_large(path: str) -> ManifestError:
+    return ManifestError(
+        f"{path!r} is larger than {MAX_MANIFEST_BYTES} bytes, the most a manifest may hold; "
+        "it is not a shardstore manifest (or the dataset needs fewer, larger shards)"
+    )
 
 
 class InsideResolver:

@@ -402,20 +402,22 @@ class Dataset:
         manifest whose claims are not backed by bytes on disk (more than
         :data:`~shardstore.manifest.MAX_EXPANSION` times, compression
         included) is refused before anything is allocated. Every record
-        counts its fixed-shape features' bytes and 8 bytes (an offset) per
-        ragged feature; the files' recorded sizes are checked against the
-        disk (:mod:`shardstore.integrity`) before anything is read.
+        counts its fixed-shape features' bytes (in a dataset of ragged
+        features only, 8 bytes of offset per feature); the files' recorded
+        sizes are checked against the disk (:mod:`shardstore.integrity`)
+        before anything is read.
         """
         specs = self.features.values()
         record_bytes = sum(s.record_nbytes for s in specs if s.is_fixed)
-        record_bytes += 8 * sum(1 for s in specs if s.is_ragged)
+        if not record_bytes:  # only ragged features: each record has an 8-byte offset
+            record_bytes = 8 * sum(1 for s in specs if s.is_ragged)
         for shard in shards:
             claimed = shard.num_records * record_bytes
             if claimed > MAX_EXPANSION * shard.nbytes + (1 << 20):
                 raise ManifestError(
                     f"dataset {str(self.path)!r}, shard {shard.index}: claims {claimed} bytes "
-                    f"of records ({shard.num_records} records) in {shard.nbytes} bytes of files "
-                    f"(more than {MAX_EXPANSION}-fold); refusing to read it"
+                    f"of records in {shard.nbytes} bytes of files ({shard.num_records} records, "
+                    f"more than {MAX_EXPANSION}-fold); refusing to read it"
                 )
 
     def _check_range(self, ctx: ReadContext, records: range) -> None:

@@ -634,8 +634,9 @@ def read_bounded(fd: int, limit: int, path: str) -> bytes:
     chunks: list[bytes] = []
     total = 0
     with storage_errors("read", path):
+        want = os.fstat(fd).st_size + 1  # os.read allocates what it is asked for: ask for that
         while True:
-            chunk = os.read(fd, min(8 << 20, limit + 1 - total))
+            chunk = os.read(fd, max(1, min(want, 1 << 20, limit + 1 - total)))
             if not chunk:
                 break
             chunks.append(chunk)

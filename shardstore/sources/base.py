@@ -95,7 +95,7 @@ class ShardFile:
         self.feature = feature
         #: Source-specific details stored with the file in the manifest.
         self.info: dict[str, Any] = {}
-        self._file = HashingFile(ctx.root / relpath, fsync=ctx.fsync, below=ctx.base or ctx.root)
+        self._file = HashingFile(ctx.root / relpath, fsync=ctx.fsync, below=ctx.below)
 
     def __enter__(self) -> ShardFile:
         self._file.__enter__()
@@ -170,8 +170,15 @@ class ShardWriteContext:
             relpath = check_relative_path(f"{self.prefix}/{stem}{suffix}")
         except ManifestError as exc:
             raise InvalidInputError(f"invalid file suffix {suffix!r}: {exc}") from None
-        make_dirs((self.root / relpath).parent, below=self.base or self.root)
+        make_dirs((self.root / relpath).parent, below=self.below)
         return ShardFile(self, relpath, feature)
+
+    @property
+    def below(self) -> Path:
+        """Where the walk to a new file starts: :attr:`base` if ``root`` is inside it."""
+        if self.base is not None and self.root.is_relative_to(self.base):
+            return self.base
+        return self.root
 
     def entry(self, source: str) -> ShardEntry:
         """The manifest entry of the finished shard."""
