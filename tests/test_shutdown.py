@@ -52,10 +52,10 @@ print("BATCH", batch["x"].shape[0], flush=True)
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {}
-    data = {"x": np.arange(200_000 * 4, dtype=np.float32).reshape(-1, 4)}
+    data = {"x": np.arange(25_000 * 4, dtype=np.float32).reshape(-1, 4)}
     for fmt in ("npy", "tfrecord"):
         out[fmt] = tmp_path_factory.mktemp(fmt) / "d"
-        shardstore.write(out[fmt], data, format=fmt, records_per_shard=10_000, fsync=False)
+        shardstore.write(out[fmt], data, format=fmt, records_per_shard=5_000, fsync=False)
     return out
 
 
