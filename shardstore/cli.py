@@ -317,6 +317,9 @@ def _cmd_gc(args: argparse.Namespace) -> int:
         )
     if report.in_progress:
         lines.append(f"left alone: {_plural(len(report.in_progress), 'running writer')}")
+    if report.damaged:
+        lines.append(f"left alone, never followed: {_plural(len(report.damaged), 'damaged item')}")
+        lines += [f"  {line}" for line in report.damaged]
     print("\n".join(lines))
     return 0
 

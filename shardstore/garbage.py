@@ -162,8 +162,9 @@ class _Area:
         return d.entries() if d is not None else []
 
     def damage(self, rel: str, what: str) -> None:
-        line = f"{rel}: {what}"
-        if line not in self._report.damaged:
+        """Report ``rel`` once (the first description of what is wrong with it)."""
+        if not any(line.startswith(f"{rel}: ") for line in self._report.damaged):
+            line = f"{rel}: {what}"
             self._report.damaged.append(line)
             log.warning("gc: %s (left alone)", line)
 
