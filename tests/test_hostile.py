@@ -1148,3 +1148,139 @@ def test_a_read_only_file_system_is_a_typed_error(tmp_path: Path) -> None:
         ds = shardstore.open(path)  # reading needs no write access
         assert_bitwise_equal(ds[:]["a"], records()["a"])
         ds.verify(progress=False)
+
+
+# -- random hostile trees (make stress raises the counts) ----------------------------------------
+def _entries(path: Path) -> list[str]:
+    """Every entry under ``path`` (the control area included), as relative paths."""
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+@settings(max_examples=SLOW_EXAMPLES // 2, **SETTINGS)
+@given(data=st.data())
+def test_random_symlinks_anywhere_are_never_followed(data: st.DataObject) -> None:
+    """Entries anywhere in a dataset (control area included) replaced by links to a victim.
+
+    Reads, ``gc`` and an overwrite may only succeed or raise ``ShardStoreError``;
+    nothing of the victim is deleted, created or changed.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "d"
+        with_leftovers(path)
+        victim = victim_dir(Path(tmp))
+        before = snapshot(victim)
+        picks = data.draw(st.lists(st.sampled_from(_entries(path)), min_size=1, max_size=4))
+        for rel in sorted(set(picks), key=len, reverse=True):  # deepest first
+            entry = path / rel
+            if not entry.exists() and not entry.is_symlink():
+                continue  # under a directory already replaced
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            target = data.draw(st.sampled_from([victim, victim / "precious.txt", victim / "deep"]))
+            entry.symlink_to(target, target_is_directory=target.is_dir())
+        event(f"{len(set(picks))} link(s)")
+        for name, action in [
+            ("read", lambda: try_everything(path, tf_reads=False)),
+            ("gc", lambda: shardstore.gc(path, grace=data.draw(st.sampled_from([0, 3600])))),
+            ("overwrite", lambda: shardstore.write(path, records(9), overwrite=True, fsync=False)),
+            ("gc again", lambda: shardstore.gc(path, grace=0)),
+        ]:
+            with contextlib.suppress(ShardStoreError):
+                action()
+            assert snapshot(victim) == before, name
+
+
+NON_REGULAR_STRESS_SCRIPT = r"""
+import json, os, random, shutil, socket, stat, sys, tempfile
+from pathlib import Path
+import numpy as np
+import shardstore
+from shardstore.errors import ShardStoreError
+
+original, trials, seed = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+rng = random.Random(seed)
+sockets = []
+summary = {}
+for trial in range(trials):
+    tmp = Path(tempfile.mkdtemp())
+    path = tmp / "d"
+    shutil.copytree(original, path)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    for victim in rng.sample(files, rng.randint(1, 3)):
+        victim.unlink()
+        kind = rng.choice(["fifo", "zero", "socket", "directory"])
+        if kind == "fifo":
+            os.mkfifo(victim)
+        elif kind == "zero":
+            os.mknod(victim, stat.S_IFCHR | 0o666, os.makedev(1, 5))
+        elif kind == "socket":
+            s = socket.socket(socket.AF_UNIX)
+            s.bind(str(victim))
+            sockets.append(s)
+        else:
+            victim.mkdir()
+    def attempt(name, fn):
+        try:
+            fn()
+            summary[name + ": ok"] = summary.get(name + ": ok", 0) + 1
+        except ShardStoreError as exc:
+            key = name + ": " + type(exc).__name__
+            summary[key] = summary.get(key, 0) + 1
+    attempt("verify", lambda: shardstore.open(path).verify(progress=False))
+    attempt("getitem", lambda: shardstore.open(path)[:])
+    attempt("to_tf", lambda: [b for b in shardstore.open(path, verify="size").to_tf(4)])
+    attempt("native", lambda: [b for b in shardstore.open(path).to_tf(4, tf_native=True)])
+    attempt("gc", lambda: shardstore.gc(path, grace=0))
+    attempt("overwrite", lambda: shardstore.write(path, {"a": np.zeros(3)}, overwrite=True))
+    shutil.rmtree(tmp)
+print("SUMMARY " + json.dumps(summary), flush=True)
+"""
+NON_REGULAR_TRIALS = 150 if STRESS else 4
+
+
+@pytest.mark.parametrize("fmt", ["npy", "zarr", "tfrecord"])
+def test_random_fifos_devices_and_sockets_never_block(
+    originals: dict[str, Path], tmp_path: Path, fmt: str
+) -> None:
+    """Random files replaced by FIFOs, ``/dev/zero`` nodes, sockets or directories, in a child."""
+    script = tmp_path / "script.py"
+    script.write_text(NON_REGULAR_STRESS_SCRIPT)
+    seed = int.from_bytes(os.urandom(4), "little") if STRESS else 7
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(script), str(originals[fmt]), str(NON_REGULAR_TRIALS), str(seed)],
+            capture_output=True, text=True, timeout=300 + 20 * NON_REGULAR_TRIALS,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"reading non-regular files hung (seed {seed}): {exc.stdout!r}")
+    if "PermissionError" in proc.stderr and "mknod" in proc.stderr and not os.environ.get("CI"):
+        pytest.skip("this machine forbids creating device nodes")
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("SUMMARY ")]
+    assert lines and proc.returncode == 0, (seed, proc.stderr[-3000:])
+    print(f"\n{fmt} (seed {seed}):", lines[0][len("SUMMARY ") :])
+
+
+LIES = [2**31, 2**40, 2**47, 2**48 - 1, 2**48, 2**62, 2**63, 2**64 + 1, -1, -(2**63)]
+
+
+@pytest.mark.parametrize("fmt", ["npy", "zarr", "tfrecord"])
+@settings(max_examples=SLOW_EXAMPLES, **SETTINGS)
+@given(data=st.data())
+def test_lying_counts_anywhere_in_the_manifest_never_allocate(
+    originals: dict[str, Path], fmt: str, data: st.DataObject
+) -> None:
+    """Any integer of the manifest (counts, sizes, shapes, offsets...) replaced by a lie."""
+    with scratch_copy(originals[fmt]) as path:
+        manifest = load(path)
+        ints = [p for p in _paths(manifest) if p and type(_get(manifest, p)) is int]
+        for where in data.draw(st.lists(st.sampled_from(ints), min_size=1, max_size=3)):
+            parent = _get(manifest, where[:-1])
+            parent[where[-1]] = data.draw(st.sampled_from(LIES))
+            event(f"lie at {where[-1]}")
+        save(path, manifest, fix_checksums=data.draw(st.booleans()))
+        with bounded_memory():
+            outcomes = try_everything(path)
+        event("deepest: " + outcomes[-1])
