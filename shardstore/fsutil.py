@@ -239,10 +239,13 @@ def remove_tree(path: Path) -> int:
             return 0
 
 
-def remove_quietly(path: Path) -> None:
-    """Remove a file (or link) if it exists; ignore errors (used on clean-up paths)."""
+def remove_quietly(path: Path, *, below: Path | None = None) -> None:
+    """Remove a file (or link) if it exists; ignore errors (used on clean-up paths).
+
+    Its directory is reached from ``below`` (if given) without following links.
+    """
     try:
-        d = Directory.open(path.parent)
+        d = parent_directory(path, below=below)
     except OSError:
         return
     with d, contextlib.suppress(OSError):

@@ -102,7 +102,7 @@ def link_or_copy(
         while piece := fin.read(CHUNK_BYTES):
             out.write(piece)
     if expected is not None and (out.checksum, out.size) != (expected.checksum, expected.size):
-        remove_quietly(dst)  # its directory was just checked
+        remove_quietly(dst, below=below)
         raise ChecksumError(
             f"{str(src)!r} has checksum {out.checksum} and {out.size} bytes; its manifest "
             f"records {expected.checksum} and {expected.size} bytes",

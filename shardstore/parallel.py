@@ -153,7 +153,7 @@ def _write_in_context(
         source.write_shard(ctx, arrays)
     except BaseException:
         for entry in ctx.files:
-            remove_quietly(ctx.root / entry.path)
+            remove_quietly(ctx.root / entry.path, below=ctx.below)
         raise
     return ctx.entry(source.name)
 

@@ -337,7 +337,7 @@ def write_resumable(
         )
         Manifest.from_json(manifest.to_json())  # publish only what every reader accepts
         journal.close()
-        remove_quietly(journal_path)  # the version directory now holds shards only
+        remove_quietly(journal_path, below=root)  # the version directory: shards only
         txn.commit(manifest)
     except (KeyboardInterrupt, SystemExit):
         dispatcher.close()
