@@ -634,9 +634,12 @@ def read_bounded(fd: int, limit: int, path: str) -> bytes:
     chunks: list[bytes] = []
     total = 0
     with storage_errors("read", path):
-        want = os.fstat(fd).st_size + 1  # os.read allocates what it is asked for: ask for that
+        # os.read allocates what it is asked for: first the file's size (+1 to see its
+        # end), then (a file that grew, or a size fstat does not know) 64 KiB at a time
+        want = os.fstat(fd).st_size + 1
         while True:
-            chunk = os.read(fd, max(1, min(want, 1 << 20, limit + 1 - total)))
+            chunk = os.read(fd, max(1, min(want, limit + 1 - total)))
+            want = 1 << 16
             if not chunk:
                 break
             chunks.append(chunk)
