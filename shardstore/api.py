@@ -11,6 +11,7 @@ from shardstore.errors import DatasetNotFoundError, InvalidInputError
 from shardstore.fsutil import read_manifest_file
 from shardstore.manifest import MANIFEST_NAME, Manifest
 from shardstore.reader import Dataset
+from shardstore.safefs import storage_boundary
 from shardstore.writer import Writer, normalize_arrays
 
 if TYPE_CHECKING:
@@ -19,6 +20,11 @@ if TYPE_CHECKING:
 __all__ = ["gc", "open", "write"]
 
 
+def _path(path: object, *args: object, **kwargs: object) -> object:
+    return path
+
+
+@storage_boundary("write", _path)
 def write(
     path: str | os.PathLike[str],
     arrays: Any,
@@ -83,6 +89,7 @@ def write(
     return writer.close()
 
 
+@storage_boundary("open", _path)
 def open(
     path: str | os.PathLike[str], *, source: str | None = None, verify: str | None = None
 ) -> Dataset:
@@ -127,6 +134,7 @@ def open(
     return dataset
 
 
+@storage_boundary("collect garbage in", _path)
 def gc(
     path: str | os.PathLike[str], *, grace: float | None = None, dry_run: bool = False
 ) -> GcReport:

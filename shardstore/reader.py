@@ -23,6 +23,7 @@ from shardstore.fsutil import InsideResolver
 from shardstore.manifest import MAX_EXPANSION, FeatureSpec, Manifest, ShardEntry
 from shardstore.progress import progress_bar
 from shardstore.registry import get_source
+from shardstore.safefs import storage_boundary
 from shardstore.sources.base import ReadContext
 
 if TYPE_CHECKING:
@@ -130,6 +131,7 @@ class Dataset:
     def __len__(self) -> int:
         return self.num_records
 
+    @storage_boundary("read", lambda self, *a, **k: self.path)
     def __getitem__(self, key: Any) -> dict[str, Any]:
         """Records by index, as NumPy arrays (no TensorFlow involved).
 
@@ -160,6 +162,7 @@ class Dataset:
         )
 
     # -- reading --------------------------------------------------------------------------
+    @storage_boundary("read", lambda self, *a, **k: self.path)
     def iter_numpy(
         self, batch_size: int | None = None, *, features: Sequence[str] | None = None
     ) -> Iterator[dict[str, Any]]:
@@ -188,6 +191,7 @@ class Dataset:
             self._check_touched(ctx, indices)
             yield gather_records(source, ctx, indices)
 
+    @storage_boundary("read", lambda self, *a, **k: self.path)
     def to_tf(
         self,
         batch_size: int | None = 32,
@@ -449,6 +453,7 @@ class Dataset:
             self.check_files(new, features=names)
             self._checked.update((s.index, names) for s in new)
 
+    @storage_boundary("verify", lambda self, *a, **k: self.path)
     def verify(self, *, progress: bool | None = None) -> None:
         """Check that every shard can be read as the manifest says.
 

@@ -37,12 +37,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
+import inspect
 import io
 import os
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any, TypeVar, cast
 
 from shardstore import faults
 from shardstore.errors import (
@@ -65,6 +68,7 @@ __all__ = [
     "open_regular",
     "read_bounded",
     "read_regular",
+    "storage_boundary",
     "storage_errors",
 ]
 
@@ -92,6 +96,50 @@ def storage_errors(operation: str, path: object, *, damage: bool = False) -> Ite
         raise
     except OSError as exc:
         raise from_os_error(exc, operation, path, damage=damage) from exc
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def storage_boundary(operation: str, where: Callable[..., object]) -> Callable[[_F], _F]:
+    """Decorator: an ``OSError`` escaping the function becomes a shardstore error.
+
+    The same translation as :func:`storage_errors`, for a public entry point
+    (the last line of defence: the storage layer below translates what it
+    raises itself). ``where(*args, **kwargs)`` names the path when the error
+    does not (``exc.filename``). Generator functions are wrapped so that
+    errors raised while iterating are translated too.
+    """
+
+    def translate(exc: OSError, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ShardStoreError:
+        return from_os_error(exc, operation, exc.filename or where(*args, **kwargs))
+
+    def decorate(fn: _F) -> _F:
+        if inspect.isgeneratorfunction(fn):
+
+            @functools.wraps(fn)
+            def gen(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return (yield from fn(*args, **kwargs))
+                except ShardStoreError:
+                    raise
+                except OSError as exc:
+                    raise translate(exc, args, kwargs) from exc
+
+            return cast(_F, gen)
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except ShardStoreError:
+                raise
+            except OSError as exc:
+                raise translate(exc, args, kwargs) from exc
+
+        return cast(_F, call)
+
+    return decorate
 
 
 def describe_mode(mode: int) -> str:

@@ -943,15 +943,18 @@ print("OUTCOMES " + json.dumps(outcomes), flush=True)
 """
 
 
-@pytest.mark.parametrize("where", ["shard", "manifest"])
-@pytest.mark.parametrize("kind", ["fifo", "zero", "socket", "directory"])
-@pytest.mark.parametrize("fmt", ["npy", "tfrecord"])
+NON_REGULAR_KINDS = ["fifo", "zero", "socket", "directory"]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "kind", "where"),
+    [(fmt, kind, "shard") for fmt in ("npy", "tfrecord") for kind in NON_REGULAR_KINDS]
+    + [("npy", kind, "manifest") for kind in NON_REGULAR_KINDS],  # the same for every format
+)
 def test_non_regular_files_are_refused_without_blocking(
     originals: dict[str, Path], tmp_path: Path, fmt: str, kind: str, where: str
 ) -> None:
     """In a child process with a timeout: a hang fails the test, it does not stop the suite."""
-    if where == "manifest" and fmt != "npy":
-        pytest.skip("manifest.json is the same for every format: tested once")
     script = tmp_path / "script.py"
     script.write_text(NON_REGULAR_SCRIPT)
     try:
@@ -1284,3 +1287,22 @@ def test_lying_counts_anywhere_in_the_manifest_never_allocate(
         with bounded_memory():
             outcomes = try_everything(path)
         event("deepest: " + outcomes[-1])
+
+
+def test_an_io_error_while_reading_is_a_typed_error(
+    originals: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OSError from below (a failing disk: EIO) leaves the API as a StorageError."""
+    from shardstore.errors import StorageError
+    from shardstore.sources import memmap
+
+    def failing(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(memmap.MemmapSource, "read_records_into", failing)
+    ds = shardstore.open(originals["npy"])
+    for read in (lambda: ds[0], lambda: next(ds.iter_numpy(4)), lambda: ds.verify(progress=False)):
+        with pytest.raises(StorageError) as exc:
+            read()
+        assert isinstance(exc.value, OSError) and exc.value.errno == errno.EIO
+        assert str(ds.path) in str(exc.value)
