@@ -1306,3 +1306,61 @@ def test_an_io_error_while_reading_is_a_typed_error(
             read()
         assert isinstance(exc.value, OSError) and exc.value.errno == errno.EIO
         assert str(ds.path) in str(exc.value)
+
+
+INPUT_SCRIPT = r"""
+import json, os, sys
+from pathlib import Path
+import numpy as np
+import shardstore
+from shardstore.errors import ShardStoreError
+
+tmp = Path(sys.argv[1])
+np.save(tmp / "ok.npy", np.arange(6))
+for name in ("big.npy", "arrays.npz", "labels.csv", "records.tfrecord"):
+    os.mkfifo(tmp / name)  # opening any of these for reading would block
+(tmp / "files").mkdir()
+np.save(tmp / "files" / "a.npy", np.arange(3))
+os.mkfifo(tmp / "files" / "b.npy")
+outcomes = {}
+
+def attempt(name, fn):
+    try:
+        fn()
+        outcomes[name] = "ok"
+    except ShardStoreError as exc:
+        outcomes[name] = type(exc).__name__
+    except Exception as exc:
+        outcomes[name] = "BAD " + type(exc).__name__ + ": " + str(exc)[:200]
+
+attempt("npy", lambda: shardstore.ingest(tmp / "big.npy", tmp / "d1", kind="npy"))
+attempt("npz", lambda: shardstore.ingest(tmp / "arrays.npz", tmp / "d2", kind="npz"))
+attempt("files", lambda: shardstore.ingest(tmp / "files", tmp / "d3"))
+attempt("labels", lambda: shardstore.ingest([tmp / "ok.npy"], tmp / "d4",
+                                            labels=tmp / "labels.csv"))
+attempt("tfrecord", lambda: shardstore.index_tfrecords(
+    tmp / "d5", [tmp / "records.tfrecord"], features={"x": ("int64", [])}))
+print("OUTCOMES " + json.dumps(outcomes), flush=True)
+"""
+
+
+def test_ingest_inputs_that_are_fifos_never_block(tmp_path: Path) -> None:
+    """User inputs (.npy, .npz, a directory of files, a labels CSV, TFRecords) that are FIFOs."""
+    script = tmp_path / "script.py"
+    script.write_text(INPUT_SCRIPT)
+    (tmp_path / "work").mkdir()
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / "work")],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"ingesting a FIFO hung: {exc.stdout!r}")
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("OUTCOMES ")]
+    assert lines, proc.stderr[-3000:]
+    outcomes = json.loads(lines[0][len("OUTCOMES ") :])
+    # a directory's scan takes its regular .npy files only: the FIFO is not an input
+    assert outcomes.pop("files") == "ok"
+    assert shardstore.open(tmp_path / "work" / "d3").num_records == 3
+    assert all(v == "InvalidInputError" for v in outcomes.values()), outcomes
