@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import functools
 import inspect
 import io
@@ -48,6 +47,11 @@ from types import TracebackType
 from typing import Any, TypeVar, cast
 
 from shardstore import faults
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no O_NONBLOCK to clear either
+    fcntl = None  # type: ignore[assignment]
 from shardstore.errors import (
     ChecksumError,
     DamagedIsADirectoryError,
@@ -599,8 +603,9 @@ def _settle(
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise refuse(path, st, "a regular file")
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~_NONBLOCK)
+        if fcntl is not None and _NONBLOCK:
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~_NONBLOCK)
     except BaseException as exc:
         os.close(fd)
         if isinstance(exc, OSError) and not isinstance(exc, ShardStoreError):
