@@ -115,9 +115,12 @@ class _Writers:
             lock = FileLock(writer_lock_path(self.root, version_id), below=self.root)
             try:
                 got = lock.acquire(blocking=False, create=False)
-            except ChecksumError as exc:  # a link or a non-file at the lock's place
+            except ChecksumError as exc:  # a link or a non-file at the lock's (or its dir's) place
                 rel = f"{CONTROL_DIR}/writers/{version_id}.lock"
-                self._report.damaged.append(f"{rel}: {exc.what}")
+                if exc.file:
+                    rel = os.path.relpath(exc.file, self.root)
+                if not any(line.startswith(f"{rel}: ") for line in self._report.damaged):
+                    self._report.damaged.append(f"{rel}: {exc.what}")
                 got = False  # treat the writer as running: touch nothing of it
             self._running[version_id] = not got
             if lock.held:
