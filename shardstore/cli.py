@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from shardstore import __version__
 from shardstore.api import open as open_dataset
-from shardstore.errors import DamagedFilesError, ShardStoreError
+from shardstore.errors import ChecksumError, DamagedFilesError, ShardStoreError
 from shardstore.manifest import FeatureSpec
 from shardstore.registry import SourceInfo, available_sources, get_source
 from shardstore.summary import summarize
@@ -481,6 +481,9 @@ def _cmd_gc(args: argparse.Namespace) -> int:
         )
     if report.in_progress:
         lines.append(f"left alone: {_plural(len(report.in_progress), 'running writer')}")
+    if report.damaged:
+        lines.append(f"left alone, never followed: {_plural(len(report.damaged), 'damaged item')}")
+        lines += [f"  {line}" for line in report.damaged]
     print("\n".join(lines))
     return 0
 
@@ -1367,8 +1370,10 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        The exit status: 0 on success, 1 when ``verify`` finds a damaged
-        file, 2 on any other error, including bad arguments.
+        The exit status: 0 on success, 1 when the dataset is damaged (a
+        ``ChecksumError``: a file that does not match its manifest, an entry
+        that is not what belongs there), 2 on any other error, including bad
+        arguments.
     """
     parser = _build_parser()
     try:
@@ -1399,6 +1404,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _error(_one_line(exc))
         return EXIT_ERROR
+    except ChecksumError as exc:  # damage, wherever it is found: exit status 1
+        if args.debug:
+            raise
+        _error(_cli_words(_one_line(exc), exc.params, words.command))
+        return EXIT_DAMAGED
     except (ShardStoreError, OSError) as exc:
         if args.debug:
             raise

@@ -64,7 +64,8 @@ from shardstore.caches import LRU
 from shardstore.checksum import CHUNK_BYTES, format_digest, hash_file, new_hasher
 from shardstore.errors import ChecksumError, InvalidInputError
 from shardstore.fsutil import InsideResolver
-from shardstore.manifest import FileEntry, ShardEntry
+from shardstore.manifest import MAX_EXPANSION, FileEntry, ShardEntry
+from shardstore.safefs import open_binary
 
 __all__ = [
     "ENV_VAR",
@@ -86,11 +87,6 @@ log = logging.getLogger(__name__)
 VERIFY_MODES: tuple[str, ...] = ("once", "size")
 #: Environment variable that sets the default mode.
 ENV_VAR = "SHARDSTORE_VERIFY"
-#: Largest ratio of decoded record bytes to stored bytes a reader accepts, for a
-#: shard and for a compressed chunk. Blosc/Zstandard reach ~18,000 on all-zero
-#: data; a claim beyond this is a lying header or manifest, refused before any
-#: allocation.
-MAX_EXPANSION = 1 << 16
 #: Threads hashing files at once (bounded: beyond the storage's bandwidth it only thrashes).
 MAX_THREADS = 8
 #: Bytes read then hashed at a time by :meth:`FileCheck.pread_into` while blocks are not
@@ -755,7 +751,7 @@ def _hash_with_blocks(
     blocks = BlockHasher(section.first, section.block)
     size = 0
     try:
-        with open(path, "rb", buffering=0) as f:
+        with open_binary(path, buffering=0) as f:
             buf = bytearray(CHUNK_BYTES)
             view = memoryview(buf)
             while n := f.readinto(buf):

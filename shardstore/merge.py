@@ -41,9 +41,16 @@ from shardstore.errors import (
     DatasetExistsError,
     InvalidInputError,
 )
-from shardstore.fsutil import HashingFile, remove_quietly, resolve_inside
+from shardstore.fsutil import (
+    HashingFile,
+    link_into,
+    make_dirs,
+    remove_quietly,
+    resolve_inside,
+)
 from shardstore.manifest import MANIFEST_NAME, FeatureSpec, FileEntry, Manifest, ShardEntry
 from shardstore.ragged import merge_length_stats
+from shardstore.safefs import open_binary
 
 if TYPE_CHECKING:
     from shardstore.reader import Dataset
@@ -64,17 +71,24 @@ _SHARD_PATH = re.compile(r"^[^/]+/(\d{6})(.*)$")
 
 
 def link_or_copy(
-    src: Path, dst: Path, *, link: str, fsync: bool, expected: FileEntry | None = None
+    src: Path,
+    dst: Path,
+    *,
+    link: str,
+    fsync: bool,
+    expected: FileEntry | None = None,
+    below: Path | None = None,
 ) -> bool:
     """Bring ``src`` in as the new file ``dst``; return True if hard-linked, False if copied.
 
     With ``expected``, a copy is hashed while written and must match its
     checksum and size (``ChecksumError`` otherwise, the copy removed).
     ``link="hardlink"`` raises ``InvalidInputError`` where ``"auto"`` would copy.
+    ``dst``'s directory is reached from ``below`` without following links.
     """
     if link != "copy":
         try:
-            os.link(src, dst, follow_symlinks=True)
+            link_into(src, dst, below=below)
             return True
         except OSError as exc:
             if exc.errno not in _NO_LINK_ERRNOS:
@@ -86,11 +100,11 @@ def link_or_copy(
                     params=("link",),
                 ) from None
             log.info("cannot hard-link %s (%s); copying it", src, exc.strerror)
-    with open(src, "rb") as fin, HashingFile(dst, fsync=fsync) as out:
+    with open_binary(src) as fin, HashingFile(dst, fsync=fsync, below=below) as out:
         while piece := fin.read(CHUNK_BYTES):
             out.write(piece)
     if expected is not None and (out.checksum, out.size) != (expected.checksum, expected.size):
-        remove_quietly(dst)
+        remove_quietly(dst, below=below)
         raise ChecksumError(
             f"{str(src)!r} has checksum {out.checksum} and {out.size} bytes; its manifest "
             f"records {expected.checksum} and {expected.size} bytes",
@@ -102,7 +116,7 @@ def link_or_copy(
 def _hash(path: Path) -> tuple[int, str]:
     hasher = new_hasher()
     size = 0
-    with open(path, "rb") as f:
+    with open_binary(path) as f:
         while piece := f.read(CHUNK_BYTES):
             hasher.update(piece)
             size += len(piece)
@@ -339,10 +353,12 @@ def merge(
                 for f in shard.files:
                     relpath = _new_path(prefix, index, shard, f.path)
                     target = txn.shard_root / relpath
-                    target.parent.mkdir(parents=True, exist_ok=True)
+                    make_dirs(target.parent, below=root)
                     src = resolve_inside(part.path, f.path)
                     try:
-                        was_linked = link_or_copy(src, target, link=link, fsync=fsync, expected=f)
+                        was_linked = link_or_copy(
+                            src, target, link=link, fsync=fsync, expected=f, below=root
+                        )
                     except ChecksumError:
                         raise _damaged(
                             part, shard, f.path, f"does not match its checksum {f.checksum}"

@@ -34,6 +34,7 @@ import tensorflow as tf
 from shardstore.errors import CapabilityError, InvalidInputError
 from shardstore.manifest import FeatureSpec, ShardEntry
 from shardstore.sources.base import ReadContext, Source
+from shardstore.tfexit import release_iterators_at_exit
 
 if TYPE_CHECKING:
     from shardstore.reader import Dataset
@@ -455,6 +456,7 @@ class _Plan:
 
 def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
     """The ``tf.data.Dataset`` for ``dataset`` read with ``config``."""
+    release_iterators_at_exit()  # a live iterator must not hang the interpreter's exit
     source, by_index = _choose_source(dataset, config)
     if config.start_step and not by_index:
         raise CapabilityError(

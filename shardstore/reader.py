@@ -9,6 +9,7 @@ touches no shard file until asked. TensorFlow is imported only by
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import shlex
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,9 +27,10 @@ from shardstore.errors import (
     ManifestError,
 )
 from shardstore.fsutil import InsideResolver
-from shardstore.manifest import FeatureSpec, Manifest, ShardEntry
+from shardstore.manifest import MAX_EXPANSION, FeatureSpec, Manifest, ShardEntry
 from shardstore.progress import progress_bar
 from shardstore.registry import get_source
+from shardstore.safefs import storage_boundary
 from shardstore.sources.base import ReadContext
 
 if TYPE_CHECKING:
@@ -160,6 +162,7 @@ class Dataset:
     def __len__(self) -> int:
         return self.num_records
 
+    @storage_boundary("read", lambda self, *a, **k: self.path)
     def __getitem__(self, key: Any) -> dict[str, Any]:
         """Records by index, as NumPy arrays (no TensorFlow involved).
 
@@ -175,11 +178,13 @@ class Dataset:
             wanted="ds[...]",
             instead="Read the records in order with ds.iter_numpy() or ds.to_tf()",
         )
-        indices, scalar = normalize_index(key, self.num_records)
         if self._random_ctx is None:
             self._random_ctx = ReadContext(
                 self.path, self.shards, self.features, 1, verifier=self.verifier()
             )
+        if isinstance(key, slice):  # check the shards first: allocate nothing a lie implies
+            self._check_range(self._random_ctx, range(*key.indices(self.num_records)))
+        indices, scalar = normalize_index(key, self.num_records)
         self._check_touched(self._random_ctx, indices)
         out = gather_records(source, self._random_ctx, indices)
         if scalar:
@@ -194,6 +199,7 @@ class Dataset:
         )
 
     # -- reading --------------------------------------------------------------------------
+    @storage_boundary("read", lambda self, *a, **k: self.path)
     def iter_numpy(
         self, batch_size: int | None = None, *, features: Sequence[str] | None = None
     ) -> Iterator[dict[str, Any]]:
@@ -204,6 +210,7 @@ class Dataset:
         records. Used by ``convert``; handy for scikit-learn style consumers.
         """
         names = list(features) if features is not None else list(self.features)
+        self._check_plausible(self.shards)
         record_bytes = max(1, int(sum(self.features[n].mean_record_nbytes for n in names)))
         step = batch_size or max(1, (64 << 20) // record_bytes)
         try:
@@ -221,6 +228,7 @@ class Dataset:
             self._check_touched(ctx, indices)
             yield gather_records(source, ctx, indices)
 
+    @storage_boundary("read", lambda self, *a, **k: self.path)
     def to_tf(
         self,
         batch_size: int | None = 32,
@@ -419,7 +427,7 @@ class Dataset:
                 )
                 for s in shards
             ]
-        resolve_stat = InsideResolver(self.path).resolve_stat
+        resolve_stat = self._resolve_stat(shards)
         if self.verify_mode == "size":
             problems = integrity.stat_shards(
                 [dataclasses.replace(s, blocks=None) for s in shards], resolve_stat, self._damaged
@@ -431,24 +439,66 @@ class Dataset:
         if problems:
             raise problems[0]
 
+    def _resolve_stat(
+        self, shards: Sequence[ShardEntry]
+    ) -> Callable[[str], tuple[str, os.stat_result | None]]:
+        """:meth:`InsideResolver.resolve_stat`, damage reported at the shard listing the file.
+
+        Every file of the dataset is checked to be a regular file, reached
+        through real directories (no symlink, FIFO, device...), before it is
+        hashed, mapped or handed to TensorFlow.
+        """
+        resolver = InsideResolver(self.path)
+        owner = {f.path: s for s in shards for f in s.stored_files}
+
+        def resolve_stat(relpath: str) -> tuple[str, os.stat_result | None]:
+            try:
+                return resolver.resolve_stat(relpath)
+            except ChecksumError as exc:
+                located = type(exc).in_file(
+                    self.path, owner[relpath].index, relpath, exc.what, errno=exc.errno
+                )
+                raise located from None
+
+        return resolve_stat
+
     def _check_plausible(self, shards: Sequence[ShardEntry]) -> None:
         """Refuse a shard claiming far more record bytes than its files could hold.
 
         Readers allocate what the manifest's shapes and counts imply; a
         manifest whose claims are not backed by bytes on disk (more than
-        :data:`~shardstore.integrity.MAX_EXPANSION` times, compression
-        included) is refused before anything is allocated.
+        :data:`~shardstore.manifest.MAX_EXPANSION` times, compression
+        included) is refused before anything is allocated. Every record
+        counts its fixed-shape features' bytes (in a dataset of ragged
+        features only, 8 bytes of offset per feature); the files' recorded
+        sizes are checked against the disk (:mod:`shardstore.integrity`)
+        before anything is read.
         """
-        # ragged values add what their files hold (their rows are counted from file sizes)
-        record_bytes = sum(s.record_nbytes for s in self.features.values() if s.is_fixed)
+        specs = self.features.values()
+        record_bytes = sum(s.record_nbytes for s in specs if s.is_fixed)
+        if not record_bytes:  # only ragged features: each record has an 8-byte offset
+            record_bytes = 8 * sum(1 for s in specs if s.is_ragged)
         for shard in shards:
             claimed = shard.num_records * record_bytes
-            if claimed > integrity.MAX_EXPANSION * shard.nbytes + (1 << 20):
+            if claimed > MAX_EXPANSION * shard.nbytes + (1 << 20):
                 raise ManifestError(
                     f"dataset {str(self.path)!r}, shard {shard.index}: claims {claimed} bytes "
-                    f"of records in {shard.nbytes} bytes of files (more than "
-                    f"{integrity.MAX_EXPANSION}-fold); refusing to read it"
+                    f"of records in {shard.nbytes} bytes of files ({shard.num_records} records, "
+                    f"more than {MAX_EXPANSION}-fold); refusing to read it"
                 )
+
+    def _check_range(self, ctx: ReadContext, records: range) -> None:
+        """The manifest checks of the shards a range of record numbers touches; allocates nothing."""
+        if not len(records):
+            return
+        lo, hi = min(records[0], records[-1]), max(records[0], records[-1]) + 1
+        starts = ctx.record_starts
+        first = int(np.searchsorted(starts, lo, side="right")) - 1
+        last = int(np.searchsorted(starts, hi - 1, side="right")) - 1
+        new = [ctx.shards[p] for p in range(first, last + 1) if p not in self._checked]
+        if new:
+            self._check_plausible(new)
+            self._checked.update(s.index for s in new)
 
     def _check_touched(self, ctx: ReadContext, indices: np.ndarray) -> None:
         """The manifest checks of the shards holding ``indices``, once per shard.
@@ -463,11 +513,18 @@ class Dataset:
             self._check_plausible(new)
             self._checked.update(s.index for s in new)
 
+    @storage_boundary("verify", lambda self, *a, **k: self.path)
     def verify(self, *, progress: bool | None = None) -> None:
-        """Re-hash every file and every block, whatever ``verify_mode``; report all damage.
+        """Check that every shard can be read as the manifest says; report all damage.
 
-        Every file of every shard is hashed (block indexes included), and
-        each file's blocks are compared with its shard's block index.
+        Runs what reading runs, and more: the plausibility of every record
+        count (before anything is allocated); the size and checksum of every
+        file and of every block (block indexes included, always hashing,
+        whatever ``verify_mode``; every file must be a regular file reached
+        without a symlink); then the source's layout checks
+        (:meth:`~shardstore.sources.base.Source.check_shards`) and, with a
+        random-access source, a read of the first and last record of every
+        shard (which parses the headers and file structure a reader trusts).
 
         Raises
         ------
@@ -475,12 +532,15 @@ class Dataset:
             A ``ChecksumError`` naming the dataset, the shard and the first
             damaged file; ``err.errors`` lists every damaged file (one
             ``ChecksumError`` each), ``err.checked`` the files checked.
+        ManifestError
+            A count, a header or a file structure that contradicts the manifest.
         """
+        self._check_plausible(self.shards)
         total = sum(f.size for s in self.shards for f in s.stored_files)
         with progress_bar(total=total, desc="verify", unit="B", enabled=progress) as bar:
             problems = integrity.hash_shards(
                 self.shards,
-                InsideResolver(self.path).resolve_stat,
+                self._resolve_stat(self.shards),
                 self._damaged,
                 rehash=True,
                 progress=bar.update,
@@ -496,9 +556,26 @@ class Dataset:
                 problems,
                 checked=files,
             )
+        source = self.source
+        ctx = ReadContext(self.path, self.shards, self.features, 1, verifier=self.verifier())
+        source.check_shards(ctx)
+        try:
+            reader = self.source_for("random_access")
+        except CapabilityError:
+            return
+        if reader is not source:
+            reader.check_shards(ctx)
+        from shardstore.random_access import gather_records
+
+        for position, shard in enumerate(self.shards):
+            if shard.num_records:
+                start = int(ctx.record_starts[position])
+                ends = sorted({start, start + shard.num_records - 1})
+                gather_records(reader, ctx, np.array(ends, dtype=np.int64))
 
     def _damaged(self, shard: ShardEntry, relpath: str, what: str) -> ChecksumError:
-        return ChecksumError.in_file(self.path, shard.index, relpath, what)
+        code = errno.ENOENT if what == "is missing" else None  # a FileNotFoundError too
+        return ChecksumError.in_file(self.path, shard.index, relpath, what, errno=code)
 
     def info(self) -> dict[str, Any]:
         """A JSON-ready summary (used by ``shardstore info --json``)."""

@@ -437,6 +437,7 @@ class Writer:
         self._txn.begin()
         ctx = ShardWriteContext(
             root=self._txn.shard_root,  # .shardstore/staging: renamed into place at commit
+            base=self.root,
             prefix=self._prefix,
             index=self._next_index,
             num_records=n,

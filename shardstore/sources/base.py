@@ -110,7 +110,7 @@ class ShardFile:
         self.feature = feature
         #: Source-specific details stored with the file in the manifest.
         self.info: dict[str, Any] = {}
-        self._file = HashingFile(ctx.root / relpath, fsync=ctx.fsync)
+        self._file = HashingFile(ctx.root / relpath, fsync=ctx.fsync, below=ctx.below)
 
     def __enter__(self) -> ShardFile:
         self._file.__enter__()
@@ -170,6 +170,10 @@ class ShardWriteContext:
     features : the spec of every feature, by name.
     options : source-specific write options (e.g. ``compression``).
     fsync : whether files are flushed to stable storage before the commit.
+    base : the dataset directory ``root`` lies in: every directory between
+        them is reached without following links (a staging directory swapped
+        for a symlink mid-write is refused, not written through). ``None``:
+        from ``root`` itself.
     """
 
     root: Path
@@ -179,6 +183,7 @@ class ShardWriteContext:
     features: Mapping[str, FeatureSpec]
     options: Mapping[str, Any] = field(default_factory=dict)
     fsync: bool = True
+    base: Path | None = None
     files: list[FileEntry] = field(default_factory=list)
     #: the shard's block index, once :meth:`write_block_index` has written it
     blocks: FileEntry | None = None
@@ -201,8 +206,15 @@ class ShardWriteContext:
                 f"the file suffix {INDEX_SUFFIX!r} without a feature is reserved for the "
                 "shard's block index"
             )
-        make_dirs((self.root / relpath).parent)
+        make_dirs((self.root / relpath).parent, below=self.below)
         return ShardFile(self, relpath, feature)
+
+    @property
+    def below(self) -> Path:
+        """Where the walk to a new file starts: :attr:`base` if ``root`` is inside it."""
+        if self.base is not None and self.root.is_relative_to(self.base):
+            return self.base
+        return self.root
 
     @property
     def _index_path(self) -> str:
@@ -213,7 +225,7 @@ class ShardWriteContext:
         if not self.files or self.blocks is not None:
             return
         relpath = self._index_path
-        index = HashingFile(self.root / relpath, fsync=self.fsync)
+        index = HashingFile(self.root / relpath, fsync=self.fsync, below=self.below)
         with index:
             self._open_paths.append(index.path)
             index.write(encode_index(self._blocks))

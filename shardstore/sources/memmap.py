@@ -36,6 +36,7 @@ from shardstore.integrity import FileCheck
 from shardstore.manifest import FileEntry, ShardEntry
 from shardstore.ragged import OFFSETS_CACHE_BYTES, RaggedArray, offsets_problem
 from shardstore.random_access import aligned_empty
+from shardstore.safefs import open_regular
 from shardstore.sources.base import ArrayLike, ReadContext, ShardWriteContext, Source
 from shardstore.sources.npy import (
     NpyHeader,
@@ -276,10 +277,7 @@ class MemmapSource(Source):
                 return handle, header, checker.file(shard, entry, fd=handle.fd)
             self._drop(key)
         check = checker.file(shard, entry)  # missing, or another size than the manifest's
-        try:
-            fd = os.open(check.location, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError:
-            raise check.damaged("is missing") from None
+        fd = open_regular(check.location)  # a regular file, never a FIFO or a link
         try:
             # the header NumPy (and so shardstore) writes for what the manifest
             # says: equal bytes need no parsing (10 us instead of ~100 us, which

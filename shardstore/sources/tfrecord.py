@@ -64,6 +64,7 @@ import numpy as np
 from shardstore.checksum import CHUNK_BYTES
 from shardstore.errors import ChecksumError, InvalidInputError, ManifestError
 from shardstore.manifest import FeatureSpec, ShardEntry
+from shardstore.safefs import check_regular, open_binary
 from shardstore.sources.base import ArrayLike, ReadContext, ShardWriteContext, Source
 
 if TYPE_CHECKING:
@@ -622,7 +623,7 @@ def check_framing(path: Path, shard: ShardEntry, *, dataset: str | None = None) 
         return ChecksumError.in_file(dataset, shard.index, entry.path, what)
 
     try:
-        st = os.stat(path)
+        st = check_regular(path)  # never a FIFO or a device: nothing that could block
     except OSError as exc:
         raise damaged(f"cannot be read ({exc})") from None
     sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
@@ -641,7 +642,7 @@ def check_framing(path: Path, shard: ShardEntry, *, dataset: str | None = None) 
 
 def _count_frames(path: Path, size: int, expected: int) -> int:
     """Walk the record headers of a TFRecord file; return how many records it holds."""
-    with open(path, "rb", buffering=0) as f:
+    with open_binary(path, buffering=0) as f:
         fd = f.fileno()
         first = os.pread(fd, _HEADER.size, 0)
         if len(first) == _HEADER.size and expected > 0:

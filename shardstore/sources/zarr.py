@@ -101,6 +101,7 @@ from shardstore.integrity import MAX_EXPANSION, FileCheck, Verifier
 from shardstore.manifest import FeatureSpec, FileEntry, ShardEntry
 from shardstore.ragged import OFFSETS_CACHE_BYTES, RaggedArray, offsets_problem, value_rows
 from shardstore.random_access import aligned_empty
+from shardstore.safefs import open_binary
 from shardstore.sources.base import ArrayLike, ReadContext, ShardWriteContext, Source
 
 if TYPE_CHECKING:
@@ -322,7 +323,7 @@ class _ChunkFile:
                 f"chunk {index} would expand {length} bytes into {want} (more than "
                 f"{MAX_EXPANSION}-fold: refused as a decompression bomb)",
             )
-        with open(ref.data_path, "rb", buffering=0) as f:
+        with open_binary(ref.data_path, buffering=0) as f:
             fd = f.fileno()
             if self._codec is None:
                 if out is None:
@@ -1075,7 +1076,7 @@ def _read_shard_index(
     """
     nchunks = layout.chunks_in_shard
     index_bytes = 16 * nchunks + (4 if layout.index_crc32c else 0)
-    with open(ref.data_path, "rb", buffering=0) as f:
+    with open_binary(ref.data_path, buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
         if size < index_bytes:
             raise _damaged(ref, f"{size} bytes cannot hold a shard index of {index_bytes}")
@@ -1155,7 +1156,7 @@ def _check_array_metadata(ref: _ArrayRef) -> dict[str, Any]:
     path = ref.root / ref.node / "zarr.json"
     where = f"shard {ref.shard}, {ref.meta_relpath!r}"
     try:
-        with open(path, "rb") as f:
+        with open_binary(path) as f:
             raw = f.read(_MAX_METADATA_BYTES + 1)
     except OSError as exc:
         raise _damaged(ref, f"cannot be read ({exc})", relpath=ref.meta_relpath) from None

@@ -11,18 +11,28 @@ Subclass :class:`SourceConformance` in a pytest module and name the source::
 pytest then runs every test below against that source: round trips of every
 dtype and shape, partial last shards, feature selection, shuffle coverage,
 seeded determinism, disjoint and complete worker sharding, corruption
-detection, and honest capability flags (a ``random_access`` source really
+detection, honest capability flags (a ``random_access`` source really
 serves ``ds[i]`` and ``shuffle="global"``; a ``tf_native`` one really builds
-pipelines without Python functions). It needs pytest and TensorFlow.
+pipelines without Python functions), and containment: a source reads the
+bytes of the files the manifest lists and nothing else (a dataset holding
+only ``manifest.json`` and those files, the rest of what the write left
+deleted, reads identically, and no other file of the test's tree is opened).
+A source whose file format can point elsewhere (links to other files,
+external storage) must refuse such a file before reading it, in every read
+path and in :meth:`~shardstore.Dataset.verify` (through
+:meth:`~shardstore.sources.base.Source.check_shards`); its own tests build
+those files. It needs pytest and TensorFlow.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -148,6 +158,29 @@ def assert_same_dataset(actual: shardstore.Dataset, expected: shardstore.Dataset
             a = (actual.path / f_got.path).read_bytes()
             b = (expected.path / f_want.path).read_bytes()
             assert a == b, f"shard {got.index}: {f_got.path} differs from {f_want.path}"
+
+
+_opened: list[str] | None = None
+_hooked = False
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if _opened is not None and event == "open" and args and isinstance(args[0], str | bytes):
+        _opened.append(os.fsdecode(args[0]))
+
+
+@contextlib.contextmanager
+def _opened_paths() -> Iterator[list[str]]:
+    """Every path Python opens in the block (``open``, ``os.open``: the ``open`` audit event)."""
+    global _opened, _hooked
+    if not _hooked:  # an audit hook cannot be removed: install one, once, that is cheap when idle
+        sys.addaudithook(_audit)
+        _hooked = True
+    _opened = []
+    try:
+        yield _opened
+    finally:
+        _opened = None
 
 
 class SourceConformance:
@@ -404,3 +437,44 @@ class SourceConformance:
         assert sorted(got) == list(range(NUM_RECORDS))
         again = self.ids(dataset.to_tf(batch_size=10, features="id", shuffle="global", seed=3))
         assert got == again
+
+    # -- containment ------------------------------------------------------------------------
+    def test_reads_only_the_files_the_manifest_lists(
+        self, tmp_path: Path, data: dict[str, Any]
+    ) -> None:
+        """The listed files and ``manifest.json`` are all a dataset is: nothing else is read.
+
+        The dataset is rebuilt from exactly those files in a fresh directory and
+        everything else the write produced is deleted; every read path must
+        still return the same records, and no file of this test's tree other
+        than the listed ones may be opened.
+        """
+        written = self.write(tmp_path / "w" / "d", data, records_per_shard=RECORDS_PER_SHARD)
+        bare = tmp_path / "bare" / "d"
+        listed = {os.path.realpath(bare / "manifest.json")}
+        for shard in written.shards:
+            for f in shard.files:
+                (bare / f.path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(written.path / f.path, bare / f.path)
+                listed.add(os.path.realpath(bare / f.path))
+        shutil.copyfile(written.path / "manifest.json", bare / "manifest.json")
+        shutil.rmtree(tmp_path / "w")
+        source = shardstore.get_source(self.source)
+        ds = self.open(bare)
+        with _opened_paths() as opened:
+            ds.verify(progress=False)
+            reads = [collect(ds.to_tf(batch_size=10))]
+            reads.append(collect(ds.to_tf(batch_size=10, shuffle=True, seed=0)))
+            if source.random_access:
+                reads.append(ds[:])
+        for out in reads:
+            order = np.argsort(out["id"])
+            for name, expected in data.items():
+                assert_bitwise_equal(out[name][order], expected)
+        tree = os.path.realpath(tmp_path) + os.sep
+        strays = {
+            real
+            for real in map(os.path.realpath, opened)
+            if real.startswith(tree) and os.path.isfile(real) and real not in listed
+        }
+        assert not strays, f"files the manifest does not list were opened: {sorted(strays)}"
