@@ -318,7 +318,8 @@ class Transaction:
                 raise DatasetExistsError(
                     f"{str(root)!r} is not empty and holds no dataset ({shown}{more}); write "
                     "the dataset to a new or empty directory, or pass overwrite=True to write "
-                    "it into this one anyway"
+                    "it into this one anyway",
+                    params=("overwrite",),
                 )
         self.root = root
         self.version_id = version_id

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import re
 from collections.abc import Iterable
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "StoragePermissionError",
     "UnsafeLinkError",
     "UnsupportedDTypeError",
+    "from_tf_error",
 ]
 
 
@@ -388,3 +390,46 @@ def from_os_error(
         message = f"cannot {operation} {name!r}: {reason}"
     cls = _STORAGE_CLASSES.get(code, StorageError) if code is not None else StorageError
     return cls(message, errno=code, strerror=exc.strerror, filename=name, operation=operation)
+
+
+_BUILTIN_ERRNO = (
+    (NotADirectoryError, _errno.ENOTDIR),
+    (IsADirectoryError, _errno.EISDIR),
+    (FileNotFoundError, _errno.ENOENT),
+    (PermissionError, _errno.EACCES),
+)
+_TF_CARRIED = re.compile(r"\b([A-Z][A-Za-z]*Error): (.+?)(?:\nTraceback |\n\n|\n\t|\Z)", re.S)
+_LOCATED = re.compile(r"dataset '(?P<dataset>[^']*)', shard (?P<shard>\d+): file '(?P<file>[^']*)'")
+
+
+def from_tf_error(exc: BaseException) -> ShardStoreError | None:
+    """The :class:`ShardStoreError` a ``tf.data`` pipeline carried in a TensorFlow error.
+
+    Inside a running pipeline TensorFlow turns every Python exception into its
+    own ``tf.errors.OpError``, keeping only the message (``"ChecksumError:
+    dataset '...', shard 3: file '...' ..."``). Code that iterates a pipeline
+    itself (``Dataset.iter_numpy``) rebuilds the typed error from it, so that
+    ``except ChecksumError`` works there too. Returns ``None`` when the message
+    names no shardstore error.
+    """
+    for match in _TF_CARRIED.finditer(str(exc)):
+        cls = globals().get(match.group(1))
+        if not (isinstance(cls, type) and issubclass(cls, ShardStoreError)):
+            continue
+        message = match.group(2).strip()
+        try:
+            error: ShardStoreError = cls(message)
+        except TypeError:  # a class that needs more than its message
+            base = ChecksumError if issubclass(cls, ChecksumError) else ShardStoreError
+            error = base(message)
+        for builtin, code in _BUILTIN_ERRNO:
+            if isinstance(error, builtin) and getattr(error, "errno", None) is None:
+                error.errno = code
+                break
+        located = _LOCATED.search(message)
+        if located is not None and isinstance(error, ChecksumError):
+            error.dataset = located["dataset"]
+            error.shard = int(located["shard"])
+            error.file = located["file"]
+        return error
+    return None

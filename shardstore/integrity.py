@@ -490,7 +490,14 @@ class Verifier:
         check = self._checks.get(entry.path)
         if check is not None:
             return check
-        location, st = self._resolver.resolve_stat(entry.path)
+        try:
+            location, st = self._resolver.resolve_stat(entry.path)
+        except ChecksumError as exc:  # damage on the way (a link, a file for a directory)
+            if exc.shard is not None or exc.what is None:
+                raise
+            raise type(exc).in_file(
+                self.root, shard.index, entry.path, exc.what, errno=exc.errno
+            ) from None
         if fd is not None:
             st = os.fstat(fd)
         if st is None:

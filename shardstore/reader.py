@@ -25,6 +25,7 @@ from shardstore.errors import (
     DamagedFilesError,
     InvalidInputError,
     ManifestError,
+    from_tf_error,
 )
 from shardstore.fsutil import InsideResolver
 from shardstore.manifest import MAX_EXPANSION, FeatureSpec, Manifest, ShardEntry
@@ -216,9 +217,20 @@ class Dataset:
         try:
             source = self.source_for("random_access")
         except CapabilityError:
-            for batch in self.to_tf(step, features=tuple(names)).as_numpy_iterator():
+            import tensorflow as tf
+
+            batches = self.to_tf(step, features=tuple(names)).as_numpy_iterator()
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    return
+                except tf.errors.OpError as exc:  # the pipeline's own error, typed again
+                    typed = from_tf_error(exc)
+                    if typed is None:
+                        raise
+                    raise typed from exc
                 yield dict(zip(names, batch, strict=True))
-            return
         from shardstore.random_access import gather_records
 
         specs = {n: self.features[n] for n in names}

@@ -54,6 +54,7 @@ from shardstore.errors import (
     SourceNotFoundError,
     UnsafeLinkError,
     UnsupportedDTypeError,
+    from_tf_error,
 )
 from shardstore.manifest import Manifest
 from shardstore.sources.tfrecord import masked_crc32c
@@ -887,12 +888,24 @@ def test_symlinks_inside_the_dataset_are_refused_even_when_they_stay_inside(
             (path / "manifest.json").symlink_to(path / "m.json")
         for read in (
             lambda: shardstore.open(path)[:],
-            lambda: shardstore.open(path).to_tf(4),
+            lambda: shardstore.open(path).to_tf(4, tf_native=True),  # checked up front
+            lambda: typed(lambda: collect(shardstore.open(path).to_tf(4))),  # when reached
             lambda: shardstore.open(path).verify(progress=False),
         ):
             with pytest.raises(UnsafeLinkError, match="symbolic link"):
                 read()
         assert cli.main(["verify", str(path)]) == 1
+
+
+def typed(read: Any) -> Any:
+    """``read()``, with the error a ``tf.data`` pipeline carried raised as its own type."""
+    try:
+        return read()
+    except tf.errors.OpError as exc:
+        carried = from_tf_error(exc)
+        if carried is None:
+            raise
+        raise carried from exc
 
 
 # -- FIFOs, devices, sockets, directories: never block, never read without end ---------------
@@ -902,7 +915,7 @@ from pathlib import Path
 import numpy as np
 import shardstore
 from shardstore import cli
-from shardstore.errors import ShardStoreError
+from shardstore.errors import ShardStoreError, from_tf_error
 
 original, kind, where = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 tmp = Path(tempfile.mkdtemp())
@@ -930,7 +943,11 @@ def attempt(name, fn):
     except ShardStoreError as exc:
         outcomes[name] = type(exc).__name__
     except Exception as exc:  # reported, then judged by the test
-        outcomes[name] = "BAD " + type(exc).__name__ + ": " + str(exc)[:200]
+        typed = from_tf_error(exc)  # inside a pipeline: TensorFlow's error carrying ours
+        if typed is not None:
+            outcomes[name] = type(typed).__name__
+        else:
+            outcomes[name] = "BAD " + type(exc).__name__ + ": " + str(exc)[:200]
 
 def read_tf(**kw):
     for _ in shardstore.open(path).to_tf(batch_size=4, **kw):
@@ -1069,7 +1086,8 @@ def test_a_version_directory_replaced_by_a_file_is_damage(originals: dict[str, P
         shutil.rmtree(vdir)
         vdir.write_bytes(b"not a directory")
         ds = shardstore.open(path)
-        for read in (lambda: ds.verify(progress=False), lambda: ds[:], lambda: ds.to_tf(4),
+        for read in (lambda: ds.verify(progress=False), lambda: ds[:],
+                     lambda: typed(lambda: collect(ds.to_tf(4))),
                      lambda: next(ds.iter_numpy(4))):  # fmt: skip
             with pytest.raises(ChecksumError, match="not a directory") as exc:
                 read()
@@ -1209,7 +1227,7 @@ import json, os, random, shutil, socket, stat, sys, tempfile
 from pathlib import Path
 import numpy as np
 import shardstore
-from shardstore.errors import ShardStoreError
+from shardstore.errors import ShardStoreError, from_tf_error
 
 original, trials, seed = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 rng = random.Random(seed)
@@ -1239,6 +1257,12 @@ for trial in range(trials):
             summary[name + ": ok"] = summary.get(name + ": ok", 0) + 1
         except ShardStoreError as exc:
             key = name + ": " + type(exc).__name__
+            summary[key] = summary.get(key, 0) + 1
+        except Exception as exc:  # inside a pipeline: TensorFlow's error carrying ours
+            typed = from_tf_error(exc)
+            if typed is None:
+                raise
+            key = name + ": " + type(typed).__name__
             summary[key] = summary.get(key, 0) + 1
     attempt("verify", lambda: shardstore.open(path).verify(progress=False))
     attempt("getitem", lambda: shardstore.open(path)[:])

@@ -453,7 +453,7 @@ class SourceConformance:
         bare = tmp_path / "bare" / "d"
         listed = {os.path.realpath(bare / "manifest.json")}
         for shard in written.shards:
-            for f in shard.files:
+            for f in shard.stored_files:
                 (bare / f.path).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(written.path / f.path, bare / f.path)
                 listed.add(os.path.realpath(bare / f.path))
