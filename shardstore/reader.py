@@ -500,7 +500,7 @@ class Dataset:
                 )
 
     def _check_range(self, ctx: ReadContext, records: range) -> None:
-        """The manifest checks of the shards a range of record numbers touches; allocates nothing."""
+        """The manifest checks of the shards a range of records touches; allocates nothing."""
         if not len(records):
             return
         lo, hi = min(records[0], records[-1]), max(records[0], records[-1]) + 1
