@@ -42,6 +42,7 @@ from shardstore.errors import (
     StoragePermissionError,
     UnsafeLinkError,
     UnsupportedDTypeError,
+    from_tf_error,
 )
 from shardstore.ingest import ingest
 from shardstore.manifest import FeatureSpec, Manifest
@@ -103,6 +104,7 @@ __all__ = [
     "__version__",
     "available_sources",
     "convert",
+    "from_tf_error",
     "gc",
     "get_source",
     "index_tfrecords",

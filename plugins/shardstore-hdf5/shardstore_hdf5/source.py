@@ -93,6 +93,7 @@ class _ShardLayout:
     path: str
     relpath: str
     shard: int
+    dataset: str
     checksum: str
     size: int
     num_records: int
@@ -204,7 +205,7 @@ class Hdf5Source(Source):
             layout = _shard_layout(ctx, position)
             names = tuple(sorted(ctx.features))
             key = (layout.path, layout.checksum, names)
-            st = check_regular(layout.path)
+            st = _checked_file(layout)
             sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
             with self._lock:
                 if self._plain.get(key) == sig:
@@ -330,7 +331,7 @@ class Hdf5Source(Source):
             log.debug("hdf5: closing %s (handle cache full)", old_path)
             old.file.close()
         log.debug("hdf5: opening %s for random access", layout.path)
-        check_regular(layout.path)  # a regular file (never a FIFO or a link) for h5py to open
+        _checked_file(layout)  # a regular file of the right size (never a FIFO or a link)
         # Committed shard files never change, so HDF5's file locking (which
         # fails on some network file systems) buys nothing here.
         handle = _Handle(h5py.File(layout.path, "r", locking=False), {})
@@ -348,6 +349,19 @@ class Hdf5Source(Source):
         return dset
 
 
+def _checked_file(layout: _ShardLayout) -> os.stat_result:
+    """``stat`` of the shard file: a regular file of the manifest's size, before h5py opens it."""
+    st = check_regular(layout.path)
+    if st.st_size != layout.size:
+        raise ChecksumError.in_file(
+            layout.dataset,
+            layout.shard,
+            layout.relpath,
+            f"has {st.st_size} bytes, the manifest records {layout.size}",
+        )
+    return st
+
+
 @contextlib.contextmanager
 def _hdf5_errors(layout: _ShardLayout) -> Iterator[None]:
     """Report what h5py raises on a damaged file as a ``ChecksumError`` naming the file."""
@@ -356,10 +370,8 @@ def _hdf5_errors(layout: _ShardLayout) -> Iterator[None]:
     except ShardStoreError:
         raise
     except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
-        raise ChecksumError(
-            f"shard {layout.shard}: file {layout.relpath!r} is not a readable HDF5 shard ({exc})",
-            shard=layout.shard,
-            file=layout.relpath,
+        raise ChecksumError.in_file(
+            layout.dataset, layout.shard, layout.relpath, f"is not a readable HDF5 shard ({exc})"
         ) from None
 
 
@@ -501,6 +513,7 @@ def _shard_layout(ctx: ReadContext, position: int) -> _ShardLayout:
         path=str(ctx.resolve(entry.path)),
         relpath=entry.path,
         shard=shard.index,
+        dataset=str(ctx.root),
         checksum=entry.checksum,
         size=entry.size,
         num_records=shard.num_records,
