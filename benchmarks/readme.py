@@ -48,13 +48,13 @@ def readme_block(doc: dict[str, Any], chart_link: str = CHART) -> str:
     return "\n\n".join(parts)
 
 
-def replace_block(text: str, block: str) -> str:
-    """``text`` with everything between the markers replaced by ``block``."""
-    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
-        raise ValueError(f"the README needs exactly one {START} ... {END} pair, in that order")
-    head, rest = text.split(START)
-    _, tail = rest.split(END)
-    return f"{head}{START}\n{block}\n{END}{tail}"
+def replace_block(text: str, block: str, *, start: str = START, end: str = END) -> str:
+    """``text`` with everything between the ``start`` and ``end`` markers replaced by ``block``."""
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ValueError(f"the README needs exactly one {start} ... {end} pair, in that order")
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    return f"{head}{start}\n{block}\n{end}{tail}"
 
 
 def update_readme(readme: Path, doc: dict[str, Any], *, chart: Path | None = None) -> None:
