@@ -56,6 +56,7 @@ from benchmarks.workloads import WORKLOADS, Workload, make_arrays
 
 __all__ = [
     "END",
+    "LIBRARY_NAMES",
     "PAGE",
     "SCHEMA",
     "START",
@@ -533,8 +534,14 @@ def _child(
     workload: Workload,
     workdir: Path,
     log: Log,
+    *,
+    timeout_s: float = 3 * 3600,
 ) -> tuple[list[Row], dict[str, str]]:
-    """Run one library's rows in another interpreter (its own venv); return rows, versions."""
+    """Run one library's rows in another interpreter (its own venv); return rows, versions.
+
+    A child that fails, or runs past ``timeout_s``, raises ``RuntimeError`` with the
+    last lines it printed.
+    """
     out = workdir / f"{library.name}-{workload.name}.json"
     command = [
         python, "-m", "benchmarks.peers_bench", "--worker", library.name,
@@ -543,16 +550,26 @@ def _child(
     ]  # fmt: skip
     command += [f"--preload={module}" for module in library.preload]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    done = subprocess.run(command, cwd=REPO, env=env, check=False, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        done = subprocess.run(command, cwd=REPO, env=env, check=False, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=timeout_s)  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"{python} ran past {timeout_s:.0f} s: {_tail(exc.stdout)}") from exc
     for line in done.stdout.splitlines():
-        if line.startswith("  "):
+        if line.startswith(f"  {workload.name}: "):
             log(line)
     if done.returncode != 0:
-        tail = " | ".join(done.stdout.strip().splitlines()[-3:])
-        raise RuntimeError(f"{python} exited with {done.returncode}: {tail}")
+        raise RuntimeError(f"{python} exited with {done.returncode}: {_tail(done.stdout)}")
     result = json.loads(out.read_text())
     return result["rows"], result["versions"]
+
+
+def _tail(output: str | bytes | None, lines: int = 3) -> str:
+    """The last ``lines`` lines of a child's output, without TensorFlow's start-up chatter."""
+    text = output.decode(errors="replace") if isinstance(output, bytes) else output or ""
+    noise = ("I0000", "W0000", "E0000", "WARNING: All log messages", "To enable the following")
+    kept = [line for line in text.strip().splitlines() if not line.startswith(noise)]
+    return " | ".join(kept[-lines:])
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -675,20 +692,23 @@ def _describe(row: Row) -> str:
     )
 
 
-def _csv(choices: Sequence[str]) -> Callable[[str], list[str]]:
+def _csv(choices: Sequence[str] | None) -> Callable[[str], list[str]]:
     def parse(text: str) -> list[str]:
         items = [part for part in text.split(",") if part]
-        if not items or any(i not in choices for i in items):
-            raise argparse.ArgumentTypeError(f"choose from {', '.join(choices)}")
+        if not items or (choices is not None and any(i not in choices for i in items)):
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(choices or ())}")
         return items
 
     return parse
 
 
-def _parser() -> argparse.ArgumentParser:
-    from benchmarks.peer_libs import LIBRARIES
+#: every library of benchmarks.peer_libs.LIBRARIES (named here: a worker must be able to
+#: parse its arguments before TensorFlow is imported, see ``--preload``)
+LIBRARY_NAMES = ("grain", "lance", "webdataset", "zarr", "streaming")
 
-    names = [lib.name for lib in LIBRARIES]
+
+def _parser() -> argparse.ArgumentParser:
+    names = list(LIBRARY_NAMES)
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.peers_bench",
         description=__doc__,
@@ -729,12 +749,10 @@ def main(argv: list[str] | None = None) -> int:
         update_page(args.page, json.loads((args.out / LATEST).read_text()))
         _log(f"updated {args.page} from {args.out / LATEST}")
         return 0
-    from benchmarks.peer_libs import LIBRARIES
-
     complete = (
         args.scale == 1
         and set(args.workload) == set(WORKLOADS)
-        and set(args.library) == {lib.name for lib in LIBRARIES}
+        and set(args.library) == set(LIBRARY_NAMES)
     )
     publish = complete if args.publish is None else args.publish
     if args.workdir is not None:
