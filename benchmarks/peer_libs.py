@@ -269,15 +269,18 @@ class _Lance:
 
 
 def _lance_write(arrays: Arrays, directory: Path, batch_size: int) -> _Lance:
-    """A Lance dataset (default writer settings): ``x`` as a fixed-size list of float32."""
+    """A Lance dataset (default writer settings), ``x`` an Arrow fixed-shape tensor column.
+
+    The tensor type is the one ``lance-tensorflow`` turns into a tensor through
+    NumPy; a fixed-size list column would go through Python lists.
+    """
     import lance
     import pyarrow as pa
 
     x = arrays["x"]
-    flat = pa.array(x.reshape(-1))
     table = pa.table(
         {
-            "x": pa.FixedSizeListArray.from_arrays(flat, int(np.prod(x.shape[1:]))),
+            "x": pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(x)),
             "label": pa.array(arrays["label"]),
         }
     )
@@ -308,8 +311,7 @@ def _lance_build(state: _Lance, mode: str, batch_size: int) -> tf.data.Dataset:
 
     def read(i: int) -> Batch:  # its random access: take() of the batch's rows
         table = ds.take(_global_indices(perm, i, batch_size), columns=columns)
-        x = table["x"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        return x.reshape(-1, *shape), table["label"].to_numpy()
+        return table["x"].combine_chunks().to_numpy_ndarray(), table["label"].to_numpy()
 
     return indexed_batches(read, batch_order(ds.count_rows(), batch_size, mode), shape)
 
@@ -427,7 +429,7 @@ LIBRARIES: tuple[Library, ...] = (
         "batched by Grain; `from_generator` into TensorFlow (Grain has no TF adapter)",
         _grain_write,
         _grain_build,
-        max_records={"tabular": 1 << 19},
+        max_records={"tabular": 1 << 16},
     ),
     Library(
         "lance",
@@ -438,7 +440,7 @@ LIBRARIES: tuple[Library, ...] = (
             "shuffle": "`from_lance_batches(shuffle=True)` + `lance_take_batches`",
             "global": "`take()` of each batch's random rows, parallel `map`",
         },
-        "`lance.write_dataset` defaults, `x` a fixed-size list of float32; `lance-tensorflow`'s "
+        "`lance.write_dataset` defaults, `x` an Arrow fixed-shape tensor; `lance-tensorflow`'s "
         "own `tf.data` adapters (read-ahead 10 batches for `lance_take_batches`); its random "
         "access (`take`) through a parallel `numpy_function` map",
         _lance_write,
@@ -459,7 +461,7 @@ LIBRARIES: tuple[Library, ...] = (
         _wds_write,
         _wds_build,
         python="torch",
-        max_records={"tabular": 1 << 18},
+        max_records={"tabular": 1 << 16},
         preload=("torch",),
     ),
     Library(
@@ -476,7 +478,7 @@ LIBRARIES: tuple[Library, ...] = (
         "row costs its whole chunk",
         _zarr_write,
         _zarr_build,
-        prefix_records={"global": {"images": 2048, "tabular": 1 << 18}},
+        prefix_records={"global": {"images": 1024, "tabular": 1 << 14}},
     ),
     Library(
         "streaming",
@@ -493,7 +495,7 @@ LIBRARIES: tuple[Library, ...] = (
         _streaming_write,
         _streaming_build,
         python="torch",
-        max_records={"tabular": 1 << 19},
+        max_records={"tabular": 1 << 16},
         # triton (PyTorch's compiler, loaded by Streaming through torch) crashes the
         # process when its extension loads after TensorFlow's
         preload=("streaming",),
