@@ -112,10 +112,14 @@ def from_batches(make: Callable[[], Iterable[Batch]], shape: tuple[int, ...]) ->
 
 
 def batch_order(num_records: int, batch_size: int, mode: str) -> np.ndarray:
-    """Batch numbers in the order a mode reads them (shuffled by ``SEED`` unless in order)."""
+    """Batch numbers in the order a mode reads them (shuffled by ``SEED`` unless in order).
+
+    A short last batch stays last, so that any prefix of whole batches holds
+    ``batch_size`` records per batch.
+    """
     batches = np.arange(-(-num_records // batch_size), dtype=np.int64)
     if mode != "sequential":
-        np.random.default_rng(SEED).shuffle(batches)
+        np.random.default_rng(SEED).shuffle(batches[: num_records // batch_size])
     return batches
 
 
@@ -421,7 +425,7 @@ LIBRARIES: tuple[Library, ...] = (
         ("grain", "array-record"),
         {
             "sequential": "`MapDataset` in order",
-            "shuffle": "`WindowShuffleMapDataset` (windows of 10,000 records)",
+            "shuffle": "`WindowShuffleIterDataset` (windows of 10,000 records)",
             "global": "`MapDataset.shuffle` (global)",
         },
         "ArrayRecord `group_size:1,uncompressed`, 64 MiB files; `ReadOptions(num_threads=16, "

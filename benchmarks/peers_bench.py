@@ -38,6 +38,7 @@ import datetime
 import importlib
 import importlib.metadata
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -156,6 +157,13 @@ def _checked_epoch(tfds: Any) -> Expectation:
     return int(count.numpy()), int(labels.numpy()), float(xs.numpy())
 
 
+def _same_sum(got: float, want: float) -> bool:
+    """Float64 sums of the same float32 values, added in another order (NaN equals NaN)."""
+    if math.isnan(want) or math.isnan(got):
+        return math.isnan(want) and math.isnan(got)
+    return abs(got - want) <= 1e-9 * max(1.0, abs(want))
+
+
 def _check(got: Expectation, expect: Expectation, what: str) -> None:
     count, labels, xs = expect
     problems = []
@@ -163,7 +171,7 @@ def _check(got: Expectation, expect: Expectation, what: str) -> None:
         problems.append(f"{got[0]:,} records instead of {count:,}")
     if labels is not None and got[1] != labels:
         problems.append(f"label sum {got[1]} instead of {labels}")
-    if xs is not None and abs(float(got[2] or 0.0) - xs) > 1e-9 * max(1.0, abs(xs)):
+    if xs is not None and not _same_sum(float(got[2] or 0.0), xs):
         problems.append(f"x sum {got[2]!r} instead of {xs!r}")
     if problems:
         raise PeerCheckError(f"{what} delivered other records: {'; '.join(problems)}")
@@ -404,6 +412,8 @@ def libraries_table(doc: dict[str, Any]) -> str:
         detail = lib.get("settings", "")
         if lib["status"] != "measured":
             detail = f"**not measured**: {lib.get('reason', lib['status'])}"
+        for where, error in lib.get("errors", {}).items():
+            detail += f"; **{where} failed**: {error}"
         rows.append([lib["label"], version, modes, detail])
     return _md_table(["library", "version", "modes", "settings"], rows)
 
@@ -474,8 +484,14 @@ def library_rows(
     workdir: Path,
     repeats: int,
     log: Log,
+    errors: dict[str, str] | None = None,
 ) -> list[Row]:
-    """Write ``library``'s format (untimed) and measure every mode it offers, in this process."""
+    """Write ``library``'s format (untimed) and measure every mode it offers, in this process.
+
+    A mode that fails (its records check included) is left out and its error
+    recorded in ``errors`` under ``"<workload> <mode>"``; the other modes go on.
+    Without ``errors``, the first failure raises.
+    """
     n = min(len(arrays["label"]), library.max_records.get(workload.name, len(arrays["label"])))
     subset = {k: v[:n] for k, v in arrays.items()}
     expect = expectation(subset)
@@ -487,14 +503,21 @@ def library_rows(
         state = library.write(subset, directory, workload.batch_size)
         log(f"  {workload.name}: {library.label}: written in {time.perf_counter() - t0:.1f} s")
         for mode, what in library.modes.items():
-            tfds = library.build(state, mode, workload.batch_size)
             measured, check = n, expect
             prefix = library.prefix_records.get(mode, {}).get(workload.name, n)
-            if prefix < n:  # a prefix of the epoch, whole batches, scaled to the whole
-                batches = max(1, prefix // workload.batch_size)
-                measured = min(n, batches * workload.batch_size)
-                tfds, check = tfds.take(batches), (measured, None, None)
-            seconds = measure(tfds, check, repeats=repeats, what=f"{library.label} {mode}")
+            try:
+                tfds = library.build(state, mode, workload.batch_size)
+                if prefix < n:  # a prefix of the epoch, whole batches, scaled to the whole
+                    batches = max(1, prefix // workload.batch_size)
+                    measured = min(n, batches * workload.batch_size)
+                    tfds, check = tfds.take(batches), (measured, None, None)
+                seconds = measure(tfds, check, repeats=repeats, what=f"{library.label} {mode}")
+            except Exception as exc:
+                if errors is None:
+                    raise
+                errors[f"{workload.name} {mode}"] = f"{type(exc).__name__}: {exc}"
+                log(f"  {workload.name}: {library.label}, {mode} failed: {exc}")
+                continue
             rows.append(
                 make_row(
                     workload,
@@ -524,6 +547,7 @@ def _library_info(library: Any) -> dict[str, Any]:
         "prefix_records": {m: dict(w) for m, w in library.prefix_records.items()},
         "versions": {},
         "status": "measured",
+        "errors": {},
     }
 
 
@@ -536,8 +560,10 @@ def _child(
     log: Log,
     *,
     timeout_s: float = 3 * 3600,
-) -> tuple[list[Row], dict[str, str]]:
-    """Run one library's rows in another interpreter (its own venv); return rows, versions.
+) -> tuple[list[Row], dict[str, str], dict[str, str]]:
+    """Run one library's rows in another interpreter (its own venv).
+
+    Returns its rows, its versions and the errors of the modes that failed.
 
     A child that fails, or runs past ``timeout_s``, raises ``RuntimeError`` with the
     last lines it printed.
@@ -561,7 +587,7 @@ def _child(
     if done.returncode != 0:
         raise RuntimeError(f"{python} exited with {done.returncode}: {_tail(done.stdout)}")
     result = json.loads(out.read_text())
-    return result["rows"], result["versions"]
+    return result["rows"], result["versions"], result["errors"]
 
 
 def _tail(output: str | bytes | None, lines: int = 3) -> str:
@@ -582,14 +608,16 @@ def _worker(args: argparse.Namespace) -> int:
     (name,) = args.workload
     workload = WORKLOADS[name].scaled(args.scale)
     workdir = Path(tempfile.mkdtemp(prefix="peers-", dir=args.workdir))
+    errors: dict[str, str] = {}
     try:
         rows = library_rows(
             library, workload, make_arrays(workload), workdir, args.repeats,
-            lambda m: print(m, flush=True),
+            lambda m: print(m, flush=True), errors,
         )  # fmt: skip
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    args.rows_out.write_text(json.dumps({"rows": rows, "versions": versions(library)}))
+    result = {"rows": rows, "versions": versions(library), "errors": errors}
+    args.rows_out.write_text(json.dumps(result))
     return 0
 
 
@@ -654,13 +682,19 @@ def run(args: argparse.Namespace, workdir: Path, log: Log = _log) -> dict[str, A
                 if info[lib.name]["status"] != "measured":
                     continue
                 log(f"  {name}: {lib.label} ...")
+                errors = info[lib.name]["errors"]
                 try:
                     if lib.python == "main":
-                        rows += library_rows(lib, workload, arrays, workdir, args.repeats, log)
+                        rows += library_rows(
+                            lib, workload, arrays, workdir, args.repeats, log, errors
+                        )
                     else:
-                        got, vers = _child(lib, pythons[lib.python], args, workload, workdir, log)
+                        got, vers, errs = _child(
+                            lib, pythons[lib.python], args, workload, workdir, log
+                        )
                         rows += got
                         info[lib.name]["versions"] = vers
+                        errors.update(errs)
                 except Exception as exc:  # one library failing must not lose the others' rows
                     info[lib.name].update(status="failed", reason=f"{type(exc).__name__}: {exc}")
                     log(f"  {name}: {lib.label} failed: {exc}")

@@ -10,6 +10,7 @@ a PyTorch peer whose interpreter is missing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -119,6 +120,7 @@ def test_from_batches_and_indexed_batches_deliver_what_they_are_given(
     _sorted_equal(arrays, x, label)
     order = peer_libs.batch_order(37, 8, "shuffle")
     assert sorted(order.tolist()) == list(range(5)) and order.tolist() != list(range(5))
+    assert order[-1] == 4  # the short batch last: every prefix of whole batches is full
     assert peer_libs.batch_order(37, 8, "sequential").tolist() == list(range(5))
     x, label, per_batch = _collect(
         peer_libs.indexed_batches(lambda i: batches[i], order, TINY.shape)
@@ -143,6 +145,7 @@ def test_zarr_slices_deliver_every_record_in_each_mode(
         assert all(np.all(np.diff(b) == 7) for b in per_batch)
     if mode == "global":  # records from all over the dataset in one batch
         assert any(np.any(np.diff(b) != 7) for b in per_batch)
+    assert [len(b) for b in per_batch] == [8, 8, 8, 8, 5]
 
 
 def test_libraries_describe_their_modes_settings_and_interpreter() -> None:
@@ -227,7 +230,8 @@ def _doc() -> dict[str, Any]:
     doc["summary"] = summary(rows)
     doc["libraries"] = [
         {"name": "grain", "label": "Grain", "status": "measured", "versions": {"grain": "9"},
-         "modes": {"sequential": "in order"}, "settings": "its defaults"},
+         "modes": {"sequential": "in order"}, "settings": "its defaults",
+         "errors": {"w shuffle": "PeerCheckError: lost records"}},
         {"name": "streaming", "label": "Streaming", "status": "skipped",
          "reason": "no interpreter for it", "modes": {}, "versions": {}},
     ]  # fmt: skip
@@ -265,7 +269,10 @@ def test_block_renders_rows_ratios_subsets_and_missing_libraries() -> None:
     assert "| zarr sequential | 100 | 0.00 | 0.10 | 5.00 |" in block
     assert "| w | sequential | 500 | Grain | 250 | 2.00 |" in block
     assert "| Streaming | - |  | **not measured**: no interpreter for it |" in block
-    assert "| Grain | grain 9 | sequential: in order | its defaults |" in block
+    assert (
+        "| Grain | grain 9 | sequential: in order | its defaults; "
+        "**w shuffle failed**: PeerCheckError: lost records |" in block
+    )
 
 
 def test_update_page_rewrites_only_its_own_block(tmp_path: Path) -> None:
@@ -326,13 +333,33 @@ def test_a_library_runs_in_another_interpreter_as_a_child(tmp_path: Path) -> Non
     args = argparse.Namespace(scale=0.0001, repeats=1)
     workload = Workload("tabular", 4096, (16,), 4096)
     logged: list[str] = []
-    rows, versions = peers_bench._child(
+    rows, versions, errors = peers_bench._child(
         zarr_lib, sys.executable, args, workload, tmp_path, logged.append, timeout_s=300
     )
     assert [r["id"] for r in rows] == ["zarr:sequential", "zarr:shuffle", "zarr:global"]
-    assert versions["zarr"] and any("plain zarr slices" in line for line in logged)
+    assert versions["zarr"] and errors == {}
+    assert any("plain zarr slices" in line for line in logged)
     with pytest.raises(RuntimeError, match="exited with 2"):
         peers_bench._child(
             zarr_lib, sys.executable, argparse.Namespace(scale=-1, repeats="x"), workload,
             tmp_path, logged.append, timeout_s=300,
         )  # fmt: skip
+
+
+def test_a_failing_mode_is_recorded_and_the_other_modes_are_kept(
+    arrays: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    (zarr_lib,) = peer_libs.by_name(["zarr"])
+
+    def build(state: Any, mode: str, batch_size: int) -> tf.data.Dataset:
+        tfds = zarr_lib.build(state, mode, batch_size)
+        return tfds.skip(1) if mode == "shuffle" else tfds  # loses a batch
+
+    broken = dataclasses.replace(zarr_lib, build=build)
+    errors: dict[str, str] = {}
+    rows = peers_bench.library_rows(broken, TINY, arrays, tmp_path, 1, lambda m: None, errors)
+    assert [r["mode"] for r in rows] == ["sequential", "global"]
+    assert list(errors) == ["tiny shuffle"] and "PeerCheckError" in errors["tiny shuffle"]
+    with pytest.raises(PeerCheckError):
+        peers_bench.library_rows(broken, TINY, arrays, tmp_path, 1, lambda m: None)
+    assert list(tmp_path.iterdir()) == []  # its files are removed either way
