@@ -288,20 +288,20 @@ BLOCKS: dict[str, Callable[[dict[str, Any], str], str]] = {
 }
 
 
-def replace_block(text: str, block: str) -> str:
-    """``text`` with everything between the (unnamed) markers replaced by ``block``.
+def replace_block(text: str, block: str, *, start: str = START, end: str = END) -> str:
+    """``text`` with everything between the ``start`` and ``end`` markers replaced by ``block``.
 
     Markers inside code (an example of them) do not count.
     """
     masked = _mask_code(text)
     if (
-        masked.count(START) != 1
-        or masked.count(END) != 1
-        or masked.index(START) > masked.index(END)
+        masked.count(start) != 1
+        or masked.count(end) != 1
+        or masked.index(start) > masked.index(end)
     ):
-        raise ValueError(f"the README needs exactly one {START} ... {END} pair, in that order")
-    start, end = masked.index(START), masked.index(END)
-    return f"{text[:start]}{START}\n{block}\n{END}{text[end + len(END) :]}"
+        raise ValueError(f"the README needs exactly one {start} ... {end} pair, in that order")
+    lo, hi = masked.index(start), masked.index(end)
+    return f"{text[:lo]}{start}\n{block}\n{end}{text[hi + len(end) :]}"
 
 
 def _mask_code(text: str) -> str:
