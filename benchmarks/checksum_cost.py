@@ -1,19 +1,22 @@
-"""What checksums on the read path cost: first epoch vs later epochs, verify="once" vs "size".
+"""What checksums on the read path cost: ``python -m benchmarks.checksum_cost``.
 
 The DESIGN.md images workload (64x64x3 float32 + int64 label), npy source,
-ordered read, batch 256, consumed in graph. Warm page cache (the dataset was
-just written): this measures the CPU cost of hashing, the worst case for its
-relative cost, since on cold storage reading dominates. Each figure is the
-best of ``--repeats`` runs; "first epoch" with ``verify="once"`` starts from an
-empty memory of verified files (``integrity.forget()``), so it includes
-hashing every file before the first batch. Usage::
+batch 256, consumed in graph, warm page cache (the dataset was just written):
+this measures the CPU cost of hashing, the worst case for its relative cost,
+since on cold storage reading dominates. For each shuffle mode, one epoch
+with ``verify="size"``, the first epoch with ``verify="once"`` (every block
+read is hashed: the process's memory of verified blocks is emptied first,
+``integrity.forget()``), and a later epoch with ``verify="once"`` (blocks
+only looked up); best of ``--repeats``, variants interleaved. ``make bench``
+measures the same first-epoch rows in its read suite. Usage::
 
-    python benchmarks/checksum_cost.py [--records 32768] [--out /tmp/sscheck]
+    python -m benchmarks.checksum_cost [--records 16384] [--out /tmp/sscheck]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -27,61 +30,59 @@ import shardstore
 from shardstore import integrity
 from shardstore.bench import synthetic_images
 
+__all__ = ["main"]
 
-def epoch(ds: shardstore.Dataset) -> float:
-    """Seconds to build the pipeline and consume one epoch of it."""
+MODES: dict[str, bool | str] = {"in order": False, "shuffle=True": True, "global": "global"}
+
+
+def _epoch(tfds: tf.data.Dataset) -> float:
     t0 = time.perf_counter()
-    tfds = ds.to_tf(batch_size=256, features=("image", "label"))
     tfds.reduce(tf.constant(0, tf.int64), lambda acc, e: acc + tf.shape(e[0], tf.int64)[0])
     return time.perf_counter() - t0
 
 
-def main() -> None:
-    """Write the dataset once, then time the variants."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--records", type=int, default=32768)
+def _first_epoch(tfds: tf.data.Dataset) -> float:
+    integrity.forget()  # nothing verified yet in this process
+    return _epoch(tfds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the dataset once, then time the variants of every mode."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.checksum_cost")
+    parser.add_argument("--records", type=int, default=16384)
     parser.add_argument("--out", default="/tmp/sscheck")
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     path = Path(args.out)
     with shardstore.Writer(path, overwrite=True, fsync=False) as w:
         for batch in synthetic_images(args.records, 1024):
             w.write(batch)
-    ds = shardstore.open(path)
-    gb = ds.nbytes / 1e9
-    print(f"{ds.num_records} records, {ds.num_shards} shards, {gb:.2f} GB, {os.cpu_count()} CPUs")
+    gb = shardstore.open(path).nbytes / 1e9
+    print(f"{args.records} records, {gb:.2f} GB, {os.cpu_count()} CPUs")
+    for label, shuffle in MODES.items():
+        pipes = {
+            v: shardstore.open(path, verify=v).to_tf(
+                256, features=("image", "label"), shuffle=shuffle, seed=0
+            )
+            for v in ("size", "once")
+        }
 
-    def hash_only() -> float:
-        t0 = time.perf_counter()
-        ds.check_files()
-        return time.perf_counter() - t0
-
-    def first_epoch(verify: str) -> float:
-        integrity.forget()  # nothing verified yet in this process
-        return epoch(shardstore.open(path, verify=verify))
-
-    def hash_fresh() -> float:
-        integrity.forget()
-        return hash_only()
-
-    variants: dict[
-        str, Callable[[], float]
-    ] = {  # label -> measurement; interleaved run by run, best of --repeats
-        "hash every file (check_files)": hash_fresh,
-        'verify="size", first epoch': lambda: first_epoch("size"),
-        'verify="once", first epoch': lambda: first_epoch("once"),
-        'verify="once", later epochs': lambda: epoch(shardstore.open(path)),
-    }
-    epoch(shardstore.open(path, verify="size"))  # warm-up: page cache, TF, graph tracing
-    times: dict[str, list[float]] = {label: [] for label in variants}
-    for _ in range(args.repeats):
-        for label, run in variants.items():
-            times[label].append(run())
-    base = min(times['verify="size", first epoch'])
-    for label, runs in times.items():
-        secs = min(runs)
-        print(f"{label:<32} {secs:6.2f} s  {gb / secs:6.2f} GB/s  {secs / base:5.2f}x size-only")
+        variants: dict[str, Callable[[], float]] = {
+            'verify="size"': functools.partial(_epoch, pipes["size"]),
+            'verify="once", first epoch': functools.partial(_first_epoch, pipes["once"]),
+            'verify="once", later epochs': functools.partial(_epoch, pipes["once"]),
+        }
+        _epoch(pipes["size"])  # warm-up: tracing, threads
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for _ in range(args.repeats):
+            for name, run in variants.items():
+                times[name].append(run())
+        base = min(times['verify="size"'])
+        for name, runs in times.items():
+            secs = min(runs)
+            print(f"{label:<13} {name:<28} {secs:6.3f} s {gb / secs:6.2f} GB/s {secs / base:5.2f}x")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

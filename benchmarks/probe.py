@@ -9,7 +9,14 @@ Each prints one JSON object on its last line of stdout:
   file ``SRC`` opened as a memmap (feature ``x``) plus an in-memory ``label``;
 * ``ttfb PATH --mode M --batch-size B [--tf-native]``: seconds for ``open`` + ``to_tf`` +
   the first batch, in a process that has only imported TensorFlow;
-* ``open PATH --repeats R``: best seconds of ``shardstore.open``.
+* ``open PATH --repeats R``: best seconds of ``shardstore.open``;
+* ``epoch PATH --mode M --batch-size B [--verify V]``: time to first batch and one whole
+  epoch (consumed in graph), with the bytes this process read from storage
+  (``read_bytes`` of ``/proc/self/io``): for cold-cache runs, after the caller
+  evicted the dataset's pages;
+* ``pread PATH --threads T``: the random-read floor: every record of one seeded
+  global permutation read with ``pread`` by ``T`` threads, each feature's bytes
+  of each record, with the bytes read from storage.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-__all__ = ["SHUFFLE", "main", "peak_anon_mb", "rss_anon_mb"]
+__all__ = ["SHUFFLE", "main", "peak_anon_mb", "read_bytes", "rss_anon_mb"]
 
 #: ``--mode`` -> the ``shuffle`` argument of ``to_tf``
 SHUFFLE: dict[str, bool | str] = {"sequential": False, "shuffle": True, "global": "global"}
@@ -153,6 +160,94 @@ def _open(args: argparse.Namespace) -> dict[str, Any]:
     return {"seconds": min(times), "all_s": times, "shards": ds.num_shards}
 
 
+def read_bytes() -> int:
+    """Bytes this process has read from storage (``/proc/self/io``; page-cache hits excluded)."""
+    with open("/proc/self/io") as f:
+        for line in f:
+            if line.startswith("read_bytes:"):
+                return int(line.split()[1])
+    raise OSError("no read_bytes in /proc/self/io (Linux only)")
+
+
+def _epoch(args: argparse.Namespace) -> dict[str, Any]:
+    import tensorflow as tf
+
+    import shardstore
+
+    before = read_bytes()
+    t0 = time.perf_counter()
+    ds = shardstore.open(args.path, verify=args.verify)
+    tfds = ds.to_tf(
+        args.batch_size, features=tuple(ds.features), shuffle=SHUFFLE[args.mode], seed=0
+    )
+    it = iter(tfds)
+    first = next(it)
+    t1 = time.perf_counter()
+    records = int(tf.shape(tf.nest.flatten(first)[0])[0])
+    for batch in it:
+        records += int(tf.shape(tf.nest.flatten(batch)[0])[0])
+    t2 = time.perf_counter()
+    record_bytes = sum(s.record_nbytes for s in ds.features.values())
+    return {
+        "first_batch_s": t1 - t0,
+        "seconds": t2 - t0,
+        "records": records,
+        "read_bytes": read_bytes() - before,
+        "nbytes": ds.nbytes,
+        "record_bytes": records * record_bytes,
+        "shards": ds.num_shards,
+    }
+
+
+def _pread(args: argparse.Namespace) -> dict[str, Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    import shardstore
+
+    ds = shardstore.open(args.path, verify="size")
+    starts = np.zeros(ds.num_shards + 1, np.int64)
+    np.cumsum([s.num_records for s in ds.shards], out=starts[1:])
+    order = np.random.default_rng(args.seed).permutation(ds.num_records)
+    names = list(ds.features)
+    fds = [
+        {n: os.open(ds.path / s.file_for(n).path, os.O_RDONLY) for n in names} for s in ds.shards
+    ]
+    for per in fds:
+        for fd in per.values():
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+    layout = [
+        (n, ds.features[n].record_nbytes, [s.file_for(n).info["header_bytes"] for s in ds.shards])
+        for n in names
+    ]
+    biggest = max(size for _, size, _ in layout)
+    parts = np.array_split(order, args.threads * 8)
+
+    def work(part: np.ndarray) -> int:
+        buf = bytearray(biggest)
+        view = memoryview(buf)
+        done = 0
+        shard_of = np.searchsorted(starts, part, side="right") - 1
+        for record, shard in zip(part.tolist(), shard_of.tolist(), strict=True):
+            row = record - int(starts[shard])
+            for name, size, headers in layout:
+                done += os.preadv(fds[shard][name], [view[:size]], headers[shard] + row * size)
+        return done
+
+    before = read_bytes()
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(args.threads) as pool:
+        total = sum(pool.map(work, parts))
+    seconds = time.perf_counter() - t0
+    return {
+        "seconds": seconds,
+        "records": ds.num_records,
+        "nbytes": total,
+        "read_bytes": read_bytes() - before,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one probe and print its JSON result."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.probe")
@@ -173,6 +268,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("path")
     p.add_argument("--repeats", type=int, default=3)
     p.set_defaults(fn=_open)
+    p = sub.add_parser("epoch")
+    p.add_argument("path")
+    p.add_argument("--mode", choices=sorted(SHUFFLE), default="sequential")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--verify", choices=("once", "size"), default="once")
+    p.set_defaults(fn=_epoch)
+    p = sub.add_parser("pread")
+    p.add_argument("path")
+    p.add_argument("--threads", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=_pread)
     args = parser.parse_args(argv)
     print(json.dumps(args.fn(args)))
     return 0

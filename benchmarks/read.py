@@ -25,7 +25,14 @@ from benchmarks.results import Row, read_row
 from benchmarks.workloads import Workload
 from shardstore.bench import np_load_floor
 
-__all__ = ["DATASETS", "SLOW_VARIANTS", "VARIANTS", "epoch_time", "run_read_suite"]
+__all__ = [
+    "DATASETS",
+    "SLOW_VARIANTS",
+    "VARIANTS",
+    "epoch_time",
+    "run_read_suite",
+    "verify_rows",
+]
 
 Arrays = Mapping[str, np.ndarray]
 Log = Callable[[str], None]
@@ -141,6 +148,47 @@ def shardstore_rows(
     return rows
 
 
+def verify_rows(workload: Workload, ds: shardstore.Dataset, repeats: int, log: Log) -> list[Row]:
+    """What checksums cost: a first epoch that verifies every block it reads, vs sizes only.
+
+    Per shuffle mode, on the npy dataset: the pipeline is built, then the
+    process forgets what it verified (``integrity.forget()``), then one epoch
+    is timed, with ``verify="once"`` and with ``verify="size"``, alternately,
+    best of ``max(2, repeats)`` each. Later epochs only look blocks up.
+    """
+    from shardstore import integrity
+
+    rows = []
+    for mode in _ALL:
+        label, options = _MODES[mode]
+        times: dict[str, list[float]] = {"size": [], "once": []}
+        for i in range(max(2, repeats) + 1):
+            for verify in ("size", "once"):
+                tfds = shardstore.open(ds.path, verify=verify).to_tf(
+                    workload.batch_size, features=("x", "label"), seed=0, **options
+                )
+                integrity.forget()
+                t0 = time.perf_counter()
+                tfds.reduce(tf.constant(0, tf.int64), _count).numpy()
+                if i:  # the first round warms TensorFlow up
+                    times[verify].append(time.perf_counter() - t0)
+        for verify in ("once", "size"):
+            rows.append(
+                read_row(
+                    workload.name,
+                    f"verify:{mode}:{verify}",
+                    f'shardstore npy, {label}, first epoch, `verify="{verify}"`',
+                    "shardstore",
+                    records=ds.num_records,
+                    measured_records=ds.num_records,
+                    seconds=min(times[verify]),
+                    record_nbytes=workload.record_nbytes,
+                )
+            )
+            log(_describe(rows[-1]))
+    return rows
+
+
 def peer_row(workload: Workload, peer: Peer, arrays: Arrays, workdir: Path, repeats: int) -> Row:
     """One peer on its subset of the records (its files in ``workdir``, removed after)."""
     n = subset_size(peer, workload.name, len(arrays["label"]))
@@ -174,6 +222,7 @@ def run_read_suite(
         floor = floor_row(workload, datasets["npy"])
         log(_describe(floor))
         rows = shardstore_rows(workload, datasets, repeats, log)
+        rows += verify_rows(workload, datasets["npy"], repeats, log)
         for peer in PEERS:
             rows.append(peer_row(workload, peer, arrays, root / "peers", repeats))
             log(_describe(rows[-1]))

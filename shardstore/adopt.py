@@ -55,7 +55,7 @@ from shardstore.errors import (
     ManifestError,
     UnsupportedDTypeError,
 )
-from shardstore.fsutil import HashingFile
+from shardstore.fsutil import HashingFile, link_into
 from shardstore.manifest import (
     MANIFEST_NAME,
     SUPPORTED_DTYPES,
@@ -66,6 +66,7 @@ from shardstore.manifest import (
     check_feature_name,
 )
 from shardstore.progress import progress_bar
+from shardstore.safefs import open_binary, open_regular
 from shardstore.sources.tfrecord import (
     SUFFIX,
     TFRecordSource,
@@ -331,7 +332,11 @@ def _check_inputs(files: object, decls: Mapping[str, FeatureDecl]) -> list[_Inpu
                 f"{str(path)!r} is listed twice (also as {str(seen[identity])!r})"
             )
         seen[identity] = path
-        with open(path, "rb") as f:
+        try:
+            f = open_binary(path, follow_symlinks=True, damage=False)  # never a FIFO
+        except OSError as exc:
+            raise InvalidInputError(f"{str(path)!r}: cannot be read: {exc}") from None
+        with f:
             first = read_first_record(f, size=st.st_size, name=repr(str(path)))
         if first is None:
             log.warning("%s holds no records", path)
@@ -350,7 +355,7 @@ def _scan(path: Path, name: str, sink: Callable[[bytearray], None], bar: tqdm[An
     """
     count = 0
     pending = bytearray()
-    with open(path, "rb", buffering=CHUNK_BYTES) as f:
+    with open_binary(path, buffering=CHUNK_BYTES, follow_symlinks=True, damage=False) as f:
         size = os.fstat(f.fileno()).st_size
         for header, data, footer in iter_frames(f, size=size, name=name):
             pending += header
@@ -367,10 +372,10 @@ def _scan(path: Path, name: str, sink: Callable[[bytearray], None], bar: tqdm[An
     return count
 
 
-def _hard_link(src: Path, dst: Path, *, required: bool) -> bool:
+def _hard_link(src: Path, dst: Path, *, below: Path, required: bool) -> bool:
     """Hard-link ``src`` as ``dst``; ``False`` if the filesystem refuses and a copy will do."""
     try:
-        os.link(src, dst, follow_symlinks=True)
+        link_into(src, dst, below=below)
         faults.storage_op("link")
         return True
     except OSError as exc:
@@ -379,19 +384,27 @@ def _hard_link(src: Path, dst: Path, *, required: bool) -> bool:
         if required:
             raise InvalidInputError(
                 f"cannot hard-link {str(src)!r} into {str(dst.parent)!r}: {exc.strerror}. "
-                "Hard links need both on the same filesystem; use link='copy' or 'auto'"
+                "Hard links need both on the same filesystem; use link='copy' or link='auto'",
+                params=("link",),
             ) from None
         log.info("cannot hard-link %s (%s); copying it", src, exc.strerror)
         return False
 
 
 def _adopt_file(
-    src: _Input, root: Path, relpath: str, *, link: str, fsync: bool, bar: tqdm[Any]
+    src: _Input,
+    root: Path,
+    relpath: str,
+    *,
+    below: Path,
+    link: str,
+    fsync: bool,
+    bar: tqdm[Any],
 ) -> tuple[int, int, str, bool]:
     """Bring one file in as ``relpath``; return ``(records, size, checksum, linked)``."""
     target = root / relpath
     name = repr(str(src.path))
-    if link != "copy" and _hard_link(src.path, target, required=link == "hardlink"):
+    if link != "copy" and _hard_link(src.path, target, below=below, required=link == "hardlink"):
         hasher = new_hasher()
         size = 0
 
@@ -403,13 +416,13 @@ def _adopt_file(
         # Hash the dataset's own link: exactly the bytes the manifest describes.
         count = _scan(target, name, absorb, bar)
         if fsync:
-            fd = os.open(target, os.O_RDONLY)
+            fd = open_regular(target, follow_symlinks=True)
             try:
                 os.fsync(fd)  # the original may have been written moments ago
             finally:
                 os.close(fd)
         return count, size, format_digest(hasher), True
-    with HashingFile(target, fsync=fsync) as out:
+    with HashingFile(target, fsync=fsync, below=below) as out:
         count = _scan(src.path, name, out.write, bar)
     return count, out.size, out.checksum, False
 
@@ -485,7 +498,9 @@ def index_tfrecords(
     from shardstore.reader import Dataset
 
     if link not in LINK_MODES:
-        raise InvalidInputError(f"link must be one of {', '.join(LINK_MODES)}, got {link!r}")
+        raise InvalidInputError(
+            f"link must be one of {', '.join(LINK_MODES)}, got {link!r}", params=("link",)
+        )
     decls = _declare_all(features)
     try:
         meta = json.loads(json.dumps(dict(metadata or {}), allow_nan=False))
@@ -496,7 +511,8 @@ def index_tfrecords(
         raise InvalidInputError(f"{root} exists and is not a directory")
     if not overwrite and (root / MANIFEST_NAME).exists():
         raise DatasetExistsError(
-            f"a dataset already exists at {root}; pass overwrite=True to replace it"
+            f"a dataset already exists at {root}; pass overwrite=True to replace it",
+            params=("overwrite",),
         )
     inputs = _check_inputs(files, decls)
 
@@ -514,7 +530,7 @@ def index_tfrecords(
         for index, src in enumerate(inputs):
             relpath = f"{prefix}/{index:06d}{SUFFIX}"
             count, size, checksum, was_linked = _adopt_file(
-                src, txn.shard_root, relpath, link=link, fsync=fsync, bar=bar
+                src, txn.shard_root, relpath, below=root, link=link, fsync=fsync, bar=bar
             )
             linked += was_linked
             origin = src.path.name.encode("utf-8", "backslashreplace").decode("utf-8")

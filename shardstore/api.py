@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import builtins
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shardstore import integrity
-from shardstore.errors import DatasetNotFoundError, InvalidInputError
-from shardstore.fsutil import resolve_inside
+from shardstore.errors import DatasetNotFoundError, InvalidInputError, ManifestError
+from shardstore.fsutil import read_manifest_file
 from shardstore.manifest import MANIFEST_NAME, Manifest
 from shardstore.reader import Dataset
+from shardstore.safefs import storage_boundary
 from shardstore.writer import Writer, normalize_arrays
 
 if TYPE_CHECKING:
@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 __all__ = ["gc", "open", "write"]
 
 
+def _path(path: object, *args: object, **kwargs: object) -> object:
+    return path
+
+
+@storage_boundary("write", _path)
 def write(
     path: str | os.PathLike[str],
     arrays: Any,
@@ -84,6 +89,7 @@ def write(
     return writer.close()
 
 
+@storage_boundary("open", _path)
 def open(
     path: str | os.PathLike[str], *, source: str | None = None, verify: str | None = None
 ) -> Dataset:
@@ -94,37 +100,44 @@ def open(
     path : the dataset directory.
     source : read with this source instead of the one that wrote the shards
         (it must be able to read them).
-    verify : when shard files are checksummed on the read path: ``"once"``
-        (default: each file is hashed before this process first reads it)
-        or ``"size"`` (sizes only). Default: ``$SHARDSTORE_VERIFY`` or
-        ``"once"``. See ``docs/reliability.md``.
+    verify : what is checksummed on the read path: ``"once"`` (default:
+        every block this process reads is verified when it is first read,
+        against the shard's block index) or ``"size"`` (sizes only). Default:
+        ``$SHARDSTORE_VERIFY`` or ``"once"``. See ``docs/reliability.md``.
 
     Raises
     ------
     DatasetNotFoundError
         No committed dataset (no ``manifest.json``) at ``path``.
     ManifestError
-        The manifest is invalid, unsafe, or of an unsupported format version.
+        The manifest is invalid, unsafe, of an unsupported format version, or
+        larger than :data:`~shardstore.fsutil.MAX_MANIFEST_BYTES`.
+    ChecksumError
+        ``manifest.json`` is not a regular file (a symlink, a directory, a
+        FIFO, a device: nothing is read from it).
+    StorageError
+        The operating system refused (no permission...).
     """
     root = Path(path)
     verify = integrity.normalize_mode(verify)
-    if not root.is_dir():
+    if not root.is_dir():  # a link the caller typed is followed; nothing below it is
         raise DatasetNotFoundError(f"no shardstore dataset at {str(root)!r}: not a directory")
-    manifest_path = resolve_inside(root, MANIFEST_NAME)
-    try:
-        with builtins.open(manifest_path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
+    data = read_manifest_file(root)
+    if data is None:
         raise DatasetNotFoundError(
             f"no shardstore dataset at {str(root)!r}: no {MANIFEST_NAME} (never committed?)"
-        ) from None
-    manifest = Manifest.from_json(data)
+        )
+    try:
+        manifest = Manifest.from_json(data)
+    except ManifestError as exc:  # name the file: "<path>/manifest.json: manifest.format: ..."
+        raise ManifestError(f"{root / MANIFEST_NAME}: {exc}", params=exc.params) from None
     dataset = Dataset(root, manifest, source=source, verify=verify)
     if source is not None:
         dataset.source  # noqa: B018 - fail fast on an unknown or incompatible source
     return dataset
 
 
+@storage_boundary("collect garbage in", _path)
 def gc(
     path: str | os.PathLike[str], *, grace: float | None = None, dry_run: bool = False
 ) -> GcReport:
@@ -142,8 +155,15 @@ def gc(
     -------
     GcReport
         ``removed`` (relative paths), ``bytes_freed``, ``kept_retired``
-        (versions still in their grace period) and ``in_progress`` (running
-        writers, whose files are never touched).
+        (versions still in their grace period), ``in_progress`` (running
+        writers, whose files are never touched) and ``damaged`` (entries that
+        are not what belongs there, e.g. symlinks: reported, left alone).
+
+    Raises
+    ------
+    ChecksumError
+        The control area ``.shardstore`` is a symlink or not a directory:
+        nothing is touched (remove it by hand once you have looked at it).
 
     Every write runs the same collection when it starts; ``docs/reliability.md``
     lists what is removed and when.

@@ -29,6 +29,7 @@ import numpy as np
 from shardstore.errors import InvalidInputError, ManifestError, UnsupportedDTypeError
 from shardstore.manifest import SUPPORTED_DTYPES, FeatureSpec, check_feature_name
 from shardstore.npyfiles import OBJECTS_REFUSED, NpyHeader, read_npy_header
+from shardstore.safefs import check_regular, open_binary
 from shardstore.sources.base import ArrayLike
 
 __all__ = [
@@ -115,12 +116,14 @@ class StreamColumn:
         self._header = header
         self._record_bytes = header.dtype.itemsize * math.prod(header.shape[1:])
         self._zip: zipfile.ZipFile | None = None
+        self._raw: BinaryIO | None = None
         self._stream: BinaryIO | None = None
         self._pos = 0
 
     def _open(self) -> BinaryIO:
         self.close()
-        self._zip = zipfile.ZipFile(self._path)
+        self._raw = open_binary(self._path, follow_symlinks=True, damage=False)
+        self._zip = zipfile.ZipFile(self._raw)
         stream: BinaryIO = self._zip.open(self._member)  # type: ignore[assignment]
         stream.seek(self._header.offset)
         self._stream = stream
@@ -162,15 +165,19 @@ class StreamColumn:
         if self._zip is not None:
             self._zip.close()
             self._zip = None
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
 
 
 def _memmap(path: Path, header: NpyHeader, offset: int) -> np.ndarray:
     if math.prod(header.shape) == 0:
         return np.empty(header.shape, header.dtype)
     order: Literal["C", "F"] = "F" if header.fortran_order else "C"
-    mm: np.ndarray = np.memmap(
-        path, dtype=header.dtype, mode="r", offset=offset, shape=header.shape, order=order
-    )
+    with open_binary(path, follow_symlinks=True, damage=False) as f:  # a regular file only
+        mm: np.ndarray = np.memmap(
+            f, dtype=header.dtype, mode="r", offset=offset, shape=header.shape, order=order
+        )
     return mm
 
 
@@ -178,7 +185,7 @@ def open_npy(path: Path, feature: str) -> dict[str, ArrayColumn]:
     """A big ``.npy`` file as one memory-mapped column named ``feature``."""
     where = f"{str(path)!r}"
     try:
-        with open(path, "rb") as f:
+        with open_binary(path, follow_symlinks=True, damage=False) as f:
             header = read_npy_header(f)
             size = os.fstat(f.fileno()).st_size
     except OSError as exc:
@@ -210,12 +217,17 @@ def open_npz(
     """The arrays of an ``.npz`` as columns, and how each is read (``memmap``/``stream``)."""
     where = f"{str(path)!r}"
     try:
-        zf = zipfile.ZipFile(path)
+        raw = open_binary(path, follow_symlinks=True, damage=False)  # a regular file only
+    except OSError as exc:
+        raise InvalidInputError(f"{where} is not a readable .npz (zip) file: {exc}") from None
+    try:
+        zf = zipfile.ZipFile(raw)
     except (OSError, zipfile.BadZipFile) as exc:
+        raw.close()
         raise InvalidInputError(f"{where} is not a readable .npz (zip) file: {exc}") from None
     columns: dict[str, ArrayColumn | StreamColumn] = {}
     how: dict[str, str] = {}
-    with zf, open(path, "rb") as raw:
+    with zf, raw:
         infos = {
             i.filename[: -len(".npy")]: i for i in zf.infolist() if i.filename.endswith(".npy")
         }
@@ -258,6 +270,7 @@ def open_zarr(path: Path, feature: str, members: list[str] | None = None) -> dic
     import zarr
 
     where = f"{str(path)!r}"
+    _check_tree(path, where)
     try:
         node = zarr.open(store=str(path), mode="r")
     except Exception as exc:  # zarr raises several kinds for "not a zarr store"
@@ -285,6 +298,18 @@ def open_zarr(path: Path, feature: str, members: list[str] | None = None) -> dic
         spec = _spec(w, dtype, tuple(int(d) for d in arr.shape))
         columns[_feature_name(w, name)] = ArrayColumn(arr, spec)
     return columns
+
+
+def _check_tree(path: Path, where: str) -> None:
+    """Refuse a store holding anything but regular files and directories (a FIFO would hang)."""
+    if not path.is_dir():
+        return
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            try:
+                check_regular(Path(dirpath) / name, follow_symlinks=True, damage=False)
+            except OSError as exc:
+                raise InvalidInputError(f"{where}: {exc}") from None
 
 
 def fingerprint_tree(path: Path) -> list[list[Any]]:

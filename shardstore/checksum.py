@@ -12,6 +12,7 @@ from typing import Protocol
 import xxhash
 
 from shardstore.manifest import CHECKSUM_ALGORITHM
+from shardstore.safefs import open_regular
 
 __all__ = ["CHUNK_BYTES", "Hasher", "format_digest", "hash_file", "new_hasher"]
 
@@ -42,9 +43,11 @@ def hash_file(path: str | os.PathLike[str], *, chunk_bytes: int = CHUNK_BYTES) -
 
     A file no longer than one chunk is read with a single ``read`` (many
     datasets have thousands of small shard files, hashed when first read).
+    The file is opened with :func:`shardstore.safefs.open_regular`: a link, a
+    FIFO or a device is refused, never read.
     """
     hasher = new_hasher()
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    fd = open_regular(path)
     try:
         expected = os.fstat(fd).st_size
         if expected < chunk_bytes:

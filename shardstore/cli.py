@@ -6,10 +6,10 @@ Usage::
     shardstore verify PATH [--progress | --no-progress]
     shardstore gc PATH [--grace SECONDS] [--dry-run] [--json]
     shardstore plugins [--json]
-    shardstore ingest SRC... DEST [--kind files|npy|npz|zarr|tfrecord] [--labels CSV] ...
-    shardstore ingest --tfrecord FILES... DEST --feature NAME:DTYPE:SHAPE[:ENCODING] ...
+    shardstore ingest SRC [SRC ...] DEST [--kind files|npy|npz|zarr|tfrecord] [--labels CSV] ...
+    shardstore ingest --tfrecord FILE [FILE ...] DEST --feature NAME:DTYPE:SHAPE[:ENCODING] ...
     shardstore convert SRC DST --format FORMAT [-o KEY=VALUE ...]
-    shardstore merge PARTS... DEST [--link auto|hardlink|copy] [--verify]
+    shardstore merge PART [PART ...] DEST [--link auto|hardlink|copy] [--verify]
     shardstore demo [--records N] [--no-train]
     shardstore bench PATH [--batch-size N] [--shuffle false|true|global] [--epochs N] ...
     shardstore --version
@@ -34,17 +34,24 @@ TensorFlow.
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
+import importlib.abc
+import importlib.util
 import json
 import logging
 import os
+import re
+import select
+import shlex
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from shardstore import __version__
 from shardstore.api import open as open_dataset
-from shardstore.errors import ChecksumError, ShardStoreError
+from shardstore.errors import ChecksumError, DamagedFilesError, ShardStoreError
 from shardstore.manifest import FeatureSpec
 from shardstore.registry import SourceInfo, available_sources, get_source
 from shardstore.summary import summarize
@@ -60,6 +67,11 @@ PROG = "shardstore"
 EXIT_DAMAGED = 1
 #: Exit status for any other error.
 EXIT_ERROR = 2
+#: TensorFlow's C++ log threshold (3: fatal only).
+_TF_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"
+#: Exit status when the reader of stdout went away (``| head``): 128 + SIGPIPE, what a
+#: shell reports for a Unix tool stopped by the closed pipe.
+EXIT_PIPE_CLOSED = 141
 
 _Command = Callable[[argparse.Namespace], int]
 
@@ -141,6 +153,139 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+# -- library messages in the command line's words ------------------------------------------
+#: Library parameters whose option has another name (``members=`` is ``--member``).
+_OPTION_ALIASES = {
+    "members": "member",
+    "label_columns": "label_column",
+    "features": "feature",
+    "executor": "workers",
+}
+#: A Python literal as messages spell a value: ``True``, ``'skip'``, ``3``, ``None``.
+_PY_VALUE = r"(?:'[^']*'|\"[^\"]*\"|-?[\w.]+)"
+
+
+def _option_action(command: argparse.ArgumentParser, name: str) -> argparse.Action | None:
+    """The ``--option`` of ``command`` that sets the library parameter ``name``, if any.
+
+    Parameters
+    ----------
+    command : argparse.ArgumentParser
+        The subcommand's parser.
+    name : str
+        A library parameter (``"overwrite"``, ``"on_error"``, ``"members"``).
+
+    Returns
+    -------
+    argparse.Action or None
+        The option storing a value into that parameter's destination (a
+        plain ``store`` option is preferred over a constant one, e.g.
+        ``--kind`` over ``--tfrecord``), or ``None`` when the command has none.
+    """
+    dest = _OPTION_ALIASES.get(name, name)
+    found = [
+        a
+        for a in command._actions
+        if a.dest == dest and any(o.startswith("--") for o in a.option_strings)
+    ]
+    found.sort(key=lambda a: isinstance(a, argparse._StoreConstAction))
+    return found[0] if found else None
+
+
+def _long_option(action: argparse.Action) -> str:
+    """The first ``--long`` spelling of ``action`` (``--resume`` of ``--resume/--no-resume``)."""
+    return next(o for o in action.option_strings if o.startswith("--"))
+
+
+def _option_setting(action: argparse.Action, value: object) -> str:
+    """How the command line sets ``action`` to ``value``.
+
+    Parameters
+    ----------
+    action : argparse.Action
+        The option.
+    value : object
+        The Python value a message names (``True``, ``'skip'``, ``3``).
+
+    Returns
+    -------
+    str
+        ``--overwrite``, ``--no-resume``, ``--on-error skip``, ``--shuffle true``...
+    """
+    flag = _long_option(action)
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return flag if value else f"--no-{flag[2:]}"
+    if isinstance(action, argparse._StoreTrueAction):
+        return flag if value else f"no {flag}"
+    if isinstance(value, bool) and action.choices and str(value).lower() in action.choices:
+        text = str(value).lower()
+    else:
+        text = "none" if value is None else str(value)
+    return f"{flag} {shlex.quote(text)}"
+
+
+def _cli_words(message: str, params: Sequence[str], command: argparse.ArgumentParser) -> str:
+    """``message`` with each library parameter it names respelled as ``command``'s option.
+
+    ``pass overwrite=True`` becomes ``pass --overwrite``,
+    ``on_error='skip'`` becomes ``--on-error skip``, and a bare
+    ``shard_size`` becomes ``--shard-size``. A source option (``-o KEY=VALUE``)
+    keeps its ``KEY=VALUE`` spelling behind ``-o``. Parameters the command
+    has no option for are left as they are.
+
+    Parameters
+    ----------
+    message : str
+        The error's one-line message.
+    params : sequence of str
+        The parameters it names (:attr:`shardstore.errors.ShardStoreError.params`).
+    command : argparse.ArgumentParser
+        The parser of the subcommand that ran.
+
+    Returns
+    -------
+    str
+        The message in the command line's words.
+    """
+    source_options = _option_action(command, "option") is not None
+    for name in params:
+        action = _option_action(command, name)
+        if action is None and not source_options:
+            continue
+        setting = re.compile(rf"(?<![\w.-]){re.escape(name)}=({_PY_VALUE})")
+        bare = re.compile(rf"(?<![\w.-]){re.escape(name)}\b(?!=)")
+        if action is None:  # a source option: -o KEY=VALUE
+            message = setting.sub(lambda m: f"-o {m.group(0)}", message)
+            message = bare.sub(f"-o {name}", message)
+            continue
+
+        def respell(m: re.Match[str], action: argparse.Action = action) -> str:
+            try:
+                value = ast.literal_eval(m.group(1))
+            except (ValueError, SyntaxError):
+                value = m.group(1)
+            return _option_setting(action, value)
+
+        message = setting.sub(respell, message)
+        message = bare.sub(_long_option(action), message)
+    return message
+
+
+class _CliWords(logging.Filter):
+    """Respells the parameters a library log record names (``extra={"params": ...}``)."""
+
+    def __init__(self, command: argparse.ArgumentParser) -> None:
+        super().__init__()
+        self.command = command
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        params = getattr(record, "params", None)
+        if params:
+            record.msg = _cli_words(record.getMessage(), params, self.command)
+            record.args = None
+        return True
+
+
 def _error(message: str) -> None:
     """Print ``shardstore: error: <message>`` to stderr.
 
@@ -177,8 +322,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         print(_format_info(summary, dict(ds.features)))
-    if summary["checksums"]["state"] == "damaged":
-        print(f"{PROG}: info: dataset is DAMAGED: {summary['checksums']['error']}", file=sys.stderr)
+    checks = summary["checksums"]
+    if checks["state"] == "damaged":
+        more = len(checks["damaged"]) - 1
+        extra = f" (and {_plural(more, 'more problem')}: 'shardstore verify' lists them)"
+        print(
+            f"{PROG}: info: dataset is DAMAGED: {checks['error']}{extra if more else ''}",
+            file=sys.stderr,
+        )
         return EXIT_DAMAGED
     return 0
 
@@ -228,7 +379,13 @@ def _format_info(summary: dict[str, Any], features: dict[str, FeatureSpec]) -> s
         state = f"DAMAGED: {checks['error']}"
     else:
         state = "sizes OK ('shardstore verify' re-hashes every byte)"
-    rows.append(("checksums", f"{checks['algorithm']}, {state}"))
+    if checks["block_indexes"] == summary["num_shards"]:
+        kind = "per file and per block"
+    elif checks["block_indexes"]:
+        kind = f"per file, per block in {checks['block_indexes']} shards"
+    else:
+        kind = "per file (no block index: files are verified whole when first read)"
+    rows.append(("checksums", f"{checks['algorithm']} {kind}; {state}"))
     if summary["metadata"]:
         rows.append(("metadata", ", ".join(sorted(summary["metadata"]))))
     if "plot" in summary:
@@ -275,10 +432,17 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     ds = open_dataset(args.path)
     try:
         ds.verify(progress=args.progress)
-    except ChecksumError as exc:
+    except DamagedFilesError as exc:
         if args.debug:
             raise
-        print(f"{PROG}: verify FAILED: {_one_line(exc)}", file=sys.stderr)
+        for err in exc.errors:  # every damaged file, one line each, then the summary
+            print(f"{PROG}: verify: DAMAGED: {_one_line(err)}", file=sys.stderr)
+        damaged = len({(e.shard, e.file) for e in exc.errors})
+        print(
+            f"{PROG}: verify FAILED: {damaged} of {_plural(exc.checked, 'file')} damaged "
+            f"in {ds.path}",
+            file=sys.stderr,
+        )
         return EXIT_DAMAGED
     print(f"OK: {_summary(ds)} verified")
     return 0
@@ -317,6 +481,9 @@ def _cmd_gc(args: argparse.Namespace) -> int:
         )
     if report.in_progress:
         lines.append(f"left alone: {_plural(len(report.in_progress), 'running writer')}")
+    if report.damaged:
+        lines.append(f"left alone, never followed: {_plural(len(report.damaged), 'damaged item')}")
+        lines += [f"  {line}" for line in report.damaged]
     print("\n".join(lines))
     return 0
 
@@ -333,8 +500,10 @@ def _describe_plugin(info: SourceInfo) -> dict[str, Any]:
     -------
     dict
         ``name``, ``distribution``, ``version``, ``target``, ``conflicts``,
-        ``capabilities`` (``None`` when the plugin failed to load) and
-        ``error`` (the failure's message, or ``None``).
+        ``capabilities`` (what a dataset written in this format gets; ``None``
+        when the plugin failed to load), ``via`` (capability -> the companion
+        source that provides it, e.g. ``{"random_access": "memmap"}`` for
+        ``npy``) and ``error`` (the failure's message, or ``None``).
     """
     entry: dict[str, Any] = {
         "name": info.name,
@@ -343,12 +512,26 @@ def _describe_plugin(info: SourceInfo) -> dict[str, Any]:
         "target": info.target,
         "conflicts": list(info.conflicts),
         "capabilities": None,
+        "via": {},
         "error": None,
     }
     try:
-        entry["capabilities"] = dict(get_source(info.name).capabilities())
+        source = get_source(info.name)
     except ShardStoreError as exc:
         entry["error"] = _one_line(exc)
+        return entry
+    capabilities = dict(source.capabilities())
+    companion = source.random_access_source
+    if not capabilities.get("random_access") and companion is not None:
+        # A dataset of this format reads by index through the companion (npy -> memmap).
+        try:
+            alt = get_source(companion)
+        except ShardStoreError:
+            alt = None
+        if alt is not None and alt.random_access and alt.can_read(info.name):
+            capabilities["random_access"] = True
+            entry["via"] = {"random_access": companion}
+    entry["capabilities"] = capabilities
     return entry
 
 
@@ -386,7 +569,10 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         if p["error"] is not None:
             lines.append(f"  error:        {p['error']}")
         else:
-            flags = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in p["capabilities"].items())
+            flags = ", ".join(
+                f"{k}={'yes' if v else 'no'}" + (f" (via {p['via'][k]})" if k in p["via"] else "")
+                for k, v in p["capabilities"].items()
+            )
             lines.append(f"  capabilities: {flags}")
         blocks.append("\n".join(lines))
     print("\n".join(blocks))
@@ -457,7 +643,7 @@ def _ingest_tfrecords(args: argparse.Namespace, paths: list[str]) -> int:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    """Ingest existing files: ``args.paths`` is SRC... DEST (:func:`shardstore.ingest`).
+    """Ingest existing files ``args.srcs`` into ``args.dest`` (:func:`shardstore.ingest`).
 
     Parameters
     ----------
@@ -474,9 +660,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     from shardstore.errors import InvalidInputError
     from shardstore.ingest import ingest
 
-    paths: list[str] = args.paths
-    if len(paths) < 2:
-        raise InvalidInputError("give the input(s) and the destination: ingest SRC... DEST")
+    paths: list[str] = [*args.srcs, args.dest]
     kind = args.kind
     if kind is None and all(p.endswith((".tfrecord", ".tfrecords")) for p in paths[:-1]):
         kind = "tfrecord"
@@ -690,7 +874,8 @@ def _build_parser() -> argparse.ArgumentParser:
             "--debug",
             action="store_true",
             default=default,
-            help="show the full traceback of an error instead of a one-line message",
+            help="show the full traceback of an error instead of a one-line message, and "
+            "TensorFlow's own log messages",
         )
 
     add_globals(parser, False)
@@ -758,7 +943,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "plugins",
         parents=[common],
         help="list installed source plugins",
-        description="List installed source plugins and their capabilities.",
+        description="List installed source plugins and what a dataset written in each format "
+        "gets: tf_native (TensorFlow ops only: tf.data service, iterator checkpoints), "
+        "random_access (ds[i], shuffle='global'; 'via' names the source that reads it by "
+        "index) and supports_ragged (variable-length features).",
     )
     plugins.add_argument("--json", action="store_true", help="print the list as JSON")
     plugins.set_defaults(func=_cmd_plugins)
@@ -775,7 +963,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "re-encoding: hard-linked, or copied when they cannot be). The kind is detected "
         "unless --kind says it. An interrupted ingest resumes when run again.",
     )
-    ingest.add_argument("paths", metavar="SRC... DEST", nargs="+", help="the inputs, then DEST")
+    ingest.add_argument("srcs", metavar="SRC", nargs="+", help="the inputs")
+    ingest.add_argument("dest", metavar="DEST", help="the dataset directory to write")
     ingest.add_argument(
         "--kind",
         choices=("files", "npy", "npz", "zarr", "tfrecord"),
@@ -891,7 +1080,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "files are hard-linked (copied when they cannot be); checksums are carried over, "
         "copies are hashed and checked. The parts are left as they are.",
     )
-    merge.add_argument("paths", metavar="PATH", nargs="+", help="the parts, then DEST")
+    merge.add_argument("parts", metavar="PART", nargs="+", help="the datasets to merge")
+    merge.add_argument("dest", metavar="DEST", help="the dataset directory to write")
     merge.add_argument(
         "--link",
         choices=("auto", "hardlink", "copy"),
@@ -986,7 +1176,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     """
     import time
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow  # noqa: F401  (imported first: a training job has it loaded already)
 
     from shardstore.bench import stream_epochs
@@ -1043,10 +1232,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             f"{s.seconds:.3f} s, time to first batch {s.first_batch_s:.3f} s"
         )
     best = max(stats, key=lambda s: s.records_per_s)
+    first = stats[0]
     lines.append(
-        f"best epoch: {best.records_per_s:,.0f} records/s, {best.gb_per_s:.3f} GB/s; "
-        f"time to first batch {stats[0].first_batch_s:.3f} s "
-        f"(+ open and to_tf: {t2 - t0 + stats[0].first_batch_s:.3f} s)"
+        f"best epoch (epoch {best.epoch}): {best.records_per_s:,.0f} records/s, "
+        f"{best.gb_per_s:.3f} GB/s; epoch {first.epoch}'s time to first batch "
+        f"{first.first_batch_s:.3f} s, {t2 - t0 + first.first_batch_s:.3f} s with open and to_tf"
     )
     print("\n".join(lines))
     return 0
@@ -1065,7 +1255,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     int
         0.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from shardstore.demo import run_demo
 
     run_demo(
@@ -1079,7 +1268,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    """Merge ``args.paths[:-1]`` into ``args.paths[-1]`` (:func:`shardstore.merge`).
+    """Merge the datasets ``args.parts`` into ``args.dest`` (:func:`shardstore.merge`).
 
     Parameters
     ----------
@@ -1092,12 +1281,9 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     int
         0 once the merged dataset is committed.
     """
-    from shardstore.errors import InvalidInputError
     from shardstore.merge import merge
 
-    if len(args.paths) < 2:
-        raise InvalidInputError("give at least one part and the destination: merge PARTS... DEST")
-    *parts, dest = args.paths
+    parts, dest = args.parts, args.dest
     ds = merge(
         parts,
         dest,
@@ -1184,8 +1370,10 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        The exit status: 0 on success, 1 when ``verify`` finds a damaged
-        file, 2 on any other error, including bad arguments.
+        The exit status: 0 on success, 1 when the dataset is damaged (a
+        ``ChecksumError``: a file that does not match its manifest, an entry
+        that is not what belongs there), 2 on any other error, including bad
+        arguments.
     """
     parser = _build_parser()
     try:
@@ -1200,12 +1388,32 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     command: _Command = args.func
+    words = _CliWords(_subcommand(parser, args.command))
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(words)
     try:
-        return command(args)
-    except (ShardStoreError, OSError) as exc:
+        with _quiet_tensorflow(not args.debug):
+            status = command(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return status
+    except BrokenPipeError as exc:
+        if _stdout_is_closed():  # `shardstore info x | head -3`: stop quietly, as Unix tools do
+            return EXIT_PIPE_CLOSED
         if args.debug:
             raise
         _error(_one_line(exc))
+        return EXIT_ERROR
+    except ChecksumError as exc:  # damage, wherever it is found: exit status 1
+        if args.debug:
+            raise
+        _error(_cli_words(_one_line(exc), exc.params, words.command))
+        return EXIT_DAMAGED
+    except (ShardStoreError, OSError) as exc:
+        if args.debug:
+            raise
+        params = exc.params if isinstance(exc, ShardStoreError) else ()
+        _error(_cli_words(_one_line(exc), params, words.command))
         return EXIT_ERROR
     except KeyboardInterrupt:
         if args.debug:
@@ -1217,3 +1425,122 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _error(f"{type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)")
         return EXIT_ERROR
+    finally:
+        for handler in handlers:
+            handler.removeFilter(words)
+
+
+def _stdout_is_closed() -> bool:
+    """Whether stdout's reader has gone; if so, point stdout at ``/dev/null``.
+
+    After a ``BrokenPipeError`` this tells a closed stdout (``| head``) from
+    another pipe breaking: the write end of a pipe whose reader has gone polls
+    as an error. Pointing the descriptor at ``/dev/null`` keeps the
+    interpreter's last flush at exit from failing again.
+
+    Returns
+    -------
+    bool
+        ``True`` when stdout is a pipe with no reader left.
+    """
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        closed = any(event & select.POLLERR for _, event in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no real descriptor (replaced in-process)
+        return False
+    if closed:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return closed
+
+
+class _QuietImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports TensorFlow with file descriptor 2 pointed at ``/dev/null``.
+
+    TensorFlow's C++ libraries log as they load (oneDNN notices, "could not
+    find cuda drivers"), before any setting can silence them; the command
+    line does not show that unless ``--debug``. An error in the import still
+    raises, and shows once descriptor 2 is back.
+    """
+
+    NAME = "tensorflow"
+
+    def __init__(self) -> None:
+        self._loader: Any = None
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        """Find ``tensorflow`` with the other finders and load it through this loader."""
+        if fullname != self.NAME:
+            return None
+        self.uninstall()
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        self._loader, spec.loader = spec.loader, self
+        return spec
+
+    def create_module(self, spec: Any) -> Any:
+        """The module, as the real loader creates it."""
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        """Run ``tensorflow/__init__.py`` with descriptor 2 silenced, then hand back the loader."""
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        try:
+            self._loader.exec_module(module)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            module.__loader__ = module.__spec__.loader = self._loader
+
+    def install(self) -> None:
+        """Take the next ``import tensorflow`` (nothing if it is imported already)."""
+        if self.NAME not in sys.modules and self not in sys.meta_path:
+            sys.meta_path.insert(0, self)
+
+    def uninstall(self) -> None:
+        """Leave imports alone."""
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow(enabled: bool) -> Iterator[None]:
+    """Keep TensorFlow's C++ logging off the terminal while a command runs (unless ``--debug``).
+
+    ``TF_CPP_MIN_LOG_LEVEL=3`` (errors too: on a CPU machine TensorFlow logs
+    a failed CUDA initialisation as an error) and a quiet ``import
+    tensorflow``. The environment is the command line's own; the library
+    never changes it. Both are undone when the command returns.
+    """
+    if not enabled:
+        yield
+        return
+    saved = os.environ.get(_TF_LOG_LEVEL)
+    os.environ[_TF_LOG_LEVEL] = "3"
+    quiet = _QuietImport()
+    quiet.install()
+    try:
+        yield
+    finally:
+        quiet.uninstall()
+        if saved is None:
+            os.environ.pop(_TF_LOG_LEVEL, None)
+        else:
+            os.environ[_TF_LOG_LEVEL] = saved
+
+
+def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of the subcommand ``name`` of ``parser``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            sub: argparse.ArgumentParser = action.choices[name]
+            return sub
+    raise AssertionError("the parser has no subcommands")  # pragma: no cover

@@ -31,36 +31,42 @@ then, under the dataset lock,
 A crash at any point leaves either the previous state or the new one; what
 it leaves behind is in ``.shardstore/`` (plus, for a crash between the
 rename and the publication, one unreferenced ``v-<id>/`` whose writer lock
-says it was never published), and :func:`shardstore.gc.collect` removes it.
+says it was never published), and :func:`shardstore.garbage.collect` removes it.
 Superseded versions are kept for a grace period so that readers that opened
 them keep working (see ``docs/reliability.md``).
+
+Every file and directory here is reached from the dataset root through
+:mod:`shardstore.safefs` (directory descriptors, ``O_NOFOLLOW``): a control
+area, staging directory or lock file replaced by a symlink or by something
+that is not a directory is refused as damage
+(:class:`~shardstore.errors.ChecksumError`), never followed. The dataset root
+is used as the caller names it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import re
+import stat
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
-from shardstore import faults
 from shardstore.checksum import new_hasher
-from shardstore.errors import CommitConflictError, DatasetExistsError
-from shardstore.fsutil import (
-    fsync_dir,
-    fsync_tree,
-    make_dirs,
-    publish,
-    remove_quietly,
-    remove_tree,
-    rename,
-    write_new_file,
+from shardstore.errors import (
+    CommitConflictError,
+    DatasetExistsError,
+    ShardStoreError,
+    from_os_error,
 )
+from shardstore.fsutil import HashingFile, read_manifest_bytes, write_file_at
 from shardstore.locks import FileLock, locked
 from shardstore.manifest import MANIFEST_NAME, Manifest
+from shardstore.safefs import Directory
 
 __all__ = [
     "CONTROL_DIR",
@@ -72,6 +78,7 @@ __all__ = [
     "control_dir",
     "dataset_lock_path",
     "default_grace",
+    "foreign_entries",
     "manifest_state",
     "referenced_dirs",
     "retired_dir",
@@ -92,6 +99,10 @@ VERSION_DIR = re.compile(r"v-[0-9a-f]{8,64}")
 DEFAULT_GRACE_SECONDS = 24 * 3600.0
 #: Environment variable overriding :data:`DEFAULT_GRACE_SECONDS`.
 GRACE_ENV_VAR = "SHARDSTORE_GC_GRACE_SECONDS"
+
+
+#: Names of manifests of format version 1 writers being written (``.manifest-<id>.tmp``).
+V1_TMP_MANIFEST = re.compile(r"\.manifest-.*\.tmp")
 
 
 def control_dir(root: Path) -> Path:
@@ -175,20 +186,31 @@ class ManifestState:
         return f"ManifestState(token={self.token!r}, version_id={self.version_id!r})"
 
 
+def _open_root(root: Path) -> Directory | None:
+    """The dataset directory, opened as named; ``None`` when there is none."""
+    try:
+        return Directory.open(root, damage=True)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
 def manifest_state(root: Path) -> ManifestState:
-    """Read ``<root>/manifest.json`` (never through a symlink) into a :class:`ManifestState`."""
-    path = root / MANIFEST_NAME
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except FileNotFoundError:
+    """Read ``<root>/manifest.json`` (never through a symlink, never blocking) into a state."""
+    d = _open_root(root)
+    if d is None:
         return ManifestState(None, None)
-    except OSError as exc:  # a symlink (ELOOP), a directory, no permission...
-        return ManifestState(f"unreadable:{exc.errno}:{os.lstat(path).st_ino}", None)
-    try:
-        with os.fdopen(fd, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        return ManifestState(f"unreadable:{exc.errno}", None)
+    with d:
+        st = d.lstat(MANIFEST_NAME)
+        if st is None:
+            return ManifestState(None, None)
+        if not stat.S_ISREG(st.st_mode):  # a link, a directory, a FIFO...: damage
+            return ManifestState(f"unreadable:mode {st.st_mode:o}:{st.st_ino}", None)
+        try:
+            data = read_manifest_bytes(d, MANIFEST_NAME)
+        except (OSError, ShardStoreError) as exc:
+            return ManifestState(f"unreadable:{getattr(exc, 'errno', None)}:{st.st_ino}", None)
+    if data is None:
+        return ManifestState(None, None)
     hasher = new_hasher()
     hasher.update(data)
     version_id = None
@@ -205,36 +227,57 @@ def referenced_dirs(manifest: Manifest) -> set[str]:
 
 def _current_manifest(root: Path) -> Manifest | None:
     """The committed manifest, or ``None`` if there is none or it is invalid."""
-    try:
-        fd = os.open(root / MANIFEST_NAME, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        with os.fdopen(fd, "rb") as f:
-            return Manifest.from_json(f.read())
-    except FileNotFoundError:
+    d = _open_root(root)
+    if d is None:
         return None
+    try:
+        with d:
+            data = read_manifest_bytes(d, MANIFEST_NAME)
+        return None if data is None else Manifest.from_json(data)
     except Exception as exc:  # any unreadable or invalid manifest: retire nothing
         log.warning("cannot read the manifest of %s (%s)", root, exc)
         return None
 
 
+def foreign_entries(root: Path) -> list[str]:
+    """Names in ``root`` that shardstore did not put there (empty if ``root`` is missing)."""
+    d = _open_root(root)
+    if d is None:
+        return []
+    with d:
+        return [
+            n
+            for n in d.names()
+            if n not in (CONTROL_DIR, MANIFEST_NAME)
+            and not VERSION_DIR.fullmatch(n)
+            and not V1_TMP_MANIFEST.fullmatch(n)
+        ]
+
+
 def tidy_control_dir(root: Path) -> None:
     """Remove ``.shardstore/`` pieces that are empty, and the whole of it if nothing is left."""
-    ctl = control_dir(root)
-    if not ctl.is_dir():
+    d = _open_root(root)
+    if d is None:
         return
-    lock = FileLock(dataset_lock_path(root))
-    lock.acquire()
-    try:
-        for sub in (staging_dir(root), writers_dir(root), retired_dir(root), trash_dir(root)):
-            with contextlib.suppress(OSError):
-                sub.rmdir()
-                faults.storage_op("rmdir")
-        with contextlib.suppress(OSError):
-            if os.listdir(ctl) == ["lock"]:
-                lock.release(unlink=True)
-                ctl.rmdir()
-                faults.storage_op("rmdir")
-    finally:
-        lock.release()
+    with d:
+        st = d.lstat(CONTROL_DIR)
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            return
+        lock = FileLock(dataset_lock_path(root), below=root)
+        lock.acquire()
+        try:
+            with d.sub(CONTROL_DIR) as ctl:
+                for sub in ("staging", "writers", "retired", "trash"):
+                    sst = ctl.lstat(sub)
+                    if sst is not None and stat.S_ISDIR(sst.st_mode):
+                        with contextlib.suppress(OSError):
+                            ctl.rmdir(sub)
+                if ctl.names() == ["lock"]:
+                    lock.release(unlink=True)
+                    with contextlib.suppress(OSError):
+                        d.rmdir(CONTROL_DIR)
+        finally:
+            lock.release()
 
 
 class Transaction:
@@ -245,7 +288,8 @@ class Transaction:
     root : the dataset directory.
     version_id : the new version's id (names ``v-<version_id>/``).
     overwrite : replace an existing dataset; without it, one that appears
-        before the commit makes the commit fail.
+        before the commit makes the commit fail, and a directory holding
+        anything else than a dataset is refused.
     fsync : flush files and directories before publishing.
     base : the state of ``manifest.json`` when the write started (read it
         with :func:`manifest_state` before doing anything else); the commit
@@ -263,8 +307,20 @@ class Transaction:
     ) -> None:
         if not overwrite and base.exists:
             raise DatasetExistsError(
-                f"a dataset already exists at {root}; pass overwrite=True to replace it"
+                f"a dataset already exists at {root}; pass overwrite=True to replace it",
+                params=("overwrite",),
             )
+        if not overwrite and not base.exists:
+            foreign = foreign_entries(root)
+            if foreign:
+                shown = ", ".join(repr(n) for n in foreign[:5])
+                more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+                raise DatasetExistsError(
+                    f"{str(root)!r} is not empty and holds no dataset ({shown}{more}); write "
+                    "the dataset to a new or empty directory, or pass overwrite=True to write "
+                    "it into this one anyway",
+                    params=("overwrite",),
+                )
         self.root = root
         self.version_id = version_id
         self.prefix = f"v-{version_id}"
@@ -272,9 +328,9 @@ class Transaction:
         self.fsync = fsync
         self.base = base
         self.state = "new"  # new -> open -> committed | aborted
-        self._writer_lock = FileLock(writer_lock_path(root, version_id))
+        self._writer_lock = FileLock(writer_lock_path(root, version_id), below=root)
         self._moved = False
-        self._created_root = not root.exists()
+        self._created_root = not os.path.lexists(root)
 
     @property
     def shard_root(self) -> Path:
@@ -286,16 +342,22 @@ class Transaction:
         """This write's staging directory."""
         return staging_dir(self.root) / self.prefix
 
+    def _lock(self) -> contextlib.AbstractContextManager[FileLock]:
+        return locked(dataset_lock_path(self.root), below=self.root)
+
     def begin(self, *, collect_garbage: bool = True) -> None:
         """Lock this write in and create its staging directory (idempotent)."""
         if self.state == "open":
             return
         if self.state != "new":
             raise RuntimeError(f"this write is {self.state}")
-        make_dirs(self.root)
-        with locked(dataset_lock_path(self.root)):
+        with Directory.open(self.root, create=True, damage=True) as d, self._lock():
             self._writer_lock.acquire()
-            make_dirs(self.staged)
+            try:
+                d.sub(f"{CONTROL_DIR}/staging/{self.prefix}", create=True).close()
+            except BaseException:
+                self._writer_lock.release(unlink=True)
+                raise
         self.state = "open"
         if collect_garbage:
             from shardstore.garbage import collect
@@ -313,33 +375,77 @@ class Transaction:
         CommitConflictError
             ``manifest.json`` changed since the write started (another writer
             committed first). Nothing of this write was published.
+        ChecksumError
+            The control area or this write's staging directory was replaced
+            meanwhile by something that is not a directory (a symlink...).
         """
         if manifest.version_id != self.version_id:
             raise ValueError("the manifest belongs to another write")
         self.begin()
-        tmp = tmp_manifest_path(self.root, self.version_id)
-        write_new_file(tmp, manifest.to_json().encode("utf-8"), fsync=self.fsync)
+        tmp_name = tmp_manifest_path(self.root, self.version_id).name
         ours = self.prefix in referenced_dirs(manifest)
-        if self.fsync and ours:
-            fsync_tree(self.staged)
-        with locked(dataset_lock_path(self.root)):
-            now = manifest_state(self.root)
-            if now != self.base:
-                raise self._conflict(now)
-            if now.exists:
-                self._retire_current(referenced_dirs(manifest))
+        with ExitStack() as stack:
+            d = stack.enter_context(Directory.open(self.root, damage=True))
+            ctl = stack.enter_context(d.sub(CONTROL_DIR))
+            with HashingFile(ctl.child(tmp_name), fsync=self.fsync, below=self.root) as f:
+                f.write(manifest.to_json().encode("utf-8"))
+            staging = stack.enter_context(ctl.sub("staging"))
             if ours:
-                rename(self.staged, self.root / self.prefix)
-                self._moved = True
+                st = staging.lstat(self.prefix)
+                if st is None or not stat.S_ISDIR(st.st_mode):  # replaced under us
+                    with staging.sub(self.prefix):
+                        pass  # raises the damage error naming what is there
                 if self.fsync:
-                    fsync_dir(self.root)
-            publish(tmp, self.root / MANIFEST_NAME, replace=now.exists)
-            self.state = "committed"
-        if not ours:
-            remove_tree(self.staged)
+                    with staging.sub(self.prefix) as staged:
+                        staged.fsync_tree()
+            with self._lock():
+                now = manifest_state(self.root)
+                if now != self.base:
+                    raise self._conflict(now)
+                if now.exists:
+                    self._retire_current(d, referenced_dirs(manifest))
+                if ours:
+                    staging.rename(self.prefix, d, self.prefix)
+                    self._moved = True
+                    if self.fsync:
+                        d.fsync()
+                self._publish(ctl, tmp_name, d, replace=now.exists)
+                self.state = "committed"
+            if not ours:
+                staging.remove_tree(self.prefix)
         self._writer_lock.release(unlink=True)
         with contextlib.suppress(OSError):
             tidy_control_dir(self.root)
+
+    def _publish(self, ctl: Directory, tmp: str, root: Directory, *, replace: bool) -> None:
+        """Atomically make ``ctl/tmp`` visible as ``root/manifest.json``.
+
+        With ``replace=False`` the publication is create-only: if the manifest
+        appears first (another writer committed), raise ``DatasetExistsError``.
+        Readers see the old file or the new one, never a partial one.
+        """
+        if replace:
+            ctl.replace(tmp, root, MANIFEST_NAME)
+            root.fsync()
+            return
+        try:
+            ctl.link(tmp, root, MANIFEST_NAME)
+        except FileExistsError:
+            raise DatasetExistsError(
+                f"{self.root}: another writer committed a dataset here first"
+            ) from None
+        except OSError as exc:  # filesystems without hard links
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise from_os_error(exc, "publish", root.child(MANIFEST_NAME)) from exc
+            if root.lstat(MANIFEST_NAME) is not None:
+                raise DatasetExistsError(
+                    f"{self.root}: another writer committed a dataset here first"
+                ) from None
+            ctl.replace(tmp, root, MANIFEST_NAME)
+            root.fsync()
+            return
+        ctl.unlink(tmp, missing_ok=True)
+        root.fsync()
 
     def suspend(self) -> None:
         """Let go of this write but keep its staging directory, for a resumable write.
@@ -360,11 +466,22 @@ class Transaction:
         self.state = "aborted"
         if not was_open:
             return
-        remove_tree(self.staged)
-        if self._moved:  # renamed into place, but the publication failed
-            remove_tree(self.root / self.prefix)
-        remove_quietly(tmp_manifest_path(self.root, self.version_id))
-        self._writer_lock.release(unlink=True)
+        d = _open_root(self.root)
+        if d is not None:
+            with d:
+                staging = _try_sub(d, f"{CONTROL_DIR}/staging")
+                if staging is not None:
+                    with staging:
+                        staging.remove_tree(self.prefix)
+                if self._moved:  # renamed into place, but the publication failed
+                    d.remove_tree(self.prefix)
+                ctl = _try_sub(d, CONTROL_DIR)
+                if ctl is not None:
+                    with ctl, contextlib.suppress(OSError):
+                        ctl.unlink(tmp_manifest_path(self.root, self.version_id).name,
+                                   missing_ok=True)  # fmt: skip
+        with contextlib.suppress(OSError):
+            self._writer_lock.release(unlink=True)
         with contextlib.suppress(OSError):
             tidy_control_dir(self.root)
         if self._created_root:
@@ -384,7 +501,7 @@ class Transaction:
             "nothing of this write was published (start it again to write over the new state)"
         )
 
-    def _retire_current(self, keep: set[str]) -> None:
+    def _retire_current(self, root: Directory, keep: set[str]) -> None:
         """Mark the directories of the manifest being replaced as superseded now."""
         current = _current_manifest(self.root)
         if current is None:
@@ -392,12 +509,18 @@ class Transaction:
         names = sorted(n for n in referenced_dirs(current) - keep if VERSION_DIR.fullmatch(n))
         if not names:
             return
-        make_dirs(retired_dir(self.root))
         stamp = json.dumps({"retired_at": time.time(), "by": self.version_id}).encode()
-        for name in names:
-            marker = retired_dir(self.root) / name
-            if marker.exists():
-                os.utime(marker)
-                faults.storage_op("touch")
-            else:
-                write_new_file(marker, stamp, fsync=False)
+        with root.sub(f"{CONTROL_DIR}/retired", create=True) as retired:
+            for name in names:
+                if retired.lstat(name) is not None:
+                    retired.touch(name)  # a link or a non-file there is refused as damage
+                else:
+                    write_file_at(retired, name, stamp)
+
+
+def _try_sub(d: Directory, rel: str) -> Directory | None:
+    """``d.try_sub(rel)``, also ``None`` when something on the way is not a real directory."""
+    try:
+        return d.try_sub(rel)
+    except OSError:
+        return None

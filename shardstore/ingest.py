@@ -111,7 +111,10 @@ def detect_kind(paths: Sequence[str]) -> str:
         return "npz"
     if suffix == ".npy":
         return "npy"
-    raise InvalidInputError(f"cannot tell what {paths[0]!r} is; name the kind ({', '.join(KINDS)})")
+    raise InvalidInputError(
+        f"cannot tell what {paths[0]!r} is; give kind (one of {', '.join(KINDS)})",
+        params=("kind",),
+    )
 
 
 @dataclass
@@ -137,7 +140,9 @@ def _file_inputs(
     on_error: str,
 ) -> _Inputs:
     if labels is not None and label_from is not None:
-        raise InvalidInputError("give labels (a CSV) or label_from, not both")
+        raise InvalidInputError(
+            "give labels (a CSV) or label_from, not both", params=("labels", "label_from")
+        )
     files = expand_inputs(paths)
     bad: list[BadFile] = []
     raw: dict[str, tuple[str, ...]] = {}
@@ -146,7 +151,8 @@ def _file_inputs(
     def reject(name: str, reason: str) -> None:
         if on_error == "fail":
             raise InvalidInputError(
-                f"{name!r} {reason} (--on-error=skip / on_error='skip' ingests the other files)"
+                f"{name!r} {reason} (on_error='skip' ingests the other files)",
+                params=("on_error",),
             )
         bad.append(BadFile(name, reason))
 
@@ -211,7 +217,10 @@ def _array_inputs(kind: str, path: Path, *, feature: str, members: Sequence[str]
     columns: dict[str, Column] = {}
     if kind == "npy":
         if members:
-            raise InvalidInputError("members select arrays of an .npz or a Zarr group")
+            raise InvalidInputError(
+                "members applies to an .npz or a Zarr group, not to one .npy",
+                params=("members",),
+            )
         columns.update(open_npy(path, feature))
     elif kind == "npz":
         npz, how = open_npz(path, list(members) if members is not None else None)
@@ -307,20 +316,27 @@ def ingest(
     """
     paths = _paths(src)
     if on_error not in ON_ERROR:
-        raise InvalidInputError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+        raise InvalidInputError(
+            f"on_error must be 'fail' or 'skip', got {on_error!r}", params=("on_error",)
+        )
     if kind is None:
         kind = detect_kind(paths)
     elif kind not in KINDS:
-        raise InvalidInputError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        raise InvalidInputError(
+            f"kind must be one of {', '.join(KINDS)}, got {kind!r}", params=("kind",)
+        )
     for name in (feature, label_feature):
         try:
             check_feature_name(name)
         except ManifestError as exc:
             raise InvalidInputError(str(exc)) from None
     if kind != "files" and (labels is not None or label_from is not None):
-        raise InvalidInputError(f"labels and label_from apply to kind 'files', not {kind!r}")
+        raise InvalidInputError(
+            f"labels and label_from apply to kind='files', not kind={kind!r}",
+            params=("labels", "label_from", "kind"),
+        )
     if kind != "files" and len(paths) != 1:
-        raise InvalidInputError(f"kind {kind!r} reads one path, got {len(paths)}")
+        raise InvalidInputError(f"kind={kind!r} reads one path, got {len(paths)}", params=("kind",))
     layout = ShardLayout.create(shard_size, records_per_shard)
     source = get_source(format)
     checked = source.check_options(options)

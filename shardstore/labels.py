@@ -10,6 +10,7 @@ the names kept in the dataset's metadata).
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ import numpy as np
 
 from shardstore.errors import InvalidInputError, ManifestError
 from shardstore.manifest import check_feature_name
+from shardstore.safefs import open_binary
 
 __all__ = [
     "FILENAME_COLUMNS",
@@ -76,7 +78,8 @@ def read_label_table(
     """Read a labels CSV (with a header row); raise ``InvalidInputError`` naming any problem."""
     csv_path = Path(path)
     try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        raw = open_binary(csv_path, follow_symlinks=True, damage=False)  # never a FIFO
+        with io.TextIOWrapper(raw, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             body = list(enumerate(reader, start=2))

@@ -15,6 +15,11 @@ A lock file may be unlinked by its holder (to tidy up); a process that was
 waiting for it notices that the path now names another file (or none) and
 tries again, so a lock is never held on a file nobody else can find.
 
+A lock file is opened with ``O_NOFOLLOW | O_NONBLOCK`` in a directory reached
+from the dataset root without following links (:mod:`shardstore.safefs`), and
+must be a regular file: a symlink planted at a lock's place is refused as
+damage, never opened through.
+
 Where ``flock`` is unavailable (Windows) or refused (some network or FUSE
 file systems), the locks degrade to no-ops with one warning: single-writer
 use stays safe, concurrent writers to one path are then not protected.
@@ -29,7 +34,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from shardstore.fsutil import make_dirs
+from shardstore.errors import from_os_error
+from shardstore.fsutil import parent_directory
 
 try:
     import fcntl
@@ -42,6 +48,8 @@ log = logging.getLogger(__name__)
 
 _UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS}
 _warned = False
+#: Times a lock whose directory keeps vanishing is tried again before giving up.
+_MAX_RETRIES = 100
 
 
 def _warn_unsupported(path: Path, why: str) -> None:
@@ -59,11 +67,14 @@ def _warn_unsupported(path: Path, why: str) -> None:
 class FileLock:
     """An exclusive ``flock`` on ``path`` (created if missing, with its parents).
 
-    Use :meth:`acquire` / :meth:`release`, or :func:`locked`. Not reentrant.
+    With ``below`` (an ancestor of ``path``, e.g. the dataset root), the
+    directories after it are reached without following links. Use
+    :meth:`acquire` / :meth:`release`, or :func:`locked`. Not reentrant.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, below: Path | None = None) -> None:
         self.path = path
+        self.below = below
         self._fd = -1
         self.degraded = False
 
@@ -80,17 +91,19 @@ class FileLock:
         """
         if self._fd >= 0:
             raise RuntimeError(f"lock {self.path} is already held by this object")
+        retries = 0
         while True:
-            if create:
-                make_dirs(self.path.parent)
-                flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-            else:
-                flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
             try:
-                fd = os.open(self.path, flags, 0o644)
+                with parent_directory(self.path, below=self.below, create=create) as d:
+                    fd = d.open_lock(self.path.name, create=create)
+                if fd is None:
+                    return True  # no lock file: nobody holds it
             except FileNotFoundError:
-                if create:
+                if create and retries < _MAX_RETRIES:
+                    retries += 1
                     continue  # a directory was tidied away under us: make it again
+                if create:
+                    raise
                 return True
             if fcntl is None:  # pragma: no cover - Windows
                 _warn_unsupported(self.path, "no fcntl module")
@@ -104,15 +117,17 @@ class FileLock:
             except OSError as exc:
                 if exc.errno not in _UNSUPPORTED:
                     os.close(fd)
-                    raise
+                    raise from_os_error(exc, "lock", self.path) from exc
                 _warn_unsupported(self.path, os.strerror(exc.errno or 0))
                 self._fd, self.degraded = fd, True
                 return True
             # The holder before us may have unlinked the file: then this lock
             # guards nothing anyone else can find; start over.
             try:
-                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
-            except FileNotFoundError:
+                with parent_directory(self.path, below=self.below) as d:
+                    now = d.lstat(self.path.name)
+                same = now is not None and os.path.samestat(os.fstat(fd), now)
+            except OSError:
                 same = False
             if same:
                 self._fd = fd
@@ -126,9 +141,8 @@ class FileLock:
         if self._fd < 0:
             return
         if unlink:
-            from shardstore.fsutil import remove_quietly
-
-            remove_quietly(self.path)
+            with contextlib.suppress(OSError), parent_directory(self.path, below=self.below) as d:
+                d.unlink(self.path.name, missing_ok=True)
         fd, self._fd = self._fd, -1
         os.close(fd)  # closing the last descriptor releases the flock
 
@@ -139,9 +153,9 @@ class FileLock:
 
 
 @contextlib.contextmanager
-def locked(path: Path) -> Iterator[FileLock]:
-    """Hold the exclusive lock ``path`` for the ``with`` block."""
-    lock = FileLock(path)
+def locked(path: Path, *, below: Path | None = None) -> Iterator[FileLock]:
+    """Hold the exclusive lock ``path`` for the ``with`` block (see :class:`FileLock`)."""
+    lock = FileLock(path, below=below)
     lock.acquire()
     try:
         yield lock

@@ -20,6 +20,7 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -32,6 +33,10 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "MANIFEST_NAME",
+    "MAX_EXPANSION",
+    "MAX_RECORDS",
+    "MAX_RECORD_BYTES",
+    "MAX_SHARD_BYTES",
     "SUPPORTED_DTYPES",
     "SUPPORTED_FORMAT_VERSIONS",
     "FeatureSpec",
@@ -54,6 +59,21 @@ SUPPORTED_DTYPES: frozenset[str] = frozenset(
     {"|b1", "|i1", "|u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8"}
     | {"<f2", "<f4", "<f8", "<c8", "<c16"}
 )
+
+#: The most records a shard, and a whole dataset, may claim (2^48, about 2.8e14):
+#: every record count, offset and size derived from it fits in an ``int64``.
+MAX_RECORDS = 1 << 48
+#: The most bytes one record of a fixed-shape feature, or one row of a ragged
+#: one, may claim (2^40).
+MAX_RECORD_BYTES = 1 << 40
+#: The most bytes the records of one shard may claim (2^62): sizes and
+#: offsets computed from a manifest always fit in an ``int64``.
+MAX_SHARD_BYTES = 1 << 62
+#: Largest ratio of decoded record bytes to stored bytes a reader accepts, for a
+#: shard and for a compressed chunk. Blosc/Zstandard reach ~18,000 on all-zero
+#: data; a claim beyond this is a lying header or manifest, refused before any
+#: allocation.
+MAX_EXPANSION = 1 << 16
 
 _MAX_NDIM = 32
 _MAX_PATH_LEN = 1024
@@ -200,10 +220,15 @@ class FeatureSpec:
         if lengths is not None:
             lengths = _length_stats(lengths, f"{where}.lengths")
         spec = cls(np.dtype(str(dtype_str)), tuple(dims), lengths)
-        if spec.is_fixed and spec.record_nbytes > 2**40:
-            raise ManifestError(f"{where}.shape: a record of {spec.record_nbytes} bytes is absurd")
-        if spec.row_nbytes > 2**40:
-            raise ManifestError(f"{where}.shape: a row of {spec.row_nbytes} bytes is absurd")
+        if spec.is_fixed and spec.record_nbytes > MAX_RECORD_BYTES:
+            raise ManifestError(
+                f"{where}.shape: a record of {spec.record_nbytes} bytes is absurd (at most "
+                f"2^40 bytes per record)"
+            )
+        if spec.row_nbytes > MAX_RECORD_BYTES:
+            raise ManifestError(
+                f"{where}.shape: a row of {spec.row_nbytes} bytes is absurd (at most 2^40)"
+            )
         if 0 in dims:
             raise ManifestError(f"{where}.shape: {shape} holds no element per record")
         return spec
@@ -257,19 +282,40 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class ShardEntry:
-    """One shard: which source wrote it, how many records, which files."""
+    """One shard: which source wrote it, how many records, which files.
+
+    ``blocks`` is the shard's block index (:mod:`shardstore.blocks`): the
+    per-block checksums of its files, in a file of its own whose size and
+    checksum are listed here. ``None`` for shards written before block
+    indexes existed: their files are then verified whole.
+    """
 
     index: int
     source: str
     num_records: int
     files: tuple[FileEntry, ...]
+    blocks: FileEntry | None = None
+
+    @property
+    def stored_files(self) -> tuple[FileEntry, ...]:
+        """Every file the shard keeps on disk: its ``files`` and its block index, if any."""
+        return self.files if self.blocks is None else (*self.files, self.blocks)
 
     def file_for(self, feature: str) -> FileEntry:
-        """The file holding ``feature`` in this shard."""
+        """The file holding ``feature`` in this shard (the first one listed for it)."""
+        found = self._by_feature.get(feature)
+        if found is None:
+            raise ManifestError(f"shard {self.index} has no file for feature {feature!r}")
+        return found
+
+    @cached_property
+    def _by_feature(self) -> dict[str, FileEntry]:
+        """feature -> its first file (readers look files up per shard per read)."""
+        out: dict[str, FileEntry] = {}
         for f in self.files:
-            if f.feature == feature:
-                return f
-        raise ManifestError(f"shard {self.index} has no file for feature {feature!r}")
+            if f.feature is not None:
+                out.setdefault(f.feature, f)
+        return out
 
     def ragged_files(self, feature: str) -> tuple[FileEntry, FileEntry]:
         """The ``(values, offsets)`` files of a ragged feature (``info["ragged"]`` names each)."""
@@ -296,12 +342,15 @@ class ShardEntry:
 
     def to_json(self) -> dict[str, Any]:
         """The manifest representation of this shard."""
-        return {
+        out: dict[str, Any] = {
             "index": self.index,
             "source": self.source,
             "num_records": self.num_records,
             "files": [f.to_json() for f in self.files],
         }
+        if self.blocks is not None:
+            out["blocks"] = self.blocks.to_json()
+        return out
 
     @classmethod
     def from_json(cls, obj: object, *, where: str) -> ShardEntry:
@@ -311,17 +360,24 @@ class ShardEntry:
         source = obj.get("source")
         if not isinstance(source, str) or not _SOURCE_NAME.fullmatch(source):
             raise ManifestError(f"{where}.source: invalid source name {source!r}")
-        num_records = _expect_int(obj.get("num_records"), f"{where}.num_records", minimum=0)
+        num_records = _expect_int(
+            obj.get("num_records"), f"{where}.num_records", minimum=0, maximum=MAX_RECORDS - 1
+        )
         files = obj.get("files")
         if not isinstance(files, list) or not files:
             raise ManifestError(f"{where}.files: expected a non-empty list")
         entries = tuple(
             FileEntry.from_json(f, where=f"{where}.files[{i}]") for i, f in enumerate(files)
         )
-        paths = [f.path for f in entries]
+        blocks = obj.get("blocks")
+        if blocks is not None:
+            blocks = FileEntry.from_json(blocks, where=f"{where}.blocks")
+            if blocks.feature is not None or blocks.info:
+                raise ManifestError(f"{where}.blocks: a block index has no feature and no info")
+        paths = [f.path for f in entries] + ([blocks.path] if blocks is not None else [])
         if len(set(paths)) != len(paths):
             raise ManifestError(f"{where}.files: the same path is listed twice")
-        return cls(index, source, num_records, entries)
+        return cls(index, source, num_records, entries, blocks)
 
 
 @dataclass(frozen=True)
@@ -373,7 +429,24 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
-        """Parse and validate ``manifest.json`` text; raise ``ManifestError`` if invalid."""
+        """Parse and validate ``manifest.json`` text; raise ``ManifestError`` if invalid.
+
+        Bytes must be UTF-8 without a byte order mark (the format says so; JSON
+        decoders would otherwise guess UTF-16 or UTF-32 and skip a BOM).
+        """
+        if isinstance(text, bytes | bytearray | memoryview):
+            raw = bytes(text)
+            if raw.startswith(b"\xef\xbb\xbf"):
+                raise ManifestError(
+                    "manifest is not valid: it starts with a UTF-8 byte order mark; a "
+                    "manifest is plain UTF-8 without one"
+                )
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ManifestError(f"manifest is not valid UTF-8: {exc}") from None
+        if text.startswith("\ufeff"):
+            raise ManifestError("manifest is not valid: it starts with a byte order mark")
         with _gc_paused():  # parsing allocates millions of objects that all survive
             try:
                 obj = json.loads(text, parse_constant=_reject_constant)
@@ -425,7 +498,7 @@ class Manifest:
                     f"manifest.shards[{pos}].index is {shard.index}; shards must be listed "
                     "in index order starting at 0"
                 )
-            for f in shard.files:
+            for f in shard.stored_files:
                 if f.feature is not None and f.feature not in features:
                     raise ManifestError(
                         f"manifest.shards[{pos}]: file {f.path!r} names unknown feature "
@@ -434,12 +507,21 @@ class Manifest:
                 if f.path in seen_paths or f.path == MANIFEST_NAME:
                     raise ManifestError(f"manifest.shards[{pos}]: path {f.path!r} is reused")
                 seen_paths.add(f.path)
-        num_records = _expect_int(obj.get("num_records"), "manifest.num_records", minimum=0)
+        num_records = _expect_int(
+            obj.get("num_records"), "manifest.num_records", minimum=0, maximum=MAX_RECORDS - 1
+        )
         total = sum(s.num_records for s in shards)
         if num_records != total:
             raise ManifestError(
                 f"manifest.num_records is {num_records} but the shards hold {total} records"
             )
+        record_bytes = sum(f.record_nbytes for f in features.values() if f.is_fixed)
+        for pos, shard in enumerate(shards):
+            if shard.num_records * record_bytes >= MAX_SHARD_BYTES:
+                raise ManifestError(
+                    f"manifest.shards[{pos}]: {shard.num_records} records of {record_bytes} "
+                    "bytes cannot be real (more than 2^62 bytes in one shard)"
+                )
         metadata = _expect_dict(obj.get("metadata", {}), "manifest.metadata")
         return cls(
             features=MappingProxyType(features),
@@ -509,7 +591,11 @@ def _expect_dict(obj: object, where: str) -> dict[str, Any]:
     return obj
 
 
-def _expect_int(obj: object, where: str, *, minimum: int) -> int:
-    if type(obj) is not int or obj < minimum:
-        raise ManifestError(f"{where}: expected an integer >= {minimum}, got {obj!r}")
+def _expect_int(obj: object, where: str, *, minimum: int, maximum: int = (1 << 63) - 1) -> int:
+    """``obj`` if it is an ``int`` in ``[minimum, maximum]`` (default: anything an int64 holds)."""
+    if type(obj) is not int or not minimum <= obj <= maximum:
+        shown = repr(obj) if type(obj) is not int or obj.bit_length() < 200 else "a huge number"
+        raise ManifestError(
+            f"{where}: expected an integer from {minimum} to {maximum}, got {shown}"
+        )
     return obj

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from tqdm.auto import tqdm
 
+from shardstore.blocks import INDEX_SUFFIX
 from shardstore.checksum import CHUNK_BYTES, format_digest, new_hasher
 from shardstore.commit import Transaction, manifest_state
 from shardstore.errors import (
@@ -40,9 +41,16 @@ from shardstore.errors import (
     DatasetExistsError,
     InvalidInputError,
 )
-from shardstore.fsutil import HashingFile, remove_quietly, resolve_inside
+from shardstore.fsutil import (
+    HashingFile,
+    link_into,
+    make_dirs,
+    remove_quietly,
+    resolve_inside,
+)
 from shardstore.manifest import MANIFEST_NAME, FeatureSpec, FileEntry, Manifest, ShardEntry
 from shardstore.ragged import merge_length_stats
+from shardstore.safefs import open_binary
 
 if TYPE_CHECKING:
     from shardstore.reader import Dataset
@@ -63,17 +71,24 @@ _SHARD_PATH = re.compile(r"^[^/]+/(\d{6})(.*)$")
 
 
 def link_or_copy(
-    src: Path, dst: Path, *, link: str, fsync: bool, expected: FileEntry | None = None
+    src: Path,
+    dst: Path,
+    *,
+    link: str,
+    fsync: bool,
+    expected: FileEntry | None = None,
+    below: Path | None = None,
 ) -> bool:
     """Bring ``src`` in as the new file ``dst``; return True if hard-linked, False if copied.
 
     With ``expected``, a copy is hashed while written and must match its
     checksum and size (``ChecksumError`` otherwise, the copy removed).
     ``link="hardlink"`` raises ``InvalidInputError`` where ``"auto"`` would copy.
+    ``dst``'s directory is reached from ``below`` without following links.
     """
     if link != "copy":
         try:
-            os.link(src, dst, follow_symlinks=True)
+            link_into(src, dst, below=below)
             return True
         except OSError as exc:
             if exc.errno not in _NO_LINK_ERRNOS:
@@ -81,14 +96,15 @@ def link_or_copy(
             if link == "hardlink":
                 raise InvalidInputError(
                     f"cannot hard-link {str(src)!r} into {str(dst.parent)!r}: {exc.strerror}. "
-                    "Hard links need both on the same filesystem; use link='copy' or 'auto'"
+                    "Hard links need both on the same filesystem; use link='copy' or link='auto'",
+                    params=("link",),
                 ) from None
             log.info("cannot hard-link %s (%s); copying it", src, exc.strerror)
-    with open(src, "rb") as fin, HashingFile(dst, fsync=fsync) as out:
+    with open_binary(src) as fin, HashingFile(dst, fsync=fsync, below=below) as out:
         while piece := fin.read(CHUNK_BYTES):
             out.write(piece)
     if expected is not None and (out.checksum, out.size) != (expected.checksum, expected.size):
-        remove_quietly(dst)
+        remove_quietly(dst, below=below)
         raise ChecksumError(
             f"{str(src)!r} has checksum {out.checksum} and {out.size} bytes; its manifest "
             f"records {expected.checksum} and {expected.size} bytes",
@@ -100,7 +116,7 @@ def link_or_copy(
 def _hash(path: Path) -> tuple[int, str]:
     hasher = new_hasher()
     size = 0
-    with open(path, "rb") as f:
+    with open_binary(path) as f:
         while piece := f.read(CHUNK_BYTES):
             hasher.update(piece)
             size += len(piece)
@@ -198,6 +214,38 @@ def _new_path(prefix: str, index: int, shard: ShardEntry, path: str) -> str:
     return f"{prefix}/{index:06d}/{path}"  # another layout: kept whole under the shard
 
 
+def _carry_index(
+    part: Dataset,
+    shard: ShardEntry,
+    index: int,
+    prefix: str,
+    root: Path,
+    files: Sequence[FileEntry],
+    *,
+    link: str,
+    fsync: bool,
+) -> FileEntry | None:
+    """Bring ``shard``'s block index in as shard ``index``'s (linked or copied, checked).
+
+    Sections of an index are found by file size and checksum, not by path, so
+    the index stays valid for the renamed files. ``None`` when the shard has
+    none (its files are then verified whole when read).
+    """
+    if shard.blocks is None:
+        return None
+    relpath = f"{prefix}/{index:06d}{INDEX_SUFFIX}"
+    if any(f.path == relpath for f in files):  # a foreign layout took the name: go without
+        return None
+    src = resolve_inside(part.path, shard.blocks.path)
+    try:
+        linked = link_or_copy(src, root / relpath, link=link, fsync=fsync, expected=shard.blocks)
+    except (ChecksumError, FileNotFoundError):
+        raise _damaged(part, shard, shard.blocks.path, "does not match its manifest") from None
+    if linked and (root / relpath).stat().st_size != shard.blocks.size:
+        raise _damaged(part, shard, shard.blocks.path, "does not match its manifest")
+    return FileEntry(relpath, shard.blocks.size, shard.blocks.checksum)
+
+
 def _merged_features(parts: Sequence[Dataset]) -> dict[str, FeatureSpec]:
     """The parts' features; a ragged feature's length statistics summed over the parts."""
     out = dict(parts[0].features)
@@ -267,14 +315,17 @@ def merge(
     from shardstore.reader import Dataset
 
     if link not in LINK_MODES:
-        raise InvalidInputError(f"link must be one of {', '.join(LINK_MODES)}, got {link!r}")
+        raise InvalidInputError(
+            f"link must be one of {', '.join(LINK_MODES)}, got {link!r}", params=("link",)
+        )
     root = Path(dest)
     if root.exists() and not root.is_dir():
         raise InvalidInputError(f"{root} exists and is not a directory")
     opened = _open_parts(parts, root)
     if not overwrite and (root / MANIFEST_NAME).exists():
         raise DatasetExistsError(
-            f"a dataset already exists at {root}; pass overwrite=True to replace it"
+            f"a dataset already exists at {root}; pass overwrite=True to replace it",
+            params=("overwrite",),
         )
     _check_compatible(opened)
     for part in opened:
@@ -302,10 +353,12 @@ def merge(
                 for f in shard.files:
                     relpath = _new_path(prefix, index, shard, f.path)
                     target = txn.shard_root / relpath
-                    target.parent.mkdir(parents=True, exist_ok=True)
+                    make_dirs(target.parent, below=root)
                     src = resolve_inside(part.path, f.path)
                     try:
-                        was_linked = link_or_copy(src, target, link=link, fsync=fsync, expected=f)
+                        was_linked = link_or_copy(
+                            src, target, link=link, fsync=fsync, expected=f, below=root
+                        )
                     except ChecksumError:
                         raise _damaged(
                             part, shard, f.path, f"does not match its checksum {f.checksum}"
@@ -328,7 +381,11 @@ def merge(
                         copied += 1
                     files.append(FileEntry(relpath, f.size, f.checksum, f.feature, dict(f.info)))
                     bar.update(f.size)
-                shards.append(ShardEntry(index, shard.source, shard.num_records, tuple(files)))
+                blocks = _carry_index(part, shard, index, prefix, txn.shard_root, files,
+                                      link=link, fsync=fsync)  # fmt: skip
+                shards.append(
+                    ShardEntry(index, shard.source, shard.num_records, tuple(files), blocks)
+                )
         manifest = Manifest(
             features=_merged_features(opened),
             shards=tuple(shards),

@@ -25,6 +25,7 @@ import numpy as np
 from shardstore.errors import InvalidInputError
 from shardstore.manifest import SUPPORTED_DTYPES, FeatureSpec
 from shardstore.ragged import RaggedArray, length_stats
+from shardstore.safefs import open_binary
 
 __all__ = [
     "OBJECTS_REFUSED",
@@ -175,7 +176,7 @@ def read_npy_header(f: BinaryIO) -> NpyHeader:
 
 def _check_one(path: Path) -> tuple[NpyHeader, os.stat_result]:
     try:
-        with open(path, "rb") as f:
+        with open_binary(path, follow_symlinks=True, damage=False) as f:  # never a FIFO
             header = read_npy_header(f)
             st = os.fstat(f.fileno())
             size = st.st_size
@@ -231,7 +232,8 @@ def check_npy_files(
     def reject(name: str, reason: str) -> None:
         if on_error == "fail":
             raise InvalidInputError(
-                f"{name!r} {reason} (--on-error=skip / on_error='skip' ingests the other files)"
+                f"{name!r} {reason} (on_error='skip' ingests the other files)",
+                params=("on_error",),
             )
         bad.append(BadFile(name, reason))
 
@@ -353,7 +355,7 @@ def _load_into(item: NpyFile, out: np.ndarray) -> None:
                                       header.shape, header.dtype)  # fmt: skip
     view = buf.data.cast("B")
     try:
-        with open(item.path, "rb", buffering=0) as f:
+        with open_binary(item.path, buffering=0, follow_symlinks=True, damage=False) as f:
             f.seek(header.offset)
             got = 0
             while got < len(view):

@@ -141,6 +141,7 @@ def _task_spec(ctx: ShardWriteContext, source: str) -> dict[str, Any]:
         "features": {n: s.to_json() for n, s in ctx.features.items()},
         "options": dict(ctx.options),
         "fsync": ctx.fsync,
+        "base": str(ctx.base) if ctx.base is not None else None,
     }
 
 
@@ -150,9 +151,10 @@ def _write_in_context(
     """Write one shard; on failure remove the files this shard finished, then re-raise."""
     try:
         source.write_shard(ctx, arrays)
+        ctx.write_block_index()  # the per-block checksums of every file the source wrote
     except BaseException:
-        for entry in ctx.files:
-            remove_quietly(ctx.root / entry.path)
+        for entry in [*ctx.files, *([ctx.blocks] if ctx.blocks else [])]:
+            remove_quietly(ctx.root / entry.path, below=ctx.below)
         raise
     return ctx.entry(source.name)
 
@@ -176,6 +178,7 @@ def write_shard_task(spec: Mapping[str, Any], arrays: list[Any]) -> dict[str, An
         raise InvalidInputError(f"expected {len(features)} arrays, got {len(arrays)}")
     ctx = ShardWriteContext(
         root=Path(spec["root"]),
+        base=Path(spec["base"]) if spec.get("base") else None,
         prefix=str(spec["prefix"]),
         index=int(spec["index"]),
         num_records=int(spec["num_records"]),
@@ -380,7 +383,7 @@ class ShardDispatcher:
             self._source.name,
         ):
             raise ManifestError(f"{where}: the worker returned an entry for another shard")
-        for f in entry.files:
+        for f in entry.stored_files:
             if not f.path.startswith(ctx.prefix + "/"):
                 raise ManifestError(f"{where}: file {f.path!r} is outside {ctx.prefix}/")
             try:

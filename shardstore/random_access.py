@@ -73,6 +73,10 @@ def gather_records(
     call per shard touched; any other order costs one more copy. Ragged
     features come back as :class:`~shardstore.ragged.RaggedArray`, read with
     :meth:`~shardstore.sources.base.Source.read_ragged`.
+
+    Sources that verify what they read (``verifies_reads``) do it as they
+    read; for any other, each shard's files are hashed whole (once per
+    process) before the shard is first read, through ``ctx.verifier``.
     """
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
     in_order = bool(np.all(indices[1:] > indices[:-1]))
@@ -87,10 +91,19 @@ def gather_records(
     starts = ctx.record_starts
     positions = np.searchsorted(starts, unique, side="right") - 1
     bounds = np.flatnonzero(np.diff(positions)) + 1
+    whole = ctx.verifier if ctx.verifier is not None and not source.verifies_reads else None
+    names = tuple(ctx.features)
+    touched = positions[np.r_[0, bounds]] if len(unique) else positions[:0]
+    new = touched[~ctx.opened[touched]]
+    if len(new) > 1:  # shards read for the first time: let the source open them together
+        source.open_shards(ctx, new.tolist())
+    ctx.opened[new] = True
     for lo, hi in zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(unique)].tolist(), strict=True):
         if lo == hi:
             continue
         pos = int(positions[lo])
+        if whole is not None:
+            whole.require_shard(ctx.shards[pos], names)
         rows = unique[lo:hi] - starts[pos]
         if out:
             source.read_records_into(

@@ -9,7 +9,9 @@ touches no shard file until asked. TensorFlow is imported only by
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
+import shlex
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,11 +19,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shardstore import integrity
-from shardstore.errors import CapabilityError, ChecksumError, InvalidInputError, ManifestError
+from shardstore.errors import (
+    CapabilityError,
+    ChecksumError,
+    DamagedFilesError,
+    InvalidInputError,
+    ManifestError,
+    from_tf_error,
+)
 from shardstore.fsutil import InsideResolver
-from shardstore.manifest import FeatureSpec, Manifest, ShardEntry
+from shardstore.manifest import MAX_EXPANSION, FeatureSpec, Manifest, ShardEntry
 from shardstore.progress import progress_bar
 from shardstore.registry import get_source
+from shardstore.safefs import storage_boundary
 from shardstore.sources.base import ReadContext
 
 if TYPE_CHECKING:
@@ -40,9 +50,9 @@ class Dataset:
     :attr:`num_shards`, :attr:`features` (name -> :class:`FeatureSpec`),
     :attr:`metadata`, :attr:`nbytes`, :attr:`verify_mode`.
 
-    ``verify`` chooses when shard files are checksummed on the read path
-    (:mod:`shardstore.integrity`): ``"once"`` (default) hashes each file
-    before this process first reads it, ``"size"`` only checks sizes.
+    ``verify`` chooses what is checksummed on the read path
+    (:mod:`shardstore.integrity`): ``"once"`` (default) verifies every block
+    of a file when this process first reads it, ``"size"`` only checks sizes.
     """
 
     def __init__(
@@ -59,8 +69,8 @@ class Dataset:
         self._random_ctx: ReadContext | None = None
         #: ``"once"`` or ``"size"``: see :mod:`shardstore.integrity`.
         self.verify_mode = integrity.normalize_mode(verify)
-        # (shard, features) random access has checked already
-        self._checked: set[tuple[int, tuple[str, ...]]] = set()
+        # shards random access has checked against the manifest already
+        self._checked: set[int] = set()
 
     # -- metadata -----------------------------------------------------------------------
     @property
@@ -106,12 +116,23 @@ class Dataset:
                 )
         return source
 
-    def source_for(self, capability: str) -> Source:
+    def source_for(
+        self,
+        capability: str,
+        *,
+        wanted: str | None = None,
+        instead: str | None = None,
+        params: Sequence[str] = (),
+    ) -> Source:
         """The source to use for ``capability`` (e.g. ``"random_access"``).
 
         Without an explicit ``open(..., source=...)``, a source lacking the
         capability may hand over to the companion it names (``npy`` ->
-        ``memmap``). Raises ``CapabilityError`` naming the capability otherwise.
+        ``memmap``). Raises ``CapabilityError`` naming the capability otherwise:
+        with ``wanted`` (what the caller asked for, e.g. ``"shuffle='global'"``)
+        the message says that, and what to do: ``instead`` (another way to get
+        it done), or convert the dataset to a format that has the capability;
+        ``params`` are the parameters those name (``ShardStoreError.params``).
         """
         source = self.source
         if getattr(type(source), capability, False):
@@ -123,12 +144,26 @@ class Dataset:
                 alt.can_read(s) for s in self.manifest.sources
             ):
                 return alt
-        source.require(capability)
-        raise AssertionError("unreachable")  # pragma: no cover
+        if wanted is None:
+            source.require(capability)
+            raise AssertionError("unreachable")  # pragma: no cover
+        if capability == "random_access":
+            need = "reads records by index (random_access)"
+        else:
+            need = f"needs {capability}"
+        advice = f"{instead}, or convert" if instead else "Convert"
+        raise CapabilityError(
+            f"{wanted} {need}, which the {source.name!r} source of dataset {str(self.path)!r} "
+            f"does not support. {advice} the dataset once to a format that does: "
+            f"`shardstore convert {shlex.quote(str(self.path))} DEST --format npy` "
+            "(`shardstore.convert(src, dest, format='npy')` in Python)",
+            params=params,
+        )
 
     def __len__(self) -> int:
         return self.num_records
 
+    @storage_boundary("read", lambda self, *a, **k: self.path)
     def __getitem__(self, key: Any) -> dict[str, Any]:
         """Records by index, as NumPy arrays (no TensorFlow involved).
 
@@ -139,10 +174,18 @@ class Dataset:
         """
         from shardstore.random_access import gather_records, normalize_index
 
-        source = self.source_for("random_access")
-        indices, scalar = normalize_index(key, self.num_records)
+        source = self.source_for(
+            "random_access",
+            wanted="ds[...]",
+            instead="Read the records in order with ds.iter_numpy() or ds.to_tf()",
+        )
         if self._random_ctx is None:
-            self._random_ctx = ReadContext(self.path, self.shards, self.features, 1)
+            self._random_ctx = ReadContext(
+                self.path, self.shards, self.features, 1, verifier=self.verifier()
+            )
+        if isinstance(key, slice):  # check the shards first: allocate nothing a lie implies
+            self._check_range(self._random_ctx, range(*key.indices(self.num_records)))
+        indices, scalar = normalize_index(key, self.num_records)
         self._check_touched(self._random_ctx, indices)
         out = gather_records(source, self._random_ctx, indices)
         if scalar:
@@ -157,6 +200,7 @@ class Dataset:
         )
 
     # -- reading --------------------------------------------------------------------------
+    @storage_boundary("read", lambda self, *a, **k: self.path)
     def iter_numpy(
         self, batch_size: int | None = None, *, features: Sequence[str] | None = None
     ) -> Iterator[dict[str, Any]]:
@@ -167,23 +211,36 @@ class Dataset:
         records. Used by ``convert``; handy for scikit-learn style consumers.
         """
         names = list(features) if features is not None else list(self.features)
+        self._check_plausible(self.shards)
         record_bytes = max(1, int(sum(self.features[n].mean_record_nbytes for n in names)))
         step = batch_size or max(1, (64 << 20) // record_bytes)
         try:
             source = self.source_for("random_access")
         except CapabilityError:
-            for batch in self.to_tf(step, features=tuple(names)).as_numpy_iterator():
+            import tensorflow as tf
+
+            batches = self.to_tf(step, features=tuple(names)).as_numpy_iterator()
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    return
+                except tf.errors.OpError as exc:  # the pipeline's own error, typed again
+                    typed = from_tf_error(exc)
+                    if typed is None:
+                        raise
+                    raise typed from exc
                 yield dict(zip(names, batch, strict=True))
-            return
         from shardstore.random_access import gather_records
 
         specs = {n: self.features[n] for n in names}
-        ctx = ReadContext(self.path, self.shards, specs, 1)
+        ctx = ReadContext(self.path, self.shards, specs, 1, verifier=self.verifier())
         for lo in range(0, self.num_records, step):
             indices = np.arange(lo, min(lo + step, self.num_records), dtype=np.int64)
             self._check_touched(ctx, indices)
             yield gather_records(source, ctx, indices)
 
+    @storage_boundary("read", lambda self, *a, **k: self.path)
     def to_tf(
         self,
         batch_size: int | None = 32,
@@ -285,11 +342,19 @@ class Dataset:
         bucket_by : the ragged feature whose length buckets records (default:
             the only ragged feature read).
         tf_native : build the pipeline from TensorFlow ops only (serialisable;
-            what tf.data service needs), from the source's block reader. The
-            default reads each batch with one ``numpy_function`` call from a
-            random-access source when the dataset has one (``npy`` datasets:
-            ``memmap``), the fastest path. Raises ``CapabilityError`` when the
-            source is not ``tf_native``.
+            what tf.data service needs), from the source's block reader. It
+            can be split among tf.data service workers, by ``service=`` or by
+            your own ``.apply(tf.data.experimental.service.distribute(...))``,
+            so its number of batches is not asserted (``cardinality()`` is
+            unknown, except with ``balance``). TensorFlow ops cannot hash, so
+            such a pipeline verifies the files it will read, whole, when it is
+            built. The default reads each batch with one ``numpy_function``
+            call from a random-access source when the dataset has one (``npy``
+            datasets: ``memmap``), the fastest path, and verifies what it reads
+            when it reads it, in this process only: under a tf.data service it
+            fails with a message that says to use ``service=`` or
+            ``tf_native=True``. Raises ``CapabilityError`` when the source is
+            not ``tf_native``.
         """
         from shardstore.pipeline import ReadConfig, build_pipeline
 
@@ -334,20 +399,30 @@ class Dataset:
             pipeline = pipeline.with_options(options)
         return pipeline
 
+    def verifier(self) -> integrity.Verifier:
+        """A new :class:`~shardstore.integrity.Verifier` of this dataset, in its verify mode.
+
+        Each pipeline and each random-access context gets one: it checks the
+        files it opens against the manifest (sizes when first opened, blocks
+        when read), sharing the process-wide memory of what was verified.
+        """
+        return integrity.Verifier(self.path, self.verify_mode)
+
     def check_files(
         self,
         shards: Sequence[ShardEntry] | None = None,
         *,
         features: Sequence[str] | None = None,
     ) -> None:
-        """Check the files of ``shards`` (default: all) before they are read.
+        """Check the files of ``shards`` (default: all) now, before they are read.
 
         Every file must exist inside the dataset with its recorded size and,
-        with ``verify="once"`` (the default), its recorded checksum, hashed
-        the first time this process reads it (:mod:`shardstore.integrity`).
-        ``to_tf`` calls this with the shards it is about to read, random
-        access with the shards it touches. With ``features``, only those
-        features' files (and files of no single feature) are checked.
+        with ``verify="once"`` (the default), its recorded checksum: files not
+        verified before by this process are hashed whole. Pipelines do not
+        need this (they verify what they read, when they read it); only
+        ``to_tf(tf_native=True)`` calls it, for its pipeline of TensorFlow ops
+        cannot hash. With ``features``, only those features' files (and files
+        of no single feature) are checked.
 
         Raises
         ------
@@ -364,60 +439,155 @@ class Dataset:
                 )
                 for s in shards
             ]
-        integrity.check_shards(
-            shards, InsideResolver(self.path).resolve_stat, self._damaged, mode=self.verify_mode
-        )
+        resolve_stat = self._resolve_stat(shards)
+        if self.verify_mode == "size":
+            problems = integrity.stat_shards(
+                [dataclasses.replace(s, blocks=None) for s in shards], resolve_stat, self._damaged
+            )
+        else:
+            problems = integrity.hash_shards(
+                shards, resolve_stat, self._damaged, rehash=False, blocks=False, first_only=True
+            )
+        if problems:
+            raise problems[0]
+
+    def _resolve_stat(
+        self, shards: Sequence[ShardEntry]
+    ) -> Callable[[str], tuple[str, os.stat_result | None]]:
+        """:meth:`InsideResolver.resolve_stat`, damage reported at the shard listing the file.
+
+        Every file of the dataset is checked to be a regular file, reached
+        through real directories (no symlink, FIFO, device...), before it is
+        hashed, mapped or handed to TensorFlow.
+        """
+        resolver = InsideResolver(self.path)
+        owner = {f.path: s for s in shards for f in s.stored_files}
+
+        def resolve_stat(relpath: str) -> tuple[str, os.stat_result | None]:
+            try:
+                return resolver.resolve_stat(relpath)
+            except ChecksumError as exc:
+                located = type(exc).in_file(
+                    self.path, owner[relpath].index, relpath, exc.what, errno=exc.errno
+                )
+                raise located from None
+
+        return resolve_stat
 
     def _check_plausible(self, shards: Sequence[ShardEntry]) -> None:
         """Refuse a shard claiming far more record bytes than its files could hold.
 
         Readers allocate what the manifest's shapes and counts imply; a
         manifest whose claims are not backed by bytes on disk (more than
-        :data:`~shardstore.integrity.MAX_EXPANSION` times, compression
-        included) is refused before anything is allocated.
+        :data:`~shardstore.manifest.MAX_EXPANSION` times, compression
+        included) is refused before anything is allocated. Every record
+        counts its fixed-shape features' bytes (in a dataset of ragged
+        features only, 8 bytes of offset per feature); the files' recorded
+        sizes are checked against the disk (:mod:`shardstore.integrity`)
+        before anything is read.
         """
-        # ragged values add what their files hold (their rows are counted from file sizes)
-        record_bytes = sum(s.record_nbytes for s in self.features.values() if s.is_fixed)
+        specs = self.features.values()
+        record_bytes = sum(s.record_nbytes for s in specs if s.is_fixed)
+        if not record_bytes:  # only ragged features: each record has an 8-byte offset
+            record_bytes = 8 * sum(1 for s in specs if s.is_ragged)
         for shard in shards:
             claimed = shard.num_records * record_bytes
-            if claimed > integrity.MAX_EXPANSION * shard.nbytes + (1 << 20):
+            if claimed > MAX_EXPANSION * shard.nbytes + (1 << 20):
                 raise ManifestError(
                     f"dataset {str(self.path)!r}, shard {shard.index}: claims {claimed} bytes "
-                    f"of records in {shard.nbytes} bytes of files (more than "
-                    f"{integrity.MAX_EXPANSION}-fold); refusing to read it"
+                    f"of records in {shard.nbytes} bytes of files ({shard.num_records} records, "
+                    f"more than {MAX_EXPANSION}-fold); refusing to read it"
                 )
 
+    def _check_range(self, ctx: ReadContext, records: range) -> None:
+        """The manifest checks of the shards a range of records touches; allocates nothing."""
+        if not len(records):
+            return
+        lo, hi = min(records[0], records[-1]), max(records[0], records[-1]) + 1
+        starts = ctx.record_starts
+        first = int(np.searchsorted(starts, lo, side="right")) - 1
+        last = int(np.searchsorted(starts, hi - 1, side="right")) - 1
+        new = [ctx.shards[p] for p in range(first, last + 1) if p not in self._checked]
+        if new:
+            self._check_plausible(new)
+            self._checked.update(s.index for s in new)
+
     def _check_touched(self, ctx: ReadContext, indices: np.ndarray) -> None:
-        """``check_files`` for the shards holding ``indices`` not checked by this object yet."""
+        """The manifest checks of the shards holding ``indices``, once per shard.
+
+        Their files are verified as they are read (:mod:`shardstore.integrity`).
+        """
         if not len(indices):
             return
         positions = np.unique(np.searchsorted(ctx.record_starts, indices, side="right") - 1)
-        names = tuple(ctx.features)
-        new = [ctx.shards[int(p)] for p in positions if (int(p), names) not in self._checked]
+        new = [ctx.shards[int(p)] for p in positions if int(p) not in self._checked]
         if new:
-            self.check_files(new, features=names)
-            self._checked.update((s.index, names) for s in new)
+            self._check_plausible(new)
+            self._checked.update(s.index for s in new)
 
+    @storage_boundary("verify", lambda self, *a, **k: self.path)
     def verify(self, *, progress: bool | None = None) -> None:
-        """Re-check the size and checksum of every file (always hashing, whatever ``verify_mode``).
+        """Check that every shard can be read as the manifest says; report all damage.
+
+        Runs what reading runs, and more: the plausibility of every record
+        count (before anything is allocated); the size and checksum of every
+        file and of every block (block indexes included, always hashing,
+        whatever ``verify_mode``; every file must be a regular file reached
+        without a symlink); then the source's layout checks
+        (:meth:`~shardstore.sources.base.Source.check_shards`) and, with a
+        random-access source, a read of the first and last record of every
+        shard (which parses the headers and file structure a reader trusts).
 
         Raises
         ------
-        ChecksumError
-            Naming the dataset, the shard and the file that does not match.
+        DamagedFilesError
+            A ``ChecksumError`` naming the dataset, the shard and the first
+            damaged file; ``err.errors`` lists every damaged file (one
+            ``ChecksumError`` each), ``err.checked`` the files checked.
+        ManifestError
+            A count, a header or a file structure that contradicts the manifest.
         """
-        with progress_bar(total=self.nbytes, desc="verify", unit="B", enabled=progress) as bar:
-            integrity.check_shards(
+        self._check_plausible(self.shards)
+        total = sum(f.size for s in self.shards for f in s.stored_files)
+        with progress_bar(total=total, desc="verify", unit="B", enabled=progress) as bar:
+            problems = integrity.hash_shards(
                 self.shards,
-                InsideResolver(self.path).resolve_stat,
+                self._resolve_stat(self.shards),
                 self._damaged,
-                mode="once",
                 rehash=True,
                 progress=bar.update,
             )
+        if problems:
+            files = sum(len(s.stored_files) for s in self.shards)
+            damaged = len({(e.shard, e.file) for e in problems})
+            lines = "\n".join(f"  {e}" for e in problems[:20])
+            if len(problems) > 20:
+                lines += f"\n  ... and {len(problems) - 20} more (err.errors lists them all)"
+            raise DamagedFilesError(
+                f"dataset {str(self.path)!r}: {damaged} of {files} files damaged:\n{lines}",
+                problems,
+                checked=files,
+            )
+        source = self.source
+        ctx = ReadContext(self.path, self.shards, self.features, 1, verifier=self.verifier())
+        source.check_shards(ctx)
+        try:
+            reader = self.source_for("random_access")
+        except CapabilityError:
+            return
+        if reader is not source:
+            reader.check_shards(ctx)
+        from shardstore.random_access import gather_records
+
+        for position, shard in enumerate(self.shards):
+            if shard.num_records:
+                start = int(ctx.record_starts[position])
+                ends = sorted({start, start + shard.num_records - 1})
+                gather_records(reader, ctx, np.array(ends, dtype=np.int64))
 
     def _damaged(self, shard: ShardEntry, relpath: str, what: str) -> ChecksumError:
-        return ChecksumError.in_file(self.path, shard.index, relpath, what)
+        code = errno.ENOENT if what == "is missing" else None  # a FileNotFoundError too
+        return ChecksumError.in_file(self.path, shard.index, relpath, what, errno=code)
 
     def info(self) -> dict[str, Any]:
         """A JSON-ready summary (used by ``shardstore info --json``)."""

@@ -37,7 +37,7 @@ import logging
 import os
 import re
 import secrets
-import shutil
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -45,11 +45,12 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from tqdm.auto import tqdm
 
 from shardstore.checksum import new_hasher
-from shardstore.commit import Transaction, manifest_state, staging_dir
+from shardstore.commit import CONTROL_DIR, Transaction, manifest_state, staging_dir
 from shardstore.errors import DatasetExistsError, ManifestError
-from shardstore.fsutil import remove_quietly
+from shardstore.fsutil import parent_directory, remove_quietly, write_file_at
 from shardstore.manifest import MANIFEST_NAME, FeatureSpec, Manifest, ShardEntry
 from shardstore.parallel import ShardDispatcher
+from shardstore.safefs import Directory
 from shardstore.sources.base import ArrayLike, ShardWriteContext, Source
 
 if TYPE_CHECKING:
@@ -63,6 +64,8 @@ log = logging.getLogger(__name__)
 JOURNAL_NAME: Final = ".ingest-journal"
 _JOURNAL_FORMAT: Final = "shardstore-ingest-journal"
 _VERSION_DIR = re.compile(r"v-([0-9a-f]{8,64})")
+#: The largest journal read back (one line per shard).
+_MAX_JOURNAL_BYTES: Final = 1 << 30
 
 
 class Column(Protocol):
@@ -86,11 +89,12 @@ def plan_digest(plan: Mapping[str, Any]) -> str:
     return hasher.hexdigest()
 
 
-def _read_journal(path: Path) -> tuple[dict[str, Any] | None, list[ShardEntry]]:
+def _read_journal(directory: Directory) -> tuple[dict[str, Any] | None, list[ShardEntry]]:
     """The journal's header and entries; a torn last line (a kill mid-append) is ignored."""
+    path = directory.child(JOURNAL_NAME)
     try:
-        lines = path.read_bytes().split(b"\n")
-    except OSError:
+        lines = directory.read_bytes(JOURNAL_NAME, _MAX_JOURNAL_BYTES).split(b"\n")
+    except OSError:  # missing, not a regular file (never read then), too large...
         return None, []
     header: dict[str, Any] | None = None
     entries: list[ShardEntry] = []
@@ -115,7 +119,7 @@ def _read_journal(path: Path) -> tuple[dict[str, Any] | None, list[ShardEntry]]:
 
 
 def _intact(root: Path, prefix: str, entry: ShardEntry) -> bool:
-    for f in entry.files:
+    for f in entry.stored_files:
         if not f.path.startswith(prefix + "/"):
             return False
         try:
@@ -126,18 +130,24 @@ def _intact(root: Path, prefix: str, entry: ShardEntry) -> bool:
     return True
 
 
-def _remove_strays(directory: Path, keep: set[Path]) -> int:
-    """Remove every file under ``directory`` not in ``keep``, then emptied directories."""
+def _remove_strays(directory: Directory, keep: set[str], rel: str = "") -> int:
+    """Remove every entry under ``directory`` whose relative path is not in ``keep``.
+
+    Directories are entered by descriptor (never through a link) and removed
+    once empty.
+    """
     removed = 0
-    for dirpath, dirnames, filenames in os.walk(directory, topdown=False):
-        for name in filenames:
-            path = Path(dirpath) / name
-            if path not in keep:
-                remove_quietly(path)
-                removed += 1
-        for name in dirnames:
+    for entry in directory.entries():
+        path = f"{rel}{entry.name}"
+        if entry.is_dir:
+            with directory.sub(entry.name) as sub:
+                removed += _remove_strays(sub, keep, f"{path}/")
             with contextlib.suppress(OSError):
-                (Path(dirpath) / name).rmdir()  # only if empty
+                directory.rmdir(entry.name)  # only if empty
+        elif path not in keep:
+            with contextlib.suppress(OSError):
+                directory.unlink(entry.name, missing_ok=True)
+                removed += 1
     return removed
 
 
@@ -147,36 +157,71 @@ def _resume_point(
     """The version id and finished shards of an interrupted run of this plan, if any."""
     found: tuple[str | None, dict[int, ShardEntry]] = (None, {})
     staging = staging_dir(root)
-    for directory in sorted(staging.iterdir()) if staging.is_dir() else ():
-        m = _VERSION_DIR.fullmatch(directory.name)
-        journal = directory / JOURNAL_NAME
-        if m is None or m.group(1) == committed or not journal.is_file():
-            continue
-        header, entries = _read_journal(journal)
-        same = (
-            header is not None
-            and header.get("plan") == plan_id
-            and header.get("version_id") == m.group(1)
-            and header.get("num_shards") == num_shards
-        )
-        if not (resume and same) or found[0] is not None:
-            why = "resume=False" if same and not resume else "the inputs or settings changed"
-            log.warning("discarding the interrupted ingest in %s (%s)", directory, why)
-            shutil.rmtree(directory, ignore_errors=True)
-            continue
-        prefix = directory.name
-        done = {e.index: e for e in entries if e.index < num_shards and _intact(staging, prefix, e)}
-        keep = {journal} | {staging / f.path for e in done.values() for f in e.files}
-        strays = _remove_strays(directory, keep)
-        log.info(
-            "resuming the ingest in %s: %d of %d shards already written (%d stray files removed)",
-            directory,
-            len(done),
-            num_shards,
-            strays,
-        )
-        found = (m.group(1), done)
+    try:
+        with Directory.open(root, damage=True) as top:
+            area = top.try_sub(f"{CONTROL_DIR}/staging")
+    except (FileNotFoundError, NotADirectoryError):
+        area = None
+    if area is None:
+        return found
+    with area:
+        for item in area.entries():
+            m = _VERSION_DIR.fullmatch(item.name)
+            if m is None or m.group(1) == committed or not item.is_dir:
+                continue
+            with area.sub(item.name) as vdir:
+                found = _consider(
+                    area, vdir, staging, m.group(1), plan_id, resume, num_shards, found
+                )
     return found
+
+
+def _consider(
+    area: Directory,
+    vdir: Directory,
+    staging: Path,
+    version_id: str,
+    plan_id: str,
+    resume: bool,
+    num_shards: int,
+    found: tuple[str | None, dict[int, ShardEntry]],
+) -> tuple[str | None, dict[int, ShardEntry]]:
+    """Take over (or discard) the interrupted run in ``vdir``; the new ``found``."""
+    directory = staging / Path(vdir.path).name
+    journal_st = vdir.lstat(JOURNAL_NAME)
+    if journal_st is None or not stat.S_ISREG(journal_st.st_mode):
+        return found  # not a resumable write's directory (or a damaged one): leave it
+    header, entries = _read_journal(vdir)
+    same = (
+        header is not None
+        and header.get("plan") == plan_id
+        and header.get("version_id") == version_id
+        and header.get("num_shards") == num_shards
+    )
+    if not (resume and same) or found[0] is not None:
+        why = "resume=False" if same and not resume else "the inputs or settings changed"
+        log.warning(
+            "discarding the interrupted ingest in %s (%s)",
+            directory,
+            why,
+            extra={"params": ("resume",)},
+        )
+        area.remove_tree(directory.name)
+        return found
+    prefix = directory.name
+    done = {e.index: e for e in entries if e.index < num_shards and _intact(staging, prefix, e)}
+    keep = {JOURNAL_NAME} | {
+        f.path[len(prefix) + 1 :] for e in done.values() for f in e.stored_files
+    }
+    strays = _remove_strays(vdir, keep)
+    log.info(
+        "resuming the ingest in %s: %d of %d shards already written (%d stray files removed)",
+        directory,
+        len(done),
+        num_shards,
+        strays,
+    )
+    return (version_id, done)
 
 
 def write_resumable(
@@ -214,7 +259,8 @@ def write_resumable(
 
     if not overwrite and (root / MANIFEST_NAME).exists():
         raise DatasetExistsError(
-            f"a dataset already exists at {root}; pass overwrite=True to replace it"
+            f"a dataset already exists at {root}; pass overwrite=True to replace it",
+            params=("overwrite",),
         )
     specs = {name: col.spec for name, col in columns.items()}
     source.check_features(specs)
@@ -248,11 +294,14 @@ def write_resumable(
     # an earlier run's staging directory is kept: no garbage collection here
     txn.begin(collect_garbage=False)
     journal_path = txn.staged / JOURNAL_NAME
-    if fresh:
-        header = {"format": _JOURNAL_FORMAT, "plan": plan_id, "version_id": version_id,
-                  "num_shards": len(bounds)}  # fmt: skip
-        journal_path.write_text(json.dumps(header) + "\n", encoding="utf-8")
-    journal = open(journal_path, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+    with parent_directory(journal_path, below=root) as staged:
+        if fresh:
+            header = {"format": _JOURNAL_FORMAT, "plan": plan_id, "version_id": version_id,
+                      "num_shards": len(bounds)}  # fmt: skip
+            write_file_at(staged, JOURNAL_NAME, (json.dumps(header) + "\n").encode("utf-8"))
+        fd = staged.open_append(JOURNAL_NAME, create=True)
+    assert fd is not None
+    journal = open(fd, "a", encoding="utf-8")  # noqa: SIM115 - closed below
     bar = tqdm(
         total=num_records,
         initial=sum(e.num_records for e in done.values()),
@@ -276,6 +325,7 @@ def write_resumable(
                 continue
             ctx = ShardWriteContext(
                 root=txn.shard_root,  # .shardstore/staging: renamed into place at commit
+                base=root,
                 prefix=prefix,
                 index=index,
                 num_records=hi - lo,
@@ -295,7 +345,7 @@ def write_resumable(
         )
         Manifest.from_json(manifest.to_json())  # publish only what every reader accepts
         journal.close()
-        remove_quietly(journal_path)  # the version directory now holds shards only
+        remove_quietly(journal_path, below=root)  # the version directory: shards only
         txn.commit(manifest)
     except (KeyboardInterrupt, SystemExit):
         dispatcher.close()
@@ -305,6 +355,7 @@ def write_resumable(
             "interrupted: the finished shards are kept in %s; run the same ingest again to "
             "resume (resume=False starts over)",
             txn.staged,
+            extra={"params": ("resume",)},
         )
         raise
     except BaseException:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shardstore.errors import ChecksumError
+from shardstore import integrity
+from shardstore.fsutil import InsideResolver
 from shardstore.manifest import CHECKSUM_ALGORITHM
 from shardstore.reader import Dataset
 
@@ -63,10 +64,13 @@ def summarize(ds: Dataset) -> dict[str, Any]:
         * ``shard_records`` and ``shard_nbytes``: ``min``/``max``/``mean`` over
           the shards;
         * ``features``: each with ``record_nbytes`` added (``None`` if variable);
-        * ``checksums``: ``algorithm``, ``files``, ``state`` (``"sizes-ok"``:
-          every file present with its recorded size, not re-hashed;
-          ``"damaged"``: see ``error``) and ``error`` (the first problem found,
-          or ``None``).
+        * ``checksums``: ``algorithm``, ``files``, ``block_indexes`` (shards
+          with per-block checksums), ``state`` (``"sizes-ok"``: every file,
+          block indexes included, present with its recorded size, not
+          re-hashed; ``"damaged"``: see ``damaged``), ``error`` (the first
+          problem found, or ``None``) and ``damaged`` (every problem found).
+
+    Nothing but the manifest is read: each file is ``stat``-ed once.
     """
     out = ds.info()
     decoded = decoded_nbytes(ds)
@@ -79,15 +83,16 @@ def summarize(ds: Dataset) -> dict[str, Any]:
     for name, feature in out["features"].items():
         spec = ds.features[name]
         feature["record_nbytes"] = spec.record_nbytes if spec.is_fixed else None
-    state, error = "sizes-ok", None
-    try:
-        ds.check_files()
-    except ChecksumError as exc:
-        state, error = "damaged", str(exc)
+    problems = [
+        str(p)
+        for p in integrity.stat_shards(ds.shards, InsideResolver(ds.path).resolve_stat, ds._damaged)
+    ]
     out["checksums"] = {
         "algorithm": CHECKSUM_ALGORITHM,
         "files": num_files,
-        "state": state,
-        "error": error,
+        "block_indexes": sum(s.blocks is not None for s in ds.shards),
+        "state": "damaged" if problems else "sizes-ok",
+        "error": problems[0] if problems else None,
+        "damaged": problems,
     }
     return out

@@ -77,23 +77,25 @@ _UNITS = {
     "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
     "tb": 10**12, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
 }  # fmt: skip
+_SIZE_PARAM = ("shard_size",)
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
 def parse_size(size: int | str) -> int:
     """Bytes from an ``int`` or a string such as ``"64MiB"``, ``"1GB"``, ``"512k"``."""
     if isinstance(size, bool):
-        raise InvalidInputError(f"shard_size must be a size, got {size!r}")
+        raise InvalidInputError(f"shard_size must be a size, got {size!r}", params=_SIZE_PARAM)
     if isinstance(size, int | np.integer):
         value = int(size)
     elif isinstance(size, str) and (m := _SIZE.match(size)) and m.group(2).lower() in _UNITS:
         value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
     else:
         raise InvalidInputError(
-            f"shard_size {size!r} is not a size; use bytes or a string like '64MiB'"
+            f"shard_size {size!r} is not a size; use bytes or a string like '64MiB'",
+            params=_SIZE_PARAM,
         )
     if value <= 0:
-        raise InvalidInputError(f"shard_size must be > 0 bytes, got {size!r}")
+        raise InvalidInputError(f"shard_size must be > 0 bytes, got {size!r}", params=_SIZE_PARAM)
     return value
 
 
@@ -108,14 +110,18 @@ class ShardLayout:
     def create(cls, shard_size: int | str | None, records_per_shard: int | None) -> ShardLayout:
         """Validate ``shard_size`` / ``records_per_shard`` (at most one; default 64 MiB)."""
         if shard_size is not None and records_per_shard is not None:
-            raise InvalidInputError("give shard_size or records_per_shard, not both")
+            raise InvalidInputError(
+                "give shard_size or records_per_shard, not both",
+                params=("shard_size", "records_per_shard"),
+            )
         if records_per_shard is not None and (
             isinstance(records_per_shard, bool)
             or not isinstance(records_per_shard, int | np.integer)
             or records_per_shard <= 0
         ):
             raise InvalidInputError(
-                f"records_per_shard must be a positive integer, got {records_per_shard!r}"
+                f"records_per_shard must be a positive integer, got {records_per_shard!r}",
+                params=("records_per_shard",),
             )
         shard_bytes = parse_size(shard_size if shard_size is not None else DEFAULT_SHARD_SIZE)
         return cls(shard_bytes, None if records_per_shard is None else int(records_per_shard))
@@ -269,7 +275,8 @@ class Writer:
         self._overwrite = bool(overwrite)
         if not self._overwrite and (self.root / MANIFEST_NAME).exists():
             raise DatasetExistsError(
-                f"a dataset already exists at {self.root}; pass overwrite=True to replace it"
+                f"a dataset already exists at {self.root}; pass overwrite=True to replace it",
+                params=("overwrite",),
             )
         self._fsync = fsync
         self.version_id = secrets.token_hex(8)
@@ -430,6 +437,7 @@ class Writer:
         self._txn.begin()
         ctx = ShardWriteContext(
             root=self._txn.shard_root,  # .shardstore/staging: renamed into place at commit
+            base=self.root,
             prefix=self._prefix,
             index=self._next_index,
             num_records=n,

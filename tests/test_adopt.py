@@ -24,7 +24,7 @@ from shardstore.errors import (
     InvalidInputError,
     UnsupportedDTypeError,
 )
-from shardstore.testing import assert_bitwise_equal, collect, flip_bit
+from shardstore.testing import assert_bitwise_equal, assert_damage_reported, collect, flip_bit
 
 N = 23
 SPLITS = ((0, 10), (10, 18), (18, 23))
@@ -321,9 +321,8 @@ def test_corruption_of_an_adopted_file_is_detected(
         ds.verify(progress=False)
     assert exc.value.file == victim.path
     assert exc.value.shard == 1
-    # Reading fails too: the file is hashed before it is first read...
-    with pytest.raises(ChecksumError):
-        ds.to_tf(batch_size=4)
+    # Reading fails too: the shard is hashed when the reader first reaches it...
+    assert_damage_reported(lambda: collect(ds.to_tf(batch_size=4)), ds.path, 1, victim.path)
     # ...and without that, TFRecordDataset checks each record's CRC.
     unchecked = shardstore.open(ds.path, verify="size")
     with pytest.raises(tf.errors.DataLossError):
@@ -337,8 +336,11 @@ def test_a_resized_original_is_refused_before_reading(
     ds = index_tfrecords(tmp_path / "ds", files, FEATURES, link="hardlink", progress=False)
     with open(files[0], "ab") as f:
         f.write(b"appended")
-    with pytest.raises(ChecksumError, match="bytes"):
-        ds.to_tf(batch_size=4)
+    victim = ds.shards[0].files[0].path
+    err = assert_damage_reported(lambda: collect(ds.to_tf(batch_size=4)), ds.path, 0, victim)
+    assert "bytes" in str(err)
+    with pytest.raises(ChecksumError, match="bytes"):  # pipelines of TF ops: checked up front
+        ds.to_tf(batch_size=4, tf_native=True)
 
 
 # -- bad inputs ----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,13 @@ def test_cli_bench_prints_throughput_and_first_batch(
     assert out.count("records/s") == 3 and out.count("GB/s") == 3  # 2 epochs + best
     assert out.count("time to first batch") == 3
     assert "epoch 2:" in out and "open " in out and "to_tf " in out
+    # each figure names the epoch it belongs to: the best epoch's rate, the first one's wait
+    summary = out.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"best epoch \(epoch [12]\): [\d,]+ records/s, [\d.]+ GB/s; epoch 1's time to first "
+        r"batch [\d.]+ s, [\d.]+ s with open and to_tf",
+        summary,
+    ), summary
 
 
 @pytest.mark.parametrize(("shuffle", "source"), [("global", "memmap"), ("true", "npy")])

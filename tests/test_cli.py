@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import re
@@ -83,7 +84,7 @@ def test_info_human(dataset: Dataset, capsys: pytest.CaptureFixture[str]) -> Non
         f"{cli._human_bytes(decoded)}; compression ratio {ratio:.2f} (decoded/on disk)"
     )
     assert rows["sources"] == "npy"
-    assert rows["checksums"].startswith("xxh3_64, sizes OK")
+    assert rows["checksums"].startswith("xxh3_64 per file and per block; sizes OK")
     assert rows["features"] == "2"
     lines = captured.out.splitlines()
     x_line = next(line for line in lines if line.split()[:1] == ["x"])
@@ -154,8 +155,10 @@ def test_info_json(dataset: Dataset, capsys: pytest.CaptureFixture[str]) -> None
     assert info["checksums"] == {
         "algorithm": "xxh3_64",
         "files": 2 * SHARDS,
+        "block_indexes": SHARDS,
         "state": "sizes-ok",
         "error": None,
+        "damaged": [],
     }
     assert "plot" not in info
 
@@ -420,6 +423,36 @@ def test_plugins_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert npy["capabilities"]["tf_native"] is True
     assert set(npy["capabilities"]) == {"tf_native", "random_access", "supports_ragged"}
     assert npy["error"] is None
+    # what an npy dataset gets: ds[i] and shuffle="global" through memmap
+    assert npy["capabilities"]["random_access"] is True
+    assert npy["via"] == {"random_access": "memmap"}
+    assert plugins["tfrecord"]["capabilities"]["random_access"] is False
+    assert plugins["tfrecord"]["via"] == {}
+
+
+def test_plugins_says_what_a_dataset_of_each_format_gets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["plugins"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+
+    def capabilities(name: str) -> str:
+        return lines[lines.index(name) + 3]
+
+    assert capabilities("npy") == (
+        "  capabilities: tf_native=yes, random_access=yes (via memmap), supports_ragged=yes"
+    )
+    assert capabilities("tfrecord") == (
+        "  capabilities: tf_native=yes, random_access=no, supports_ragged=no"
+    )
+    assert capabilities("memmap") == (
+        "  capabilities: tf_native=no, random_access=yes, supports_ragged=yes"
+    )
+    # and it is true: an npy dataset answers ds[i] and reads with shuffle="global"
+    ds = shardstore.write(tmp_path / "d", {"x": np.arange(6)}, fsync=False)
+    assert ds.source.name == "npy"
+    assert int(ds[4]["x"]) == 4
+    assert ds.source_for("random_access").name == "memmap"
 
 
 def test_plugins_broken_plugin_is_listed_with_its_error(
@@ -506,3 +539,261 @@ def test_cli_does_not_import_tensorflow(dataset: Dataset) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "TF_NOT_IMPORTED"
+
+
+# -- messages in the command line's words ---------------------------------------------------
+def _err(capsys: pytest.CaptureFixture[str]) -> str:
+    return capsys.readouterr().err.strip()
+
+
+def test_existing_destination_names_the_overwrite_option(
+    dataset: Dataset, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dst = tmp_path / "copy"
+    src = str(dataset.path)
+    assert cli.main(["convert", src, str(dst), "--format", "npy"]) == 0
+    capsys.readouterr()
+    expected = (
+        f"shardstore: error: a dataset already exists at {dst}; pass --overwrite to replace it"
+    )
+    assert cli.main(["convert", src, str(dst), "--format", "npy"]) == 2
+    assert _err(capsys) == expected
+    assert cli.main(["merge", src, str(dst)]) == 2
+    assert _err(capsys) == expected
+    np.save(tmp_path / "a.npy", np.zeros((3, 2)))
+    assert cli.main(["ingest", str(tmp_path / "a.npy"), str(dst)]) == 2
+    assert _err(capsys) == expected
+    # the library keeps its own spelling
+    with pytest.raises(shardstore.DatasetExistsError, match="pass overwrite=True to replace it"):
+        shardstore.convert(src, dst, format="npy")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["gc", "{ds}", "--grace", "-1"], "--grace must be a number of seconds >= 0, got -1.0"),
+        (
+            ["convert", "{ds}", "{tmp}/o", "--format", "npy", "--shard-size", "12XB"],
+            "--shard-size '12XB' is not a size; use bytes or a string like '64MiB'",
+        ),
+        (
+            ["convert", "{ds}", "{tmp}/o", "--format", "npy", "--shard-size", "0"],
+            "--shard-size must be > 0 bytes, got '0'",
+        ),
+        (
+            ["convert", "{ds}", "{tmp}/o", "--format", "npy", "--records-per-shard", "0"],
+            "--records-per-shard must be a positive integer, got 0",
+        ),
+        (
+            ["convert", "{ds}", "{tmp}/o", "--format", "zarr", "-o", "chunk_records=0"],
+            "-o chunk_records must be a positive integer, got 0",
+        ),
+        (
+            ["ingest", "{tmp}/a.npy", "{tmp}/o", "--member", "q"],
+            "--member applies to an .npz or a Zarr group, not to one .npy",
+        ),
+        (
+            ["ingest", "{tmp}/a.npy", "{tmp}/o", "--labels", "l.csv"],
+            "--labels and --label-from apply to --kind files, not --kind npy",
+        ),
+        (
+            ["ingest", "{tmp}/a.npy", "{tmp}/a.npy", "{tmp}/o", "--kind", "npy"],
+            "--kind npy reads one path, got 2",
+        ),
+        (
+            ["ingest", "{tmp}/a.bin", "{tmp}/o"],
+            "cannot tell what '{tmp}/a.bin' is; give --kind (one of files, npy, npz, zarr)",
+        ),
+        (
+            ["ingest", "{tmp}/files", "{tmp}/o"],
+            "'b.npy' holds Python objects (dtype object); decoding them would run code stored in "
+            "the file, which shardstore never does (--on-error skip ingests the other files)",
+        ),
+    ],
+    ids=lambda v: v[0] if isinstance(v, list) else None,
+)
+def test_errors_name_the_command_line_options(
+    argv: list[str],
+    expected: str,
+    dataset: Dataset,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    np.save(tmp_path / "a.npy", np.zeros((3, 2)))
+    (tmp_path / "a.bin").write_bytes(b"x")
+    (tmp_path / "files").mkdir()
+    np.save(tmp_path / "files" / "a.npy", np.zeros(2))
+    np.save(tmp_path / "files" / "b.npy", np.zeros(2, dtype=object), allow_pickle=True)
+    args = [a.format(ds=dataset.path, tmp=tmp_path) for a in argv]
+    assert cli.main(args) == 2
+    assert _err(capsys) == "shardstore: error: " + expected.format(tmp=tmp_path)
+
+
+def test_shuffle_global_on_tfrecord_says_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "t"
+    shardstore.write(path, {"x": np.arange(10)}, format="tfrecord", fsync=False)
+    assert cli.main(["bench", str(path), "--shuffle", "global"]) == 2
+    assert _err(capsys) == (
+        "shardstore: error: --shuffle global reads records by index (random_access), which the "
+        f"'tfrecord' source of dataset '{path}' does not support. Use --shuffle true (blocks "
+        "of records in a random order, mixed in a window), or convert the dataset once to a "
+        f"format that does: `shardstore convert {path} DEST --format npy` "
+        "(`shardstore.convert(src, dest, format='npy')` in Python)"
+    )
+
+
+def test_cli_words_respells_settings_and_bare_names() -> None:
+    parser = cli._build_parser()
+    ingest = cli._subcommand(parser, "ingest")
+    merge = cli._subcommand(parser, "merge")
+    assert cli._cli_words(
+        "discarding the interrupted ingest in /x (resume=False)", ("resume",), ingest
+    ) == ("discarding the interrupted ingest in /x (--no-resume)")
+    assert (
+        cli._cli_words("use link='copy' or link='auto'", ("link",), merge)
+        == "use --link copy or --link auto"
+    )
+    assert cli._cli_words("give labels or label_from", ("labels", "label_from"), ingest) == (
+        "give --labels or --label-from"
+    )
+    # a name that is no option of the command stays as it is
+    assert cli._cli_words("pass grace=0", ("grace",), merge) == "pass grace=0"
+
+
+def _params_of(call: ast.Call, module: ast.Module) -> set[str]:
+    """The names in ``params=`` of an error constructor call (literal or module constant)."""
+    for kw in call.keywords:
+        if kw.arg != "params":
+            continue
+        value = kw.value
+        if isinstance(value, ast.Name):  # a module-level tuple
+            name = value.id
+            for node in module.body:
+                if isinstance(node, ast.Assign) and any(
+                    isinstance(t, ast.Name) and t.id == name for t in node.targets
+                ):
+                    value = node.value
+        if isinstance(value, ast.Tuple | ast.List):
+            return {e.value for e in value.elts if isinstance(e, ast.Constant)}
+        return {"*"}  # computed: trust it
+    return set()
+
+
+def test_every_library_message_naming_an_option_carries_its_params() -> None:
+    """A raise whose message spells ``name=...`` (or a bare ``snake_case`` name) of a command
+    line option must list it in ``params=``, so that the command line can respell it."""
+    parser = cli._build_parser()
+    names: set[str] = set(cli._OPTION_ALIASES)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                names |= {a.dest for a in command._actions if a.option_strings}
+    names -= {"help", "verbose", "debug", "json", "func"}
+    names |= {"chunk_records", "compression", "compression_level"}  # -o source options
+    missing = []
+    package = Path(shardstore.__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        if path.name == "cli.py" or "testing" in path.parts:
+            continue
+        module = ast.parse(path.read_text())
+        for node in ast.walk(module):
+            if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)):
+                continue
+            call = node.exc
+            text = "".join(
+                n.value
+                for n in ast.walk(call)
+                if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            )
+            named = {n for n in names if re.search(rf"(?<![\w.-]){n}=", text)}
+            named |= {n for n in names if "_" in n and re.search(rf"(?<![\w.-]){n}\b", text)}
+            params = _params_of(call, module)
+            if named - params and "*" not in params:
+                missing.append(f"{path.name}:{node.lineno}: {sorted(named - params)}: {text!r}")
+    assert not missing, "\n".join(missing)
+
+
+def test_manifest_errors_name_the_file(
+    dataset: Dataset, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = dataset.path / "manifest.json"
+    manifest.write_text("{not json")
+    assert cli.main(["info", str(dataset.path)]) == 2
+    assert _err(capsys).startswith(
+        f"shardstore: error: {manifest}: manifest is not valid JSON: Expecting property name"
+    )
+    manifest.write_text(json.dumps({"format": "other"}))
+    with pytest.raises(shardstore.ManifestError) as info:
+        shardstore.open(dataset.path)
+    assert str(info.value) == f"{manifest}: manifest.format: expected 'shardstore', got 'other'"
+
+
+# -- a closed stdout ----------------------------------------------------------------------
+def test_closed_stdout_exits_quietly(dataset: Dataset) -> None:
+    """``shardstore info x | head -1``: the reader goes away; exit like a Unix tool, silently."""
+    for command in (["info", str(dataset.path)], ["plugins"]):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shardstore", *command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=_subprocess_env(),
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # before the child writes anything: its first write fails
+        try:
+            err = proc.stderr.read().decode()
+            rc = proc.wait(timeout=120)
+        finally:
+            proc.kill()
+        assert rc == cli.EXIT_PIPE_CLOSED, err
+        assert err == ""
+
+
+def test_another_broken_pipe_is_still_an_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(args: argparse.Namespace) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "_cmd_plugins", broken)
+    assert cli.main(["plugins"]) == 2
+    assert _err(capsys) == "shardstore: error: [Errno 32] Broken pipe"
+
+
+# -- TensorFlow's own logging ---------------------------------------------------------------
+def test_commands_that_import_tensorflow_keep_its_logging_quiet(tmp_path: Path) -> None:
+    """oneDNN notices, 'could not find cuda drivers', a failed cuInit: not on a user's terminal.
+
+    Fresh processes with nothing set in the environment, as a user runs them.
+    """
+    src = shardstore.write(
+        tmp_path / "t", {"x": np.arange(40)}, format="tfrecord", records_per_shard=16, fsync=False
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    for argv in (
+        ["bench", str(src.path), "--no-progress"],
+        ["convert", str(src.path), str(tmp_path / "n"), "--format", "npy", "--no-progress"],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "shardstore", *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == "", result.stderr
+    assert shardstore.open(tmp_path / "n").num_records == 40
+
+
+def test_quiet_tensorflow_is_undone_after_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")
+    finders = list(sys.meta_path)
+    with cli._quiet_tensorflow(True):
+        assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3"
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1" and sys.meta_path == finders
+    with cli._quiet_tensorflow(False):  # --debug: TensorFlow speaks as it likes
+        assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"

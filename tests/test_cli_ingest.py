@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,7 @@ def test_ingest_reports_a_missing_file(
     "argv",
     [
         ["ingest", "--tfrecord", "--feature", "x:int64:scalar"],  # no paths
+        ["ingest", "--tfrecord", "DEST"],  # no input
         ["ingest", "a.tfrecord", "D", "--feature", "x:int64:scalar", "--link", "soft"],
         ["ingest", "a.npy", "D", "--kind", "csv"],
         ["ingest", "a.npy", "D", "--on-error", "ignore"],
@@ -143,7 +145,6 @@ def test_ingest_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["ingest", "--tfrecord", "DEST"], "the input(s) and the destination"),
         (["ingest", "--tfrecord", "f.tfrecord", "DEST"], "need --feature"),
         (["ingest", "a.tfrecord", "DEST"], "need --feature"),  # detected from the suffix
         (["ingest", "x.npy", "DEST", "--link", "copy"], "TFRecord files only"),
@@ -176,5 +177,7 @@ def test_ingest_help(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "--tfrecord" in out
     assert "NAME:DTYPE:SHAPE[:ENCODING]" in out
-    assert "SRC... DEST" in out
+    # the real usage: inputs, then one destination
+    assert re.search(r"^\s+SRC \[SRC \.\.\.\] DEST$", out, re.MULTILINE), out
+    assert "SRC... DEST" not in out and "[SRC... DEST ...]" not in out
     assert "--on-error" in out

@@ -27,7 +27,7 @@ import tensorflow as tf
 import shardstore
 from shardstore import integrity
 from shardstore.errors import ChecksumError
-from shardstore.testing import assert_bitwise_equal, collect, flip_bit
+from shardstore.testing import assert_bitwise_equal, assert_damage_reported, collect, flip_bit
 
 STRESS = os.environ.get("SHARDSTORE_STRESS", "") not in ("", "0")
 FLIPS = 200 if STRESS else 12  # per source
@@ -65,25 +65,49 @@ def random_access(ds: shardstore.Dataset) -> bool:
     return True
 
 
-def assert_refused(path: Path, shard: int, file: str) -> None:
-    """Every way of reading ``path`` raises ChecksumError naming ``shard`` and ``file``."""
+def assert_refused(
+    path: Path, shard: int, file: str, *, also: tuple[int, str] | None = None
+) -> None:
+    """Every way of reading ``path`` fails naming ``shard`` and ``file`` (or ``also``).
+
+    ``verify()``, ``ds[...]`` and ``iter_numpy()`` raise ``ChecksumError``; a
+    running ``to_tf`` pipeline (which verifies what it reads, when it reads
+    it) fails with a ``tf.errors.OpError`` naming the same; a ``tf_native``
+    pipeline is checked when it is built.
+    """
+    accepted = {(shard, file)} | ({also} if also else set())
     attempts: list[tuple[str, Callable[[shardstore.Dataset], Any]]] = [
         ("verify", lambda ds: ds.verify(progress=False)),
-        ("to_tf", lambda ds: ds.to_tf(batch_size=5)),
-        ("to_tf shuffled", lambda ds: ds.to_tf(batch_size=5, shuffle=True, seed=1)),
+        ("to_tf", lambda ds: collect(ds.to_tf(batch_size=5))),
+        ("to_tf shuffled", lambda ds: collect(ds.to_tf(batch_size=5, shuffle=True, seed=1))),
     ]
-    if random_access(shardstore.open(path)):
+    probe = shardstore.open(path)
+    if probe.source.tf_native:
+        attempts.append(("to_tf tf_native", lambda ds: ds.to_tf(batch_size=5, tf_native=True)))
+    if random_access(probe):
         attempts += [
+            ("to_tf global", lambda ds: collect(ds.to_tf(batch_size=5, shuffle="global"))),
             ("ds[...]", lambda ds: ds[np.arange(N)]),
             ("iter_numpy", lambda ds: list(ds.iter_numpy(7))),
         ]
     for what, read in attempts:
-        ds = shardstore.open(path)  # a new Dataset each time: nothing checked yet
-        with pytest.raises(ChecksumError) as exc:
+        integrity.forget()  # nothing verified yet in this process
+        ds = shardstore.open(path)
+        try:
             read(ds)
-        err = exc.value
-        assert (err.dataset, err.shard, err.file) == (str(path), shard, file), (what, str(err))
-        assert str(path) in str(err) and file in str(err) and f"shard {shard}" in str(err)
+        except ChecksumError as err:
+            assert (err.dataset, (err.shard, err.file)) in {
+                (str(path), pair) for pair in accepted
+            }, (what, str(err))
+            assert str(path) in str(err) and err.file in str(err), (what, str(err))
+        except tf.errors.OpError as err:
+            message = str(err)
+            named = [
+                f"dataset {str(path)!r}, shard {s}: file {f!r}" in message for s, f in accepted
+            ]
+            assert "ChecksumError" in message and any(named), (what, message)
+        else:
+            raise AssertionError(f"{what}: damage to {file!r} was not reported")
 
 
 def files_of(ds: shardstore.Dataset) -> list[tuple[int, str, int]]:
@@ -146,7 +170,8 @@ def test_two_shards_swapped(original: Path, tmp_path: Path) -> None:
     os.rename(a, tmp)
     os.rename(b, a)
     os.rename(tmp, b)
-    assert_refused(ds.path, 0, first.path)
+    # both are damaged: shards are read in parallel, either may be reported first
+    assert_refused(ds.path, 0, first.path, also=(1, second.path))
 
 
 def test_a_file_replaced_after_verification_is_hashed_again(original: Path, tmp_path: Path) -> None:
@@ -159,39 +184,84 @@ def test_a_file_replaced_after_verification_is_hashed_again(original: Path, tmp_
     tmp = ds.path / "new-file"
     tmp.write_bytes(bytes(damaged))
     os.replace(tmp, ds.path / victim.path)  # a new inode at the same path
-    with pytest.raises(ChecksumError) as exc:
-        ds.to_tf(batch_size=5)
-    assert (exc.value.shard, exc.value.file) == (2, victim.path)
+    assert_damage_reported(lambda: collect(ds.to_tf(batch_size=5)), ds.path, 2, victim.path)
 
 
-def test_files_are_hashed_once_per_process(
+class HashCounter:
+    """Counts the bytes ``shardstore.integrity`` hashes (blocks, and whole files)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.nbytes = 0
+        real_xxhash, real_hash_file = integrity.xxhash, integrity.hash_file
+        counter = self
+
+        class CountingHasher:
+            def __init__(self) -> None:
+                self._h = real_xxhash.xxh3_64()
+
+            def update(self, data: Any) -> None:
+                counter.nbytes += memoryview(data).nbytes
+                self._h.update(data)
+
+            def intdigest(self) -> int:
+                return int(self._h.intdigest())
+
+        class CountingXXHash:
+            xxh3_64 = CountingHasher
+
+            @staticmethod
+            def xxh3_64_intdigest(data: Any) -> int:
+                counter.nbytes += memoryview(data).nbytes
+                return int(real_xxhash.xxh3_64_intdigest(data))
+
+            xxh3_64_hexdigest = staticmethod(real_xxhash.xxh3_64_hexdigest)
+
+        def counting_hash_file(path: Any, **kw: Any) -> tuple[int, str]:
+            size, checksum = real_hash_file(path, **kw)
+            counter.nbytes += size
+            return size, checksum
+
+        real_with_blocks = integrity._hash_with_blocks
+
+        def counting_with_blocks(path: str, section: Any) -> Any:  # what verify() hashes
+            result = real_with_blocks(path, section)
+            counter.nbytes += result[0]
+            return result
+
+        monkeypatch.setattr(integrity, "xxhash", CountingXXHash)
+        monkeypatch.setattr(integrity, "hash_file", counting_hash_file)
+        monkeypatch.setattr(integrity, "_hash_with_blocks", counting_with_blocks)
+
+
+def test_each_block_is_hashed_once_per_process(
     original: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    hashed: list[Path] = []
-    real = integrity.hash_files
-
-    def counting(paths: Any, **kw: Any) -> Any:
-        hashed.extend(paths)
-        return real(paths, **kw)
-
-    monkeypatch.setattr(integrity, "hash_files", counting)
+    """Three pipelines of three epochs, random access and another Dataset: every byte once."""
     ds = fresh_copy(original, tmp_path, "once")
-    nfiles = sum(len(s.files) for s in ds.shards)
-    for _ in range(3):  # three pipelines, three epochs each
-        tfds = ds.to_tf(batch_size=5)
+    integrity.forget()
+    counter = HashCounter(monkeypatch)
+    data_bytes = sum(f.size for s in ds.shards for f in s.files)
+    for shuffle in (False, True, "global") if random_access(ds) else (False, True):
+        tfds = ds.to_tf(batch_size=5, shuffle=shuffle, seed=3, num_parallel_reads=1)
         for _ in range(3):
             collect(tfds)
-    shardstore.open(ds.path).to_tf(batch_size=5)  # another Dataset over the same files
-    assert len(hashed) == nfiles
-    ds.verify(progress=False)  # verify() always hashes
-    assert len(hashed) == 2 * nfiles
+    if random_access(ds):
+        ds[np.arange(N)]
+        list(ds.iter_numpy(7))
+    collect(shardstore.open(ds.path).to_tf(batch_size=5, num_parallel_reads=1))
+    assert counter.nbytes == data_bytes  # every block of every file, exactly once
+    ds.verify(progress=False)  # verify() always hashes everything
+    assert counter.nbytes == 2 * data_bytes
     integrity.forget()
-    ds.to_tf(batch_size=5)
-    assert len(hashed) == 3 * nfiles
+    before = counter.nbytes
+    collect(ds.to_tf(batch_size=5, num_parallel_reads=1))
+    # hashed again (all but what the source does not read again, e.g. parsed .npy headers)
+    assert 0 < counter.nbytes - before <= data_bytes
     size_only = shardstore.open(ds.path, verify="size")
     integrity.forget()
+    before = counter.nbytes
     collect(size_only.to_tf(batch_size=5))
-    assert len(hashed) == 3 * nfiles
+    assert counter.nbytes == before
 
 
 def test_only_the_features_read_are_hashed(tmp_path: Path) -> None:
@@ -202,8 +272,8 @@ def test_only_the_features_read_are_hashed(tmp_path: Path) -> None:
     ds = shardstore.open(tmp_path / "d")
     assert_bitwise_equal(collect(ds.to_tf(batch_size=5, features="b")), data()["b"])
     assert_bitwise_equal(ds.iter_numpy(7, features=["b"]).__next__()["b"], data()["b"][:7])
-    with pytest.raises(ChecksumError):
-        ds.to_tf(batch_size=5, features="a")
+    with pytest.raises(tf.errors.OpError, match="ChecksumError"):
+        collect(ds.to_tf(batch_size=5, features="a"))
 
 
 def test_verify_option() -> None:

@@ -19,9 +19,11 @@ write, or at a random moment. After every kill:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -34,12 +36,13 @@ import numpy as np
 import pytest
 
 import shardstore
-from shardstore.errors import DatasetNotFoundError
+from shardstore.errors import DatasetNotFoundError, DiskFullError, ShardStoreError
 from shardstore.sources.tfrecord import iter_frames, parse_example
 from shardstore.testing import assert_bitwise_equal
 
 sys.path.insert(0, str(Path(__file__).parent))
 from crash_server import make_data
+from tmpfs import mounted_tmpfs
 
 STRESS = os.environ.get("SHARDSTORE_STRESS", "") not in ("", "0")
 SERVER = Path(__file__).parent / "crash_server.py"
@@ -349,3 +352,70 @@ def test_environment_variable_arms_a_real_subprocess(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr.decode()
     assert_bitwise_equal(shardstore.open(tmp_path / "d")[:]["x"], np.arange(10))
     check_clean(tmp_path / "d")
+
+
+# -- a full disk at any point ------------------------------------------------------------------
+DISK_FULL_TRIALS = 60 if STRESS else 6
+
+
+def test_a_disk_filling_up_at_any_point_leaves_the_previous_version_or_none(
+    tmp_path: Path,
+) -> None:
+    """A real 8 MiB tmpfs, filled by a ballast file to a random free space before each write.
+
+    Every write either completes or raises ``DiskFullError`` naming a file of
+    the dataset; then the dataset is the previous version byte for byte (or no
+    dataset), nothing half-written is left in its directory, and once space is
+    freed the next write succeeds.
+    """
+    rng = random.Random(None if STRESS else 1234)
+    outcomes: Counter[str] = Counter()
+    with mounted_tmpfs(tmp_path / "mnt", "8m") as mnt:
+        for trial in range(DISK_FULL_TRIALS):
+            fmt = rng.choice(FORMATS)
+            path = mnt / f"d{trial}"
+            overwrite = rng.random() < 0.6
+            if overwrite:
+                shardstore.write(path, make_data(trial, 10), format=fmt, records_per_shard=4,
+                                 fsync=False, metadata={"seed": trial})  # fmt: skip
+            before = manifest_bytes(path)
+            stat = os.statvfs(mnt)
+            free = stat.f_bavail * stat.f_frsize
+            ballast = mnt / "ballast"
+            with open(ballast, "wb") as f:
+                f.truncate(0)
+                f.write(b"\0" * max(0, free - rng.randint(0, 600_000)))
+            n = rng.choice([200, 2000, 8000])
+            try:
+                shardstore.write(
+                    path,
+                    make_data(trial + 1, n),
+                    format=fmt,
+                    overwrite=overwrite,
+                    records_per_shard=rng.choice([50, 1000]),
+                    fsync=rng.random() < 0.5,
+                    metadata={"seed": trial + 1},
+                )
+                outcomes["completed"] += 1
+                check_records(shardstore.open(path), n)
+            except DiskFullError as exc:
+                outcomes["disk full"] += 1
+                assert exc.errno == errno.ENOSPC and str(mnt) in str(exc), exc
+                assert manifest_bytes(path) == before
+                if before is None:
+                    with pytest.raises(ShardStoreError):
+                        shardstore.open(path)
+                else:
+                    check_records(shardstore.open(path), 10)
+                staging = path / ".shardstore" / "staging"
+                assert not staging.exists() or not os.listdir(staging), os.listdir(staging)
+                if before is None:  # a failed first write leaves no version directory
+                    assert not path.exists() or not list(path.glob("v-*"))
+            ballast.unlink()
+            shardstore.write(path, make_data(7, 10), format=fmt, overwrite=True, fsync=False,
+                             metadata={"seed": 7})  # fmt: skip
+            check_records(shardstore.open(path), 10)
+            shardstore.gc(path, grace=0)
+            shutil.rmtree(path)
+    print(f"\ndisk full trials: {dict(outcomes)}")
+    assert outcomes["disk full"] >= 1, outcomes  # the trials did reach the limit

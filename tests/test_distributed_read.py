@@ -19,6 +19,7 @@ import tensorflow as tf
 
 import shardstore
 from shardstore.errors import CapabilityError, InvalidInputError
+from shardstore.pipeline import LOCAL_ONLY_MESSAGE
 from shardstore.testing import assert_bitwise_equal, collect
 
 N = 203
@@ -78,6 +79,81 @@ def test_service_refuses_numpy_sources_up_front(
         shardstore.open(ds.path, source="memmap").to_tf(8, service=target)
     with pytest.raises(CapabilityError, match="global"):
         ds.to_tf(8, shuffle="global", service=target)
+
+
+def _distribute(tfds: tf.data.Dataset, target: str) -> tf.data.Dataset:
+    """What TensorFlow's guide does with an input pipeline: the user's own distribute."""
+    policy = tf.data.experimental.service.ShardingPolicy.DYNAMIC
+    return tfds.apply(
+        tf.data.experimental.service.distribute(processing_mode=policy, service=target)
+    )
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_user_applied_distribute_on_tf_native_delivers_every_record_once(
+    ds: shardstore.Dataset, service: tuple[str, list[object]], shuffle: bool
+) -> None:
+    target, _ = service
+    tfds = ds.to_tf(8, features="label", shuffle=shuffle, seed=1, tf_native=True)
+    assert sorted(labels(_distribute(tfds, target))) == list(range(N))
+    assert sorted(labels(_distribute(tfds, target))) == list(range(N))  # and the next epoch
+
+
+def _tfrecord_copy(ds: shardstore.Dataset) -> shardstore.Dataset:
+    return shardstore.convert(ds.path, ds.path.parent / "tfr", format="tfrecord", overwrite=True)
+
+
+@pytest.mark.parametrize("fmt", ["npy", "tfrecord"])
+def test_user_applied_distribute_refuses_a_default_pipeline_clearly(
+    ds: shardstore.Dataset, service: tuple[str, list[object]], fmt: str
+) -> None:
+    """The default pipeline reads with Python (npy) or counts on reading every shard
+    (tfrecord): split among two workers, it fails with a message that says what to use."""
+    target, _ = service
+    source = ds if fmt == "npy" else _tfrecord_copy(ds)
+    tfds = source.to_tf(8, features="label", shuffle=True, seed=1)
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        labels(_distribute(tfds, target))
+    assert LOCAL_ONLY_MESSAGE in str(info.value)
+    assert "to_tf(..., service=<dispatcher address>)" in LOCAL_ONLY_MESSAGE
+    assert "to_tf(..., tf_native=True)" in LOCAL_ONLY_MESSAGE
+    # the same pipeline read here is whole, with its number of batches known
+    assert sorted(labels(tfds)) == list(range(N))
+    assert int(tfds.cardinality()) == -(-N // 8)
+
+
+_WORKER = """
+import sys
+import tensorflow as tf
+config = tf.data.experimental.service.WorkerConfig(dispatcher_address=sys.argv[1])
+worker = tf.data.experimental.service.WorkerServer(config)
+print("ready", flush=True)
+worker.join()
+"""
+
+
+def test_user_applied_distribute_with_a_worker_in_another_process(
+    ds: shardstore.Dataset,
+) -> None:
+    """As deployed: the worker is another process. tf_native=True works; the default
+    pipeline (Python functions of this process) fails with the same clear message."""
+    dispatcher = tf.data.experimental.service.DispatchServer()
+    worker = subprocess.Popen(
+        [sys.executable, "-c", _WORKER, dispatcher.target.split("://")[1]],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
+        native = ds.to_tf(8, features="label", tf_native=True)
+        assert sorted(labels(_distribute(native, dispatcher.target))) == list(range(N))
+        default = ds.to_tf(8, features="label")
+        with pytest.raises(tf.errors.InvalidArgumentError) as info:
+            labels(_distribute(default, dispatcher.target))
+        assert LOCAL_ONLY_MESSAGE in str(info.value)
+    finally:
+        worker.kill()
+        worker.wait(timeout=60)
 
 
 def test_service_options_are_validated(ds: shardstore.Dataset) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 import shardstore
 from shardstore import cli
 from shardstore.commit import Transaction, manifest_state
-from shardstore.errors import InvalidInputError
+from shardstore.errors import DamagedNotADirectoryError, InvalidInputError, UnsafeLinkError
 from shardstore.testing import assert_bitwise_equal
 
 
@@ -124,3 +125,65 @@ def test_cli_gc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert f"v-{v1.manifest.version_id}" in out and "removed 2 items" in out
     assert cli.main(["gc", str(tmp_path / "nope")]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+# -- damage: reported, never followed ----------------------------------------------------------
+def test_damage_in_the_control_area_is_reported_and_left_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "d"
+    v1 = shardstore.write(path, arrays(1))
+    shardstore.write(path, arrays(2), overwrite=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    (path / "v-00000000deadbeef").symlink_to(outside, target_is_directory=True)
+    (path / ".shardstore" / "trash").symlink_to(outside, target_is_directory=True)
+    (path / ".shardstore" / "retired" / "v-feedfeedfeedfeed").mkdir()  # a dir, not a marker
+    report = shardstore.gc(path, grace=0)
+    assert sorted(report.damaged) == [
+        ".shardstore/retired/v-feedfeedfeedfeed: is a directory, not a regular file",
+        ".shardstore/trash: is a symbolic link (never followed)",
+        "v-00000000deadbeef: is a symbolic link (never followed)",
+    ]
+    # the superseded version could not be moved to the (damaged) trash: kept, not followed
+    assert (path / f"v-{v1.manifest.version_id}").is_dir()
+    assert sorted(os.listdir(outside)) == ["keep.txt"]
+    assert cli.main(["gc", str(path), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["damaged"]) == 3
+    assert cli.main(["gc", str(path)]) == 0
+    assert "left alone, never followed: 3 damaged items" in capsys.readouterr().out
+    (path / ".shardstore" / "trash").unlink()  # the user removes the link: gc carries on
+    assert f"v-{v1.manifest.version_id}" in shardstore.gc(path, grace=0).removed
+    assert sorted(os.listdir(outside)) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink"])
+def test_a_control_area_that_is_not_a_directory_stops_gc(
+    tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "d"
+    shardstore.write(path, arrays(1))
+    shutil.rmtree(path / ".shardstore", ignore_errors=True)
+    if kind == "file":
+        (path / ".shardstore").write_text("x")
+    else:
+        (path / ".shardstore").symlink_to(tmp_path, target_is_directory=True)
+    (path / "v-0123456789abcdef").mkdir()  # something gc would otherwise look at
+    expected = DamagedNotADirectoryError if kind == "file" else UnsafeLinkError
+    with pytest.raises(expected, match=r"\.shardstore"):
+        shardstore.gc(path, grace=0)
+    assert cli.main(["gc", str(path)]) == 1  # damage: exit status 1
+    assert ".shardstore" in capsys.readouterr().err
+    assert (path / "v-0123456789abcdef").is_dir()
+    with pytest.raises(expected):
+        shardstore.write(path, arrays(2), overwrite=True)
+    assert_bitwise_equal(shardstore.open(path)[:]["x"], arrays(1)["x"])
+
+
+def test_gc_of_a_dataset_named_through_a_symlink(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    v1 = shardstore.write(real, arrays(1))
+    shardstore.write(real, arrays(2), overwrite=True)
+    (tmp_path / "alias").symlink_to(real, target_is_directory=True)
+    assert shardstore.gc(tmp_path / "alias", grace=0).removed[-1] == f"v-{v1.manifest.version_id}"

@@ -226,5 +226,5 @@ def test_cli_merge(tmp_path: Path, parts: list[str], capsys: pytest.CaptureFixtu
     assert main(["merge", *parts, dest]) == 2
     assert "already exists" in capsys.readouterr().err
     assert main(["merge", dest]) == 2
-    assert "at least one part" in capsys.readouterr().err
+    assert "the following arguments are required: DEST" in capsys.readouterr().err
     assert main(["merge", parts[0], str(tmp_path / "copy"), "--link", "copy", "--verify"]) == 0

@@ -20,7 +20,7 @@ from shardstore.errors import (
     ManifestError,
     SourceNotFoundError,
 )
-from shardstore.testing import assert_bitwise_equal, collect, flip_bit
+from shardstore.testing import assert_bitwise_equal, assert_damage_reported, collect, flip_bit
 
 N = 203
 
@@ -354,17 +354,22 @@ def test_verify_names_the_flipped_file(ds: shardstore.Dataset, tmp_path: Path) -
     assert victim.path in str(exc.value) and "shard 4" in str(exc.value)
 
 
-def test_truncated_or_missing_file_fails_before_reading(
-    ds: shardstore.Dataset, tmp_path: Path
-) -> None:
+def test_truncated_or_missing_file_fails_when_read(ds: shardstore.Dataset, tmp_path: Path) -> None:
+    """Sizes are checked when a file is first opened (lazily); TF-native pipelines up front."""
     bad = copy_dataset(ds, tmp_path / "bad")
     victim = bad.shards[2].file_for("label")
     os.truncate(bad.path / victim.path, victim.size - 8)
-    with pytest.raises(ChecksumError, match="bytes"):
-        bad.to_tf(batch_size=8)
-    os.remove(bad.path / victim.path)
-    with pytest.raises(ChecksumError, match="missing"):
-        bad.to_tf(batch_size=8)
+    for what in ("bytes", "missing"):
+        err = assert_damage_reported(
+            lambda: collect(bad.to_tf(batch_size=8)), bad.path, 2, victim.path
+        )
+        assert what in str(err)
+        with pytest.raises(ChecksumError, match=what):
+            bad.to_tf(batch_size=8, tf_native=True)
+        with pytest.raises(ChecksumError, match=what):
+            shardstore.open(bad.path)[bad.shards[2].num_records * 2 + 1]
+        if what == "bytes":
+            os.remove(bad.path / victim.path)
 
 
 def test_symlink_escaping_the_dataset_is_refused(ds: shardstore.Dataset, tmp_path: Path) -> None:
@@ -373,8 +378,14 @@ def test_symlink_escaping_the_dataset_is_refused(ds: shardstore.Dataset, tmp_pat
     outside = tmp_path / "outside.npy"
     (bad.path / victim.path).rename(outside)
     (bad.path / victim.path).symlink_to(outside)
+    with pytest.raises(
+        tf.errors.OpError, match=r"(UnsafeLinkError|ManifestError).*outside the dataset"
+    ):
+        collect(bad.to_tf(batch_size=8))  # refused when the reader reaches the file
     with pytest.raises(ManifestError, match="outside the dataset"):
-        bad.to_tf(batch_size=8)
+        bad.to_tf(batch_size=8, tf_native=True)  # TensorFlow ops only: checked up front
+    with pytest.raises(ManifestError, match="outside the dataset"):
+        bad[0]
     with pytest.raises(ManifestError, match="outside the dataset"):
         bad.verify(progress=False)
 
@@ -448,7 +459,11 @@ def test_shard_directory_symlink_escaping_the_dataset_is_refused(
     outside = tmp_path / "outside"
     version_dir.rename(outside)
     version_dir.symlink_to(outside)
+    with pytest.raises(
+        tf.errors.OpError, match=r"(UnsafeLinkError|ManifestError).*outside the dataset"
+    ):
+        collect(bad.to_tf(batch_size=8))
     with pytest.raises(ManifestError, match="outside the dataset"):
-        bad.to_tf(batch_size=8)
+        bad.to_tf(batch_size=8, tf_native=True)
     with pytest.raises(ManifestError, match="outside the dataset"):
         bad.check_files()

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 import shardstore
-from shardstore.errors import ChecksumError, ManifestError
+from shardstore.errors import CapabilityError, ManifestError
 from shardstore.manifest import FeatureSpec
 from shardstore.sources import tfrecord as tfr
 from shardstore.sources.tfrecord import (
@@ -28,6 +28,7 @@ from shardstore.testing import (
     ALL_DTYPES,
     SourceConformance,
     assert_bitwise_equal,
+    assert_damage_reported,
     collect,
     random_records,
 )
@@ -43,6 +44,31 @@ def test_capabilities() -> None:
         "random_access": False,
         "supports_ragged": False,
     }
+
+
+def test_random_access_refusals_say_what_was_asked_and_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "t"
+    ds = shardstore.write(path, {"x": np.arange(10)}, format="tfrecord", fsync=False)
+    tail = (
+        f"which the 'tfrecord' source of dataset '{path}' does not support. {{}}, or convert "
+        f"the dataset once to a format that does: `shardstore convert {path} DEST --format "
+        "npy` (`shardstore.convert(src, dest, format='npy')` in Python)"
+    )
+    with pytest.raises(CapabilityError) as info:
+        ds[3]
+    assert str(info.value) == "ds[...] reads records by index (random_access), " + tail.format(
+        "Read the records in order with ds.iter_numpy() or ds.to_tf()"
+    )
+    with pytest.raises(CapabilityError) as info:
+        ds.to_tf(4, shuffle="global")
+    assert str(info.value) == "shuffle='global' reads records by index (random_access), " + (
+        tail.format("Use shuffle=True (blocks of records in a random order, mixed in a window)")
+    )
+    # what it advises works: shuffle=True, and the converted dataset answers ds[i]
+    batches = ds.to_tf(4, shuffle=True, seed=0).as_numpy_iterator()
+    assert sorted(np.concatenate([b["x"] for b in batches]).tolist()) == list(range(10))
+    converted = shardstore.convert(path, tmp_path / "n", format="npy")
+    assert int(converted[3]["x"]) == 3
 
 
 def _tf_decode(raw: bytes, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
@@ -200,8 +226,10 @@ def test_a_damaged_record_fails_the_read(tmp_path: Path) -> None:
     raw[len(raw) // 20 * 10 + 20] ^= 0x10  # inside the data of record 10 (not a header)
     os.chmod(path, 0o644)
     path.write_bytes(bytes(raw))
-    with pytest.raises(ChecksumError):  # hashed before the first read
-        ds.to_tf(4)
+    err = assert_damage_reported(  # the shard is hashed when the reader first reaches it
+        lambda: collect(shardstore.open(ds.path).to_tf(4)), ds.path, 0, ds.shards[0].files[0].path
+    )
+    assert "has checksum" in str(err)
     with pytest.raises(tf.errors.DataLossError):  # and TFRecordDataset's own CRC check
         collect(shardstore.open(ds.path, verify="size").to_tf(4))
 

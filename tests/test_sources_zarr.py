@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import shardstore
 from shardstore.errors import (
@@ -26,6 +27,7 @@ from shardstore.sources.zarr import ZarrSource, default_chunk_records
 from shardstore.testing import (
     SourceConformance,
     assert_bitwise_equal,
+    assert_damage_reported,
     assert_same_dataset,
     collect,
     flip_bit,
@@ -148,7 +150,7 @@ def test_every_file_is_in_the_manifest_and_checksummed(tmp_path: Path) -> None:
     on_disk = {str(p.relative_to(ds.path)) for p in ds.path.rglob("*") if p.is_file()} - {
         "manifest.json"
     }
-    listed = {f.path for s in ds.shards for f in s.files}
+    listed = {f.path for s in ds.shards for f in s.stored_files}  # block indexes too
     assert on_disk == listed
     ds.verify(progress=False)
 
@@ -294,9 +296,9 @@ def test_reading_one_feature_never_touches_the_others(tmp_path: Path) -> None:
     ctx = ReadContext(ds.path, ds.shards, {"label": ds.features["label"]}, 8)
     assert_bitwise_equal(ds.source.read_records(ctx, 1, np.array([2, 3]))["label"],
                          data["label"][[27, 28]])  # fmt: skip
-    # the control: reading the damaged feature does fail, before reading (checksums)...
-    with pytest.raises(ChecksumError, match=r"zarr/image/.*has checksum"):
-        ds.to_tf(batch_size=8, features="image")
+    # the control: reading the damaged feature does fail, before zarr parses it (checksums)...
+    with pytest.raises(tf.errors.OpError, match=r"zarr/image/.*has checksum"):
+        collect(ds.to_tf(batch_size=8, features="image"))
     # ...and without checksums, when zarr is handed the damaged metadata
     unchecked = shardstore.open(tmp_path / "d", verify="size")
     with pytest.raises(Exception, match=r"image/zarr\.json' .*"):
@@ -310,8 +312,13 @@ def test_damaged_chunk_is_reported_with_its_file(tmp_path: Path) -> None:
     with open(ds.path / victim.path, "r+b") as f:
         f.seek(5)
         f.write(b"\xff\xff\xff\xff")  # the first chunk's Blosc header (its decoded size)
-    with pytest.raises(ChecksumError, match=re.escape(victim.path) + ".*has checksum"):
-        shardstore.open(tmp_path / "d").to_tf(batch_size=8, features="image")
+    err = assert_damage_reported(  # the chunk's block is verified before it is decoded
+        lambda: collect(shardstore.open(tmp_path / "d").to_tf(batch_size=8, features="image")),
+        ds.path,
+        0,
+        victim.path,
+    )
+    assert "do not match their checksum" in str(err)
     ds = shardstore.open(tmp_path / "d", verify="size")  # the decoder's own check
     with pytest.raises(Exception, match=re.escape(victim.path) + ".*damaged"):
         collect(ds.to_tf(batch_size=8, features="image"))
@@ -340,8 +347,13 @@ def test_damaged_shard_index_is_detected(tmp_path: Path) -> None:
     ds = write(tmp_path / "d", compressible(30), records_per_shard=30, chunk_records=10)
     victim = data_file(ds, 0, "image")
     flip_bit(ds.path / victim.path, -20)  # inside the (offset, length) table
-    with pytest.raises(ChecksumError, match="has checksum"):
-        shardstore.open(tmp_path / "d").to_tf(batch_size=8, features="image")
+    err = assert_damage_reported(  # the index's block is verified before it is parsed
+        lambda: collect(shardstore.open(tmp_path / "d").to_tf(batch_size=8, features="image")),
+        ds.path,
+        0,
+        victim.path,
+    )
+    assert "do not match their checksum" in str(err)
     with pytest.raises(Exception, match="CRC32C"):  # the reader's own check
         unchecked = shardstore.open(tmp_path / "d", verify="size")
         collect(unchecked.to_tf(batch_size=8, features="image"))

@@ -4,19 +4,35 @@
 ``shardstore`` command and of every subcommand, generated from the argparse
 parser in :mod:`shardstore.cli` at build time, so the CLI reference cannot
 drift from the code (a new subcommand appears by itself).
+
+Every page's HTML is checked for Sphinx roles printed as text (``:meth:`` and
+the like, which the griffe extension in ``tools/docs_griffe.py`` turns into
+cross-references): one left over fails the build, naming the page.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["CLI_MARKER", "cli_reference_markdown", "on_page_markdown"]
+__all__ = [
+    "CLI_MARKER",
+    "RAW_ROLE",
+    "cli_reference_markdown",
+    "on_page_content",
+    "on_page_markdown",
+    "raw_roles",
+]
 
 CLI_MARKER = "<!-- cli-reference -->"
+#: A Sphinx role as it shows on a page when nothing rendered it: ``:meth:<code>x</code>``.
+RAW_ROLE = re.compile(
+    r":(?:py:)?(?:meth|func|attr|mod|class|data|exc|obj|const|type):(?:`|<code>)[^`<]*"
+)
 HELP_COLUMNS = 88
 
 
@@ -72,3 +88,21 @@ def on_page_markdown(markdown: str, **kwargs: Any) -> str:
     if CLI_MARKER in markdown:
         markdown = markdown.replace(CLI_MARKER, cli_reference_markdown())
     return markdown
+
+
+def raw_roles(html: str) -> list[str]:
+    """The Sphinx roles printed as text in a page's HTML (empty when there are none)."""
+    return [m.group(0) for m in RAW_ROLE.finditer(html)]
+
+
+def on_page_content(html: str, page: Any, **kwargs: Any) -> str:
+    """mkdocs event: fail the build when a page shows a raw Sphinx role."""
+    from mkdocs.exceptions import PluginError
+
+    found = raw_roles(html)
+    if found:
+        raise PluginError(
+            f"{page.file.src_path} shows Sphinx roles as text: {found[:5]} (write "
+            "[`name`][full.path] cross-references, or check tools/docs_griffe.py)"
+        )
+    return html

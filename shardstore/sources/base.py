@@ -33,6 +33,19 @@ Capability flags describe what the reader may ask for:
     for ``ds[i]`` and for ``to_tf(shuffle="global")`` (one gather per batch).
 ``supports_ragged``
     The source can store features with a variable dimension.
+``verifies_reads``
+    The source checks the bytes it reads against the shard's block
+    checksums itself, through ``ctx.verifier``
+    (:class:`shardstore.integrity.Verifier`): ``ctx.verifier.file(shard,
+    entry)`` gives a :class:`~shardstore.integrity.FileCheck` whose
+    ``pread_into`` / ``verify_range`` verify exactly what was read. For a
+    source that leaves this ``False`` (files read inside TensorFlow ops or by
+    a third-party library), the reader hashes each shard's files whole just
+    before the shard is first read in the process. Either way no byte
+    reaches the caller unverified.
+
+Blocks are checksummed by the core as files are written (every source gets
+them); ``ShardFile.align_blocks`` aligns them to fixed-size records.
 
 Register a source under the entry-point group ``shardstore.sources``; the
 entry-point name must equal the class's ``name``. ``docs/plugins.md`` walks
@@ -43,7 +56,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -52,6 +65,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from shardstore.blocks import INDEX_SUFFIX, FileBlocks, choose_layout, encode_index
 from shardstore.checksum import CHUNK_BYTES
 from shardstore.errors import (
     CapabilityError,
@@ -71,6 +85,7 @@ from shardstore.manifest import (
 if TYPE_CHECKING:
     import tensorflow as tf
 
+    from shardstore.integrity import Verifier
     from shardstore.ragged import RaggedArray
 
 __all__ = [
@@ -95,12 +110,23 @@ class ShardFile:
         self.feature = feature
         #: Source-specific details stored with the file in the manifest.
         self.info: dict[str, Any] = {}
-        self._file = HashingFile(ctx.root / relpath, fsync=ctx.fsync)
+        self._file = HashingFile(ctx.root / relpath, fsync=ctx.fsync, below=ctx.below)
 
     def __enter__(self) -> ShardFile:
         self._file.__enter__()
         self._ctx._open_paths.append(self._file.path)
         return self
+
+    def align_blocks(self, start: int, record_bytes: int) -> None:
+        """Align the file's checksum blocks to its records (call before the first write).
+
+        The core hashes every file in blocks of about 64 KiB
+        (:mod:`shardstore.blocks`), so readers verify what they read. A
+        source whose records have a fixed size and start at byte ``start``
+        (after a header) calls this to make blocks hold whole records: a
+        random read of one record then verifies its own bytes and no more.
+        """
+        self._file.set_block_layout(*choose_layout(start, record_bytes))
 
     def write(self, data: bytes | bytearray | memoryview | np.ndarray) -> None:
         """Append bytes (or a C-contiguous array's memory) to the file."""
@@ -116,6 +142,8 @@ class ShardFile:
     ) -> None:
         self._file.__exit__(exc_type, exc, tb)
         if exc_type is None:
+            assert self._file.blocks is not None
+            self._ctx._blocks.append(self._file.blocks)
             self._ctx.files.append(
                 FileEntry(
                     path=self.relpath,
@@ -142,6 +170,10 @@ class ShardWriteContext:
     features : the spec of every feature, by name.
     options : source-specific write options (e.g. ``compression``).
     fsync : whether files are flushed to stable storage before the commit.
+    base : the dataset directory ``root`` lies in: every directory between
+        them is reached without following links (a staging directory swapped
+        for a symlink mid-write is refused, not written through). ``None``:
+        from ``root`` itself.
     """
 
     root: Path
@@ -151,8 +183,12 @@ class ShardWriteContext:
     features: Mapping[str, FeatureSpec]
     options: Mapping[str, Any] = field(default_factory=dict)
     fsync: bool = True
+    base: Path | None = None
     files: list[FileEntry] = field(default_factory=list)
+    #: the shard's block index, once :meth:`write_block_index` has written it
+    blocks: FileEntry | None = None
     _open_paths: list[Path] = field(default_factory=list)
+    _blocks: list[FileBlocks] = field(default_factory=list)
 
     def create(self, suffix: str, *, feature: str | None = None) -> ShardFile:
         """A new file for this shard, named ``<prefix>/<index>.<feature><suffix>``.
@@ -165,12 +201,39 @@ class ShardWriteContext:
             relpath = check_relative_path(f"{self.prefix}/{stem}{suffix}")
         except ManifestError as exc:
             raise InvalidInputError(f"invalid file suffix {suffix!r}: {exc}") from None
-        make_dirs((self.root / relpath).parent)
+        if relpath == self._index_path:
+            raise InvalidInputError(
+                f"the file suffix {INDEX_SUFFIX!r} without a feature is reserved for the "
+                "shard's block index"
+            )
+        make_dirs((self.root / relpath).parent, below=self.below)
         return ShardFile(self, relpath, feature)
+
+    @property
+    def below(self) -> Path:
+        """Where the walk to a new file starts: :attr:`base` if ``root`` is inside it."""
+        if self.base is not None and self.root.is_relative_to(self.base):
+            return self.base
+        return self.root
+
+    @property
+    def _index_path(self) -> str:
+        return f"{self.prefix}/{self.index:06d}{INDEX_SUFFIX}"
+
+    def write_block_index(self) -> None:
+        """Write the shard's block index (the core calls this once the source is done)."""
+        if not self.files or self.blocks is not None:
+            return
+        relpath = self._index_path
+        index = HashingFile(self.root / relpath, fsync=self.fsync, below=self.below)
+        with index:
+            self._open_paths.append(index.path)
+            index.write(encode_index(self._blocks))
+        self.blocks = FileEntry(relpath, index.size, index.checksum)
 
     def entry(self, source: str) -> ShardEntry:
         """The manifest entry of the finished shard."""
-        return ShardEntry(self.index, source, self.num_records, tuple(self.files))
+        return ShardEntry(self.index, source, self.num_records, tuple(self.files), self.blocks)
 
 
 @dataclass(frozen=True)
@@ -183,12 +246,21 @@ class ReadContext:
     shards : the shards to read; ``tf_reader``'s argument indexes this tuple.
     features : the specs of the features asked for, in output order.
     block_records : the largest block the reader wants from one element.
+    verifier : checks what is read against the manifest
+        (:class:`shardstore.integrity.Verifier`); ``None`` when the caller
+        built the context without one (nothing is verified then).
+    lazy : ``True`` when the reader calls :meth:`Source.prepare_shard` for
+        each shard from Python just before its blocks are read; ``False``
+        (pipelines of TensorFlow ops only) when ``tf_reader`` must prepare
+        every shard itself, up front.
     """
 
     root: Path
     shards: tuple[ShardEntry, ...]
     features: Mapping[str, FeatureSpec]
     block_records: int
+    verifier: Verifier | None = None
+    lazy: bool = False
 
     def resolve(self, relpath: str) -> Path:
         """Absolute path of a manifest path, refusing escapes from the dataset."""
@@ -201,6 +273,18 @@ class ReadContext:
     @cached_property
     def _resolver(self) -> InsideResolver:
         return InsideResolver(self.root)
+
+    @cached_property
+    def checker(self) -> Verifier:
+        """:attr:`verifier`, or one that checks sizes only when the context has none."""
+        from shardstore.integrity import Verifier
+
+        return self.verifier if self.verifier is not None else Verifier(self.root, "size")
+
+    @cached_property
+    def opened(self) -> np.ndarray:
+        """``bool`` per shard: whether the reader has had the source open it (``open_shards``)."""
+        return np.zeros(len(self.shards), dtype=bool)
 
     @cached_property
     def record_starts(self) -> np.ndarray:
@@ -232,6 +316,8 @@ class Source(ABC):
     #: reader then gathers every batch through :meth:`read_records_into`, in
     #: every shuffle mode, instead of reading blocks with :meth:`tf_reader`.
     gather_batches: ClassVar[bool] = False
+    #: The source verifies what it reads through ``ctx.verifier`` (module docstring).
+    verifies_reads: ClassVar[bool] = False
 
     def can_read(self, written_by: str) -> bool:
         """Whether this source reads shards written by the source ``written_by``."""
@@ -273,6 +359,27 @@ class Source(ABC):
         so that what can be refused from the manifest alone (a lying header
         length, a size that contradicts the layout) fails at ``to_tf`` time
         with a ``ManifestError``, not mid-epoch. The default checks nothing.
+        """
+
+    def open_shards(self, ctx: ReadContext, positions: Sequence[int]) -> None:  # noqa: B027
+        """Get ready to read shards ``positions`` of ``ctx`` (called before a gather).
+
+        The reader calls this with the shards a gather is about to read that
+        it has not read before in this context, so a source can open their
+        files all at once (e.g. from threads: opening a shard on cold storage
+        costs a few reads, latency that parallel opens hide). The default does
+        nothing.
+        """
+
+    def prepare_shard(self, ctx: ReadContext, position: int) -> None:  # noqa: B027
+        """Check shard ``ctx.shards[position]`` before ``tf_reader``'s dataset first reads it.
+
+        Called from Python, once per shard per pipeline: by the reader just
+        before the shard is read when ``ctx.lazy`` is set (after its files
+        were verified), else by the source's own ``tf_reader`` for every
+        shard up front. For checks of a file's contents that protect the
+        reading code (e.g. record framing TensorFlow would trust). The
+        default checks nothing.
         """
 
     @abstractmethod

@@ -17,12 +17,14 @@ never per record), so pipelines built on it are not serialisable:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import mmap
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -30,9 +32,11 @@ import numpy as np
 
 from shardstore.caches import ByteBudgetCache
 from shardstore.errors import ChecksumError, ManifestError
+from shardstore.integrity import FileCheck
 from shardstore.manifest import FileEntry, ShardEntry
 from shardstore.ragged import OFFSETS_CACHE_BYTES, RaggedArray, offsets_problem
 from shardstore.random_access import aligned_empty
+from shardstore.safefs import open_regular
 from shardstore.sources.base import ArrayLike, ReadContext, ShardWriteContext, Source
 from shardstore.sources.npy import (
     NpyHeader,
@@ -60,6 +64,96 @@ PREAD_MIN_RECORD_BYTES = 4096
 SPAN_READ_BYTES = 256 << 10
 
 
+class _Handle:
+    """An open file descriptor, closed when the last reference to it goes.
+
+    The source's cache of descriptors drops the least recently used ones;
+    a reader still using a dropped descriptor keeps it open (a descriptor
+    closed under a reader could be reused for another file meanwhile).
+    """
+
+    __slots__ = ("fd", "random")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.random = False  # posix_fadvise(RANDOM) given: no readahead
+
+    def __del__(self) -> None:
+        os.close(self.fd)
+
+
+#: Reads in flight at once for scattered records missing from the page cache: what a
+#: disk (or a network file system) needs to reach its throughput on random reads.
+READ_THREADS = 16
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_nowait = hasattr(os, "RWF_NOWAIT")
+
+
+def _read_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="shardstore-read")
+        return _pool
+
+
+def _after_fork() -> None:  # a forked child must not use the parent's threads
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+def _advise(fd: int, advice: str) -> None:
+    """``posix_fadvise(fd, 0, 0, advice)`` where the platform has it."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.posix_fadvise(fd, 0, 0, getattr(os, advice))
+
+
+def read_runs(handle: _Handle, check: FileCheck, runs: list[tuple[memoryview, int]]) -> None:
+    """Fill each ``(buffer, offset)`` of ``runs`` from the file of ``handle``, verified.
+
+    What the page cache holds is copied at once (``preadv`` with
+    ``RWF_NOWAIT``, which never waits for the disk); the rest is read by
+    :data:`READ_THREADS` threads, so that many reads are in flight, as storage
+    needs for random reads. With records scattered over the file, the file is
+    advised ``POSIX_FADV_RANDOM`` (no readahead: only the records' own pages
+    are read).
+    """
+    global _nowait
+    fd = handle.fd
+    if not handle.random:
+        handle.random = True
+        _advise(fd, "POSIX_FADV_RANDOM")
+    missing: list[tuple[memoryview, int]] = []
+    verified = check.done
+    for view, offset in runs:
+        got = 0
+        if _nowait:
+            try:
+                got = os.preadv(fd, [view], offset, os.RWF_NOWAIT)
+            except BlockingIOError:
+                got = 0
+            except OSError:  # RWF_NOWAIT unsupported here: read everything in order
+                _nowait = False
+        if got == len(view):
+            if not verified:
+                check.verify_range(offset, view, lambda at, n: os.pread(fd, n, at))
+        else:
+            missing.append((view, offset))
+    if not missing:
+        return
+    if len(missing) == 1:
+        check.pread_into(fd, *missing[0])
+        return
+    # from the threads, in file order; any error is raised here, in the caller's thread
+    for future in [_read_pool().submit(check.pread_into, fd, v, o) for v, o in missing]:
+        future.result()
+
+
 class MemmapSource(Source):
     """Random-access reader (and writer) of ``.npy`` shards."""
 
@@ -68,22 +162,22 @@ class MemmapSource(Source):
     random_access: ClassVar[bool] = True
     supports_ragged: ClassVar[bool] = True
     gather_batches: ClassVar[bool] = True
+    verifies_reads: ClassVar[bool] = True
     reads: ClassVar[frozenset[str]] = frozenset({"npy"})
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         # keyed by (dataset directory, manifest path, checksum): resolved (symlinks
         # checked) once; another file at the same path is opened anew
-        self._maps: OrderedDict[tuple[Path, str, str], np.ndarray] = OrderedDict()
-        self._files: OrderedDict[tuple[Path, str, str], int] = OrderedDict()
+        self._maps: OrderedDict[tuple[Path, str, str], tuple[np.ndarray, mmap.mmap]] = OrderedDict()
+        self._files: OrderedDict[tuple[Path, str, str], _Handle] = OrderedDict()
         # ragged features: each shard's offsets table
         self._offset_tables: ByteBudgetCache[tuple[Path, str, str]] = ByteBudgetCache(
             OFFSETS_CACHE_BYTES
         )
 
     def __del__(self) -> None:
-        for fd in getattr(self, "_files", {}).values():
-            os.close(fd)
+        getattr(self, "_files", {}).clear()  # each descriptor closes once no reader holds it
 
     def write_shard(self, shard: ShardWriteContext, arrays: Mapping[str, ArrayLike]) -> None:
         """Write standard ``.npy`` files, exactly as the ``npy`` source does."""
@@ -93,16 +187,35 @@ class MemmapSource(Source):
         """Check every file's recorded header length and size against the features."""
         npy_layout(ctx)
 
-    def _map(self, ctx: ReadContext, position: int, feature: str) -> np.ndarray:
-        """A read-only memory map of a fixed-shape feature's records in one shard (cached).
+    def open_shards(self, ctx: ReadContext, positions: Sequence[int]) -> None:
+        """Open (and check) the fixed-shape features' files of ``positions``, from threads.
 
-        Mapped from the descriptor of :meth:`_file`, so the header has been
-        checked against the manifest; no ``np.load`` and no size a header
-        claims is ever allocated.
+        On cold storage, opening a shard reads its block index and each
+        file's header: a few reads of latency each. A gather that touches
+        hundreds of new shards (``shuffle="global"``) opens them with
+        :data:`READ_THREADS` reads in flight instead of one at a time.
+        """
+        names = [n for n, spec in ctx.features.items() if not spec.is_ragged]
+        jobs = [(p, n) for p in positions for n in names]
+        if len(jobs) < 2:
+            return
+        pool = _read_pool()
+        for future in [pool.submit(self._file, ctx, p, n) for p, n in jobs]:
+            future.result()
+
+    def _map(self, ctx: ReadContext, position: int, feature: str) -> tuple[np.ndarray, mmap.mmap]:
+        """A read-only memory map of a fixed-shape feature's file in one shard (cached).
+
+        Returns the records (an array over the map) and the map of the whole
+        file (for verification). Mapped from the descriptor of :meth:`_file`, so
+        the header has been checked against the manifest; no ``np.load`` and
+        no size a header claims is ever allocated.
         """
         shard = ctx.shards[position]
         entry = shard.file_for(feature)
         key = (ctx.root, entry.path, entry.checksum)
+        # first the descriptor: a file replaced since it was mapped drops its map
+        handle, header, _ = self._file(ctx, position, feature)
         with self._lock:
             cached = self._maps.get(key)
             if cached is not None:
@@ -111,21 +224,22 @@ class MemmapSource(Source):
         spec = ctx.features[feature]
         expected = (shard.num_records, *(int(d or 0) for d in spec.shape))
         data_bytes = spec.record_nbytes * shard.num_records
-        fd, header = self._file(ctx, position, feature)
         try:  # the map holds its own duplicate of the descriptor
-            buf = mmap.mmap(fd, header + data_bytes, access=mmap.ACCESS_READ)
+            buf = mmap.mmap(handle.fd, header + data_bytes, access=mmap.ACCESS_READ)
         except (OSError, ValueError) as exc:  # e.g. the file is shorter than the manifest says
             what = f"cannot be mapped ({exc})"
             raise ChecksumError.in_file(ctx.root, shard.index, entry.path, what) from None
         mm = np.frombuffer(buf, spec.dtype, math.prod(expected), header).reshape(expected)
         with self._lock:
-            self._maps[key] = mm
+            self._maps[key] = (mm, buf)
             while len(self._maps) > MAX_OPEN_MAPS:
                 self._maps.popitem(last=False)
-        return mm
+        return mm, buf
 
-    def _file(self, ctx: ReadContext, position: int, feature: str) -> tuple[int, int]:
-        """An open descriptor of a fixed-shape feature's file, and where its records start."""
+    def _file(
+        self, ctx: ReadContext, position: int, feature: str
+    ) -> tuple[_Handle, int, FileCheck]:
+        """A fixed-shape feature's file: open descriptor, where records start, its check."""
         shard = ctx.shards[position]
         spec = ctx.features[feature]
         expected = (shard.num_records, *(int(d or 0) for d in spec.shape))
@@ -138,11 +252,14 @@ class MemmapSource(Source):
         entry: FileEntry,
         dtype: np.dtype[Any],
         expected: tuple[int, ...],
-    ) -> tuple[int, int]:
-        """An open descriptor of ``entry`` (cached), and where its data starts.
+    ) -> tuple[_Handle, int, FileCheck]:
+        """An open descriptor of ``entry`` (cached), where its data starts, and its check.
 
-        The ``.npy`` header is read and checked against the manifest the first
-        time a file is opened, so a file that lies about its contents is refused.
+        The ``.npy`` header is read (and verified) and checked against the
+        manifest the first time a file is opened, so a file that lies about its
+        contents is refused. The first time a reader (``ctx``) uses a cached
+        descriptor, it must still be the file at the manifest's path (same
+        device, inode, size and times); else the file is opened anew.
         """
         key = (ctx.root, entry.path, entry.checksum)
         header = entry.info.get("header_bytes")
@@ -150,26 +267,42 @@ class MemmapSource(Source):
             raise ManifestError(
                 f"shard {shard.index}, file {entry.path!r}: invalid info.header_bytes {header!r}"
             )
+        checker = ctx.checker
         with self._lock:
-            fd = self._files.get(key)
-            if fd is not None:
+            handle = self._files.get(key)
+            if handle is not None:
                 self._files.move_to_end(key)
-                return fd, header
-        fd = os.open(ctx.resolve_str(entry.path), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        if handle is not None:
+            if checker.known(entry) or self._still_there(ctx, entry, handle.fd):
+                return handle, header, checker.file(shard, entry, fd=handle.fd)
+            self._drop(key)
+        check = checker.file(shard, entry)  # missing, or another size than the manifest's
+        fd = open_regular(check.location)  # a regular file, never a FIFO or a link
         try:
             # the header NumPy (and so shardstore) writes for what the manifest
             # says: equal bytes need no parsing (10 us instead of ~100 us, which
             # matters when a global shuffle reopens thousands of small shards)
             ours = npy_header(dtype, expected)
-            if len(ours) == header and os.pread(fd, header, 0) == ours:
+            head = bytearray(header)
+            # no readahead for the header alone (up to read_ahead_kb, often MiBs, of records
+            # a random reader may never want); sequential readers start their own below
+            _advise(fd, "POSIX_FADV_RANDOM")
+            check.pread_into(fd, head, 0)
+            _advise(fd, "POSIX_FADV_NORMAL")
+            if len(ours) == header and head == ours:
                 parsed = NpyHeader(dtype, expected, False, header)
             else:
                 with os.fdopen(os.dup(fd), "rb") as f:
                     parsed = read_npy_header(f)
         except (ValueError, OSError) as exc:
             os.close(fd)
+            if isinstance(exc, ChecksumError):
+                raise
             what = f"is not a valid .npy file ({exc})"
             raise ChecksumError.in_file(ctx.root, shard.index, entry.path, what) from None
+        except BaseException:
+            os.close(fd)
+            raise
         if (
             parsed.shape != expected
             or parsed.dtype != dtype
@@ -182,11 +315,34 @@ class MemmapSource(Source):
                 f"(data at byte {parsed.data_offset}), the manifest says {dtype} {expected} "
                 f"at byte {header}"
             )
+        handle = _Handle(fd)  # closed when neither the cache nor a reader holds it
         with self._lock:
-            self._files[key] = fd
+            raced = self._files.get(key)
+            if raced is not None:
+                handle = raced  # another thread opened it meanwhile: share one descriptor
+            else:
+                self._files[key] = handle
+            self._files.move_to_end(key)
             while len(self._files) > MAX_OPEN_FILES:
-                os.close(self._files.popitem(last=False)[1])
-        return fd, header
+                self._files.popitem(last=False)
+        return handle, header, check
+
+    @staticmethod
+    def _still_there(ctx: ReadContext, entry: FileEntry, fd: int) -> bool:
+        """Whether ``fd`` is still the file at ``entry``'s path."""
+        try:
+            a, b = os.fstat(fd), os.stat(ctx.resolve_str(entry.path))
+        except OSError:
+            return False
+        return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (
+            b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns, b.st_ctime_ns
+        )  # fmt: skip
+
+    def _drop(self, key: tuple[Path, str, str]) -> None:
+        """Forget the descriptor and map of ``key`` (the file was replaced)."""
+        with self._lock:
+            self._files.pop(key, None)
+            self._maps.pop(key, None)
 
     def _offsets(self, ctx: ReadContext, position: int, feature: str) -> np.ndarray:
         """A ragged feature's offsets in one shard (validated, cached, read-only).
@@ -197,17 +353,18 @@ class MemmapSource(Source):
         values, offsets = shard.ragged_files(feature)
         key = (ctx.root, offsets.path, offsets.checksum + values.checksum)
         table = self._offset_tables.get(key)
-        if table is not None:
+        if table is not None and ctx.checker.known(offsets):
             return table
         _, rows, _, n = ragged_layout(ctx, position, feature)
-        fd, header = self._open_npy(ctx, shard, offsets, np.dtype("<i8"), (n + 1,))
+        handle, header, check = self._open_npy(ctx, shard, offsets, np.dtype("<i8"), (n + 1,))
         table = np.empty(n + 1, np.int64)
-        self._pread(ctx, shard, offsets.path, fd, table.view(np.uint8).data, header)
+        check.pread_into(handle.fd, table.view(np.uint8).data, header)
         problem = offsets_problem(table, rows)
         if problem:
             what = f"is damaged: {problem} ({values.path!r})"
             raise ChecksumError.in_file(ctx.root, shard.index, offsets.path, what)
         table.flags.writeable = False
+        self._offset_tables.pop(key)
         self._offset_tables.put(key, table)
         return table
 
@@ -226,7 +383,9 @@ class MemmapSource(Source):
         row_bytes = spec.row_nbytes
         if len(values) and row_bytes:
             entry = shard.ragged_files(feature)[0]
-            fd, header = self._open_npy(ctx, shard, entry, spec.dtype, (total, *spec.inner_shape))
+            handle, header, check = self._open_npy(
+                ctx, shard, entry, spec.dtype, (total, *spec.inner_shape)
+            )
             buf = values.reshape(-1).view(np.uint8).data
             # runs of records that follow each other in the file: one read each
             breaks = (np.flatnonzero(starts[1:] != ends[:-1]) + 1).tolist()
@@ -236,8 +395,7 @@ class MemmapSource(Source):
                 a, b = int(dest[lo]), int(dest[hi])
                 if a < b:
                     offset = header + int(starts[lo]) * row_bytes
-                    part = buf[a * row_bytes : b * row_bytes]
-                    self._pread(ctx, shard, entry.path, fd, part, offset)
+                    check.pread_into(handle.fd, buf[a * row_bytes : b * row_bytes], offset)
         return RaggedArray.from_lengths(values, lengths)
 
     def read_records(self, ctx: ReadContext, position: int, rows: np.ndarray) -> dict[str, Any]:
@@ -261,7 +419,11 @@ class MemmapSource(Source):
         rows: np.ndarray,
         out: Mapping[str, np.ndarray],
     ) -> None:
-        """Read ``rows`` (sorted, unique) of one shard into ``out``, preadv or memory map."""
+        """Read ``rows`` (sorted, unique) of one shard into ``out``, preadv or memory map.
+
+        Every block read is verified against the shard's block index (once
+        per process, :mod:`shardstore.integrity`) before this returns.
+        """
         n = len(rows)
         if n == 0:
             return
@@ -274,36 +436,30 @@ class MemmapSource(Source):
                 continue
             scattered = len(run_starts) > 1 and record_bytes < PREAD_MIN_RECORD_BYTES
             first, span = int(rows[0]), int(rows[-1]) - int(rows[0]) + 1
+            handle, header, check = self._file(ctx, position, feature)
             if scattered and span * record_bytes > SPAN_READ_BYTES:
-                np.take(self._map(ctx, position, feature), rows, axis=0, out=dest)
+                records, whole_file = self._map(ctx, position, feature)
+                check.verify_spans(whole_file, header + rows * record_bytes, record_bytes)
+                np.take(records, rows, axis=0, out=dest)
                 continue
-            fd, header = self._file(ctx, position, feature)
-            shard = ctx.shards[position]
-            path = shard.file_for(feature).path
             if scattered:  # one read of the span, then pick the rows (small shards)
                 whole = np.empty((span, *dest.shape[1:]), dest.dtype)
                 offset = header + first * record_bytes
-                self._pread(ctx, shard, path, fd, whole.reshape(-1).view(np.uint8).data, offset)
+                check.pread_into(handle.fd, whole.reshape(-1).view(np.uint8).data, offset)
                 np.take(whole, rows - first, axis=0, out=dest)
                 continue
             buf = dest.reshape(-1).view(np.uint8).data
-            for lo, hi in zip(run_starts, run_ends, strict=True):
-                offset = header + int(rows[lo]) * record_bytes
-                part = buf[lo * record_bytes : hi * record_bytes]
-                self._pread(ctx, shard, path, fd, part, offset)
-
-    @staticmethod
-    def _pread(
-        ctx: ReadContext, shard: ShardEntry, path: str, fd: int, buf: memoryview, offset: int
-    ) -> None:
-        """Fill ``buf`` from ``offset`` of ``path``; a short file is damage, never zeros."""
-        done = 0
-        while done < len(buf):
-            got = os.preadv(fd, [buf[done:]], offset + done)
-            if got == 0:
-                what = f"ends at byte {offset + done}, before the records the manifest records"
-                raise ChecksumError.in_file(ctx.root, shard.index, path, what)
-            done += got
+            runs = [
+                (buf[lo * record_bytes : hi * record_bytes], header + int(rows[lo]) * record_bytes)
+                for lo, hi in zip(run_starts, run_ends, strict=True)
+            ]
+            if len(runs) == 1:
+                if handle.random and len(runs[0][0]) >= 1 << 20:  # sequential again: readahead
+                    handle.random = False
+                    _advise(handle.fd, "POSIX_FADV_NORMAL")
+                check.pread_into(handle.fd, *runs[0])
+            else:
+                read_runs(handle, check, runs)
 
     def tf_reader(self, ctx: ReadContext) -> Callable[[tf.Tensor], tf.data.Dataset]:
         """Blocks of records, each read by one ``numpy_function``."""

@@ -79,12 +79,13 @@ def write_ragged_npy(
         raise InvalidInputError(f"feature {fname!r} is ragged; expected a RaggedArray")
     offsets = (ragged.offsets - ragged.offsets[0]).astype("<i8")
     values = ragged.flat_values
-    for part, suffix, data, dtype in (
-        ("values", SUFFIX, values, spec.dtype),
-        ("offsets", OFFSETS_SUFFIX, offsets, np.dtype("<i8")),
+    for part, suffix, data, dtype, unit in (
+        ("values", SUFFIX, values, spec.dtype, spec.row_nbytes),
+        ("offsets", OFFSETS_SUFFIX, offsets, np.dtype("<i8"), 8),
     ):
         header = npy_header(dtype, tuple(int(d) for d in data.shape))
         with shard.create(suffix, feature=fname) as f:
+            f.align_blocks(len(header), unit)  # checksum blocks of whole rows, after the header
             f.info["header_bytes"] = len(header)
             f.info["ragged"] = part
             f.write(header)
@@ -140,6 +141,7 @@ def npy_layout(ctx: ReadContext) -> dict[str, list[int]]:
                 ragged_layout(ctx, position, fname)
             continue
         column = headers[fname] = []
+        record_bytes = spec.record_nbytes
         for shard in ctx.shards:
             entry = shard.file_for(fname)
             header = entry.info.get("header_bytes")
@@ -148,7 +150,7 @@ def npy_layout(ctx: ReadContext) -> dict[str, list[int]]:
                     f"shard {shard.index}, file {entry.path!r}: invalid info.header_bytes "
                     f"{header!r}"
                 )
-            expected = header + shard.num_records * spec.record_nbytes
+            expected = header + shard.num_records * record_bytes
             if entry.size != expected:
                 raise ManifestError(
                     f"shard {shard.index}, file {entry.path!r}: size {entry.size} does not "
@@ -223,6 +225,9 @@ class NpySource(Source):
             shape = (shard.num_records, *(int(d) for d in spec.shape if d is not None))
             header = npy_header(spec.dtype, shape)
             with shard.create(SUFFIX, feature=fname) as f:
+                # checksum blocks of whole records after the header: a random read of a
+                # record verifies its own bytes
+                f.align_blocks(len(header), spec.record_nbytes)
                 f.info["header_bytes"] = len(header)
                 f.write(header)
                 for chunk in iter_record_chunks(arrays[fname], spec.dtype):

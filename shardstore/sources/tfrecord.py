@@ -64,6 +64,7 @@ import numpy as np
 from shardstore.checksum import CHUNK_BYTES
 from shardstore.errors import ChecksumError, InvalidInputError, ManifestError
 from shardstore.manifest import FeatureSpec, ShardEntry
+from shardstore.safefs import check_regular, open_binary
 from shardstore.sources.base import ArrayLike, ReadContext, ShardWriteContext, Source
 
 if TYPE_CHECKING:
@@ -611,15 +612,20 @@ def check_framing(path: Path, shard: ShardEntry, *, dataset: str | None = None) 
         Naming the shard and the file, and the byte offset of the bad header.
     """
     entry = shard.files[0]
+
+    def damaged(what: str) -> ChecksumError:
+        if dataset is None:
+            return ChecksumError(
+                f"shard {shard.index}: file {entry.path!r} {what}",
+                shard=shard.index,
+                file=entry.path,
+            )
+        return ChecksumError.in_file(dataset, shard.index, entry.path, what)
+
     try:
-        st = os.stat(path)
+        st = check_regular(path)  # never a FIFO or a device: nothing that could block
     except OSError as exc:
-        raise ChecksumError(
-            f"shard {shard.index}: file {entry.path!r} cannot be read ({exc})",
-            dataset=dataset,
-            shard=shard.index,
-            file=entry.path,
-        ) from None
+        raise damaged(f"cannot be read ({exc})") from None
     sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     with _framing_lock:
         if _framing_ok.get(str(path)) == sig:
@@ -627,27 +633,16 @@ def check_framing(path: Path, shard: ShardEntry, *, dataset: str | None = None) 
     try:
         count = _count_frames(path, st.st_size, shard.num_records)
     except TFRecordFormatError as exc:
-        raise ChecksumError(
-            f"shard {shard.index}: file {entry.path!r} is not a sound TFRecord file: {exc}",
-            dataset=dataset,
-            shard=shard.index,
-            file=entry.path,
-        ) from None
+        raise damaged(f"is not a sound TFRecord file: {exc}") from None
     if count != shard.num_records:
-        raise ChecksumError(
-            f"shard {shard.index}: file {entry.path!r} holds {count} records, the manifest "
-            f"says {shard.num_records}",
-            dataset=dataset,
-            shard=shard.index,
-            file=entry.path,
-        )
+        raise damaged(f"holds {count} records, the manifest says {shard.num_records}")
     with _framing_lock:
         _framing_ok[str(path)] = sig
 
 
 def _count_frames(path: Path, size: int, expected: int) -> int:
     """Walk the record headers of a TFRecord file; return how many records it holds."""
-    with open(path, "rb", buffering=0) as f:
+    with open_binary(path, buffering=0) as f:
         fd = f.fileno()
         first = os.pread(fd, _HEADER.size, 0)
         if len(first) == _HEADER.size and expected > 0:
@@ -700,6 +695,15 @@ class TFRecordSource(Source):
             for chunk in encode_records(shard.features, arrays, shard.num_records):
                 f.write(chunk)
 
+    def prepare_shard(self, ctx: ReadContext, position: int) -> None:
+        """Check every record header of the shard's file before TensorFlow reads it.
+
+        See :func:`check_framing`: ``TFRecordDataset`` trusts a record's
+        length once its CRC matches, and crashes on absurd lengths.
+        """
+        shard = ctx.shards[position]
+        check_framing(ctx.resolve(shard.files[0].path), shard, dataset=str(ctx.root))
+
     def tf_reader(self, ctx: ReadContext) -> Callable[[tf.Tensor], tf.data.Dataset]:
         """Blocks via ``TFRecordDataset`` -> ``batch`` -> ``parse_example`` -> decode.
 
@@ -717,8 +721,9 @@ class TFRecordSource(Source):
 
         layout = _file_layouts(ctx)
         resolved = [ctx.resolve(s.files[0].path) for s in ctx.shards]
-        for shard, path in zip(ctx.shards, resolved, strict=True):
-            check_framing(path, shard, dataset=str(ctx.root))
+        if not ctx.lazy:  # else the reader calls prepare_shard just before each shard is read
+            for position in range(len(ctx.shards)):
+                self.prepare_shard(ctx, position)
         paths = tf.constant([str(p) for p in resolved], tf.string)
         decode = _decoder(ctx.features, layout)
         block = ctx.block_records

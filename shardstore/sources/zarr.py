@@ -82,7 +82,8 @@ import os
 import re
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -96,10 +97,11 @@ from shardstore.errors import (
     ManifestError,
     UnsupportedDTypeError,
 )
-from shardstore.integrity import MAX_EXPANSION
+from shardstore.integrity import MAX_EXPANSION, FileCheck, Verifier
 from shardstore.manifest import FeatureSpec, FileEntry, ShardEntry
 from shardstore.ragged import OFFSETS_CACHE_BYTES, RaggedArray, offsets_problem, value_rows
 from shardstore.random_access import aligned_empty
+from shardstore.safefs import open_binary
 from shardstore.sources.base import ArrayLike, ReadContext, ShardWriteContext, Source
 
 if TYPE_CHECKING:
@@ -196,6 +198,25 @@ class _ArrayRef:
     data_relpath: str  # manifest path of the chunk (shard) file
     data_path: Path  # absolute path of that file
     checksum: str = ""  # the manifest's checksum of the metadata and the data file
+    dataset: str = ""  # the dataset directory (named by errors)
+    # what verifies the files read, for the reader that located the array (see ``check``)
+    verifier: Verifier | None = field(default=None, compare=False, repr=False)
+    entries: tuple[ShardEntry, FileEntry, tuple[FileEntry, ...]] | None = field(
+        default=None, compare=False, repr=False
+    )
+
+    @cached_property
+    def check(self) -> FileCheck | None:
+        """The data file's check, once the array's metadata files are verified (on first use).
+
+        Nothing is opened before the array is first read: a pipeline over
+        many shards checks each one when it reaches it.
+        """
+        if self.verifier is None or self.entries is None:
+            return None
+        shard, data, metas = self.entries
+        self.verifier.require_files(shard, metas)  # small, read by zarr itself: whole
+        return self.verifier.file(shard, data)
 
     @property
     def node(self) -> str:
@@ -259,9 +280,24 @@ class _ChunkFile:
         self._fill_value = fill_value
         self._chunk_nbytes = ref.chunk_records * ref.row_nbytes
         self._chunk_shape = (ref.chunk_records, *ref.shape)
+        #: where the shard index was read from, and its bytes (see :meth:`verify_index`)
+        self.index_at: tuple[int, bytes] = (0, b"")
 
-    def chunk(self, index: int, out: np.ndarray | None = None) -> np.ndarray:
+    def verify_index(self, check: FileCheck) -> None:
+        """Verify the bytes the shard index was parsed from with another reader's ``check``."""
+        start, raw = self.index_at
+        if raw:
+            with open(self.ref.data_path, "rb", buffering=0) as f:
+                fd = f.fileno()
+                check.verify_range(start, raw, lambda at, n: os.pread(fd, n, at))
+
+    def chunk(
+        self, index: int, out: np.ndarray | None = None, check: FileCheck | None = None
+    ) -> np.ndarray:
         """Chunk ``index``, all ``chunk_records`` rows, in ``out`` or a new array.
+
+        The chunk's stored bytes are verified with ``check`` (the blocks of
+        the data file they lie in) before they are decoded or returned.
 
         Raw and compressed chunks are read or decoded straight into the array,
         so each byte is written once (into ``out`` when given: C-contiguous, the
@@ -287,7 +323,8 @@ class _ChunkFile:
                 f"chunk {index} would expand {length} bytes into {want} (more than "
                 f"{MAX_EXPANSION}-fold: refused as a decompression bomb)",
             )
-        with open(ref.data_path, "rb", buffering=0) as f:
+        with open_binary(ref.data_path, buffering=0) as f:
+            fd = f.fileno()
             if self._codec is None:
                 if out is None:
                     out = aligned_empty(self._chunk_shape, ref.dtype)
@@ -298,10 +335,14 @@ class _ChunkFile:
                     got += n
                 if got != length:
                     raise _damaged(ref, f"chunk {index} is cut short ({got} of {length} bytes)")
+                if check is not None:
+                    check.verify_range(offset, view[:length], lambda at, n: os.pread(fd, n, at))
                 return out
-            raw = os.pread(f.fileno(), length, offset)
-        if len(raw) != length:
-            raise _damaged(ref, f"chunk {index} is cut short ({len(raw)} of {length} bytes)")
+            raw = os.pread(fd, length, offset)
+            if len(raw) != length:
+                raise _damaged(ref, f"chunk {index} is cut short ({len(raw)} of {length} bytes)")
+            if check is not None:
+                check.verify_range(offset, raw, lambda at, n: os.pread(fd, n, at))
         if self._blosc is not None:
             # Blosc's header: bytes 4-7 decoded size, 12-15 compressed size (little-endian)
             nbytes = int.from_bytes(raw[4:8], "little")
@@ -334,7 +375,7 @@ class _ChunkFile:
             raise _damaged(ref, f"chunk {index} does not decode ({exc})") from None
         return out
 
-    def rows(self, rows: np.ndarray) -> np.ndarray:
+    def rows(self, rows: np.ndarray, check: FileCheck | None = None) -> np.ndarray:
         """Records ``rows`` (sorted, unique, local to the shard), one chunk decoded at a time."""
         ref = self.ref
         out = np.empty((len(rows), *ref.shape), ref.dtype)
@@ -344,7 +385,7 @@ class _ChunkFile:
             if lo == hi:
                 continue
             c = int(chunks[lo])
-            out[lo:hi] = self.chunk(c)[rows[lo:hi] - c * ref.chunk_records]
+            out[lo:hi] = self.chunk(c, check=check)[rows[lo:hi] - c * ref.chunk_records]
         return out
 
 
@@ -365,11 +406,12 @@ def _zstd_content_size(frame: bytes) -> int | None:
 def _damaged(ref: _ArrayRef, what: str, *, relpath: str | None = None) -> ChecksumError:
     relpath = relpath or ref.data_relpath
     part = "" if ref.part is None else f", {ref.part}"
-    return ChecksumError(
-        f"shard {ref.shard}: file {relpath!r} (feature {ref.feature!r}{part}) is damaged: "
-        f"{what}; run Dataset.verify() to check every file",
-        shard=ref.shard,
-        file=relpath,
+    return ChecksumError.in_file(
+        ref.dataset,
+        ref.shard,
+        relpath,
+        f"(feature {ref.feature!r}{part}) is damaged: {what}; run Dataset.verify() to "
+        "check every file",
     )
 
 
@@ -455,10 +497,11 @@ def _locate(
         )
     meta_relpath = f"{root}/{node}/zarr.json"
     metas = [f"{root}/zarr.json", *([f"{root}/{feature}/zarr.json"] if part else []), meta_relpath]
-    checksums = {f.path: f.checksum for f in shard.files if f.path in metas}
+    entries = {f.path: f for f in shard.files if f.path in metas}
     for meta in metas:
-        if meta not in checksums:
+        if meta not in entries:
             raise ManifestError(f"shard {shard.index}: zarr metadata {meta!r} is not listed")
+    checksums = {path: f.checksum for path, f in entries.items()}
     return _ArrayRef(
         shard=shard.index,
         feature=feature,
@@ -472,6 +515,9 @@ def _locate(
         data_relpath=data.path,
         data_path=ctx.resolve(data.path),
         checksum=data.checksum + checksums[meta_relpath],
+        dataset=str(ctx.root),
+        verifier=ctx.checker,
+        entries=(shard, data, tuple(entries.values())),
     )
 
 
@@ -493,6 +539,7 @@ class ZarrSource(Source):
     tf_native: ClassVar[bool] = False
     random_access: ClassVar[bool] = True
     supports_ragged: ClassVar[bool] = True
+    verifies_reads: ClassVar[bool] = True
     write_options: ClassVar[frozenset[str]] = frozenset(
         {"compression", "chunk_records", "compression_level"}
     )
@@ -527,13 +574,17 @@ class ZarrSource(Source):
             compression not in COMPRESSIONS
         ):
             raise InvalidInputError(
-                f"unknown compression {compression!r} for the 'zarr' source; "
-                f"use one of {_describe_compressions()}"
+                f"unknown compression={compression!r} for the 'zarr' source; "
+                f"use one of {_describe_compressions()}",
+                params=("compression",),
             )
         level = opts.get("compression_level")
         if compression is None:
             if level is not None:
-                raise InvalidInputError("compression_level needs a compression (it is None)")
+                raise InvalidInputError(
+                    "compression_level needs a compression (it is None)",
+                    params=("compression_level",),
+                )
         else:
             lo, hi = LEVELS
             if level is None:
@@ -545,13 +596,17 @@ class ZarrSource(Source):
             ):
                 raise InvalidInputError(
                     f"compression_level must be an integer from {lo} to {hi} (Blosc's clevel), "
-                    f"got {level!r}"
+                    f"got {level!r}",
+                    params=("compression_level",),
                 )
             level = int(level)
         chunk = opts.get("chunk_records")
         if chunk is not None:
             if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
-                raise InvalidInputError(f"chunk_records must be a positive integer, got {chunk!r}")
+                raise InvalidInputError(
+                    f"chunk_records must be a positive integer, got {chunk!r}",
+                    params=("chunk_records",),
+                )
             chunk = int(chunk)
         return {"compression": compression, "compression_level": level, "chunk_records": chunk}
 
@@ -701,6 +756,7 @@ class ZarrSource(Source):
         import zarr
         from zarr.storage import LocalStore
 
+        ref.check  # noqa: B018 - the metadata is verified before zarr parses it
         with self._lock:
             arr = self._arrays.get(ref.key)
             if arr is None:
@@ -725,20 +781,26 @@ class ZarrSource(Source):
         """The fast reader of ``ref``'s data file, or ``None`` to read through zarr."""
         cached = self._files.get(ref.key)
         if cached is not None:
+            if cached[0] is not None and ref.check is not None and not ref.check.done:
+                cached[0].verify_index(ref.check)  # parsed for another reader: check it here
             return cached[0]
-        arr = self._zarr_array(ref)
-        # to_dict() holds tuples and enums: normalise it to the JSON form of zarr.json
-        meta = json.loads(json.dumps(arr.metadata.to_dict(), default=str))
+        # zarr.json as written (checked first; the same JSON zarr parses): arrays on the
+        # fast path never go through zarr itself, whose event-loop thread must not be
+        # waited on from inside a tf.data function while the pipeline is torn down
+        ref.check  # noqa: B018 - the metadata is verified before it is parsed
+        meta = _check_array_metadata(ref)
         layout = _fast_path(meta, ref)
+        fill = _fill_value(meta.get("fill_value"), ref.dtype) if layout is not None else None
         reader: _ChunkFile | None = None
-        if layout is None:
+        if layout is None or fill is None:
             log.debug("zarr source: reading %s through zarr (not on the fast path)", ref.key)
+            self._zarr_array(ref)
         else:
-            offsets, lengths = _read_shard_index(ref, layout)
-            fill = np.asarray(arr.metadata.fill_value).astype(ref.dtype)[()]
+            offsets, lengths, index_at = _read_shard_index(ref, layout)
             reader = _ChunkFile(
                 ref, offsets=offsets, lengths=lengths, codec=layout.codec, fill_value=fill
             )
+            reader.index_at = index_at
         return self._files.put(ref.key, (reader,))[0]
 
     # -- reading --------------------------------------------------------------------------
@@ -759,14 +821,14 @@ class ZarrSource(Source):
             c_end = min(ref.num_records, c_lo + chunk_records)  # rows of this chunk in use
             s_lo, s_hi = max(lo, c_lo), min(hi, c_end)
             if c_lo >= lo and c_lo + chunk_records <= hi:
-                reader.chunk(c, out=out[c_lo - lo : c_lo - lo + chunk_records])  # no copy
+                reader.chunk(c, out=out[c_lo - lo : c_lo - lo + chunk_records], check=ref.check)
                 continue
             if not cache or (s_lo == c_lo and s_hi == c_end):
-                data = reader.chunk(c)  # the block takes every row of this chunk
+                data = reader.chunk(c, check=ref.check)  # the block takes every row of this chunk
             else:  # the chunk straddles blocks: decode once, keep it for the next block
                 key = (ref.key, c)
                 cached = self._chunks.get(key)
-                data = reader.chunk(c) if cached is None else cached
+                data = reader.chunk(c, check=ref.check) if cached is None else cached
                 if s_hi == c_end:
                     self._chunks.pop(key)
                 else:
@@ -842,7 +904,7 @@ class ZarrSource(Source):
             return self._read_rows(ref, lo, hi, cache=False)
         reader = self._chunk_file(ref)
         if reader is not None:
-            return reader.rows(rows)
+            return reader.rows(rows, ref.check)
         return self._through_zarr(ref, lambda arr: arr.oindex[rows])
 
     def read_records(self, ctx: ReadContext, position: int, rows: np.ndarray) -> dict[str, Any]:
@@ -890,13 +952,14 @@ class ZarrSource(Source):
         """
         key = (f"{offsets.key}\n{values.key}", 0)
         table = self._offsets.get(key)
-        if table is not None:
+        if table is not None and (offsets.check is None or offsets.check.done):
             return table
         table = self._read_rows(offsets, 0, offsets.num_records, cache=False)
         problem = offsets_problem(table, values.num_records)
         if table.shape != (offsets.num_records,) or problem:
             raise _damaged(offsets, f"{problem} ({values.data_relpath!r})")
         table.flags.writeable = False
+        self._offsets.pop(key)
         self._offsets.put(key, table)
         return table
 
@@ -935,7 +998,12 @@ class ZarrSource(Source):
         return RaggedArray.from_lengths(data, lengths)
 
     def _through_zarr(self, ref: _ArrayRef, select: Callable[[Any], Any]) -> np.ndarray:
-        """``select(array)`` read by zarr itself; its decoding errors become ``ChecksumError``."""
+        """``select(array)`` read by zarr itself; its decoding errors become ``ChecksumError``.
+
+        zarr reads the data file itself, so the file is verified whole first.
+        """
+        if ref.check is not None:
+            ref.check.verify_all()
         arr = self._zarr_array(ref)
         try:
             return np.asarray(select(arr), dtype=ref.dtype)
@@ -998,16 +1066,26 @@ def _fast_path(meta: dict[str, Any], ref: _ArrayRef) -> _Layout | None:
     return _Layout(codec, grid[0] // inner[0], location == "end", index_codecs[-1] == "crc32c")
 
 
-def _read_shard_index(ref: _ArrayRef, layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
-    """The (offsets, lengths) of the chunks in ``ref``'s data file, CRC-checked."""
+def _read_shard_index(
+    ref: _ArrayRef, layout: _Layout
+) -> tuple[np.ndarray, np.ndarray, tuple[int, bytes]]:
+    """The (offsets, lengths) of the chunks in ``ref``'s data file, CRC-checked.
+
+    Also where the index lies in the file and its bytes (verified with
+    ``ref.check`` before they are parsed).
+    """
     nchunks = layout.chunks_in_shard
     index_bytes = 16 * nchunks + (4 if layout.index_crc32c else 0)
-    with open(ref.data_path, "rb", buffering=0) as f:
+    with open_binary(ref.data_path, buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
         if size < index_bytes:
             raise _damaged(ref, f"{size} bytes cannot hold a shard index of {index_bytes}")
         start = size - index_bytes if layout.index_at_end else 0
         raw = os.pread(f.fileno(), index_bytes, start)
+        if ref.check is not None and len(raw) == index_bytes:
+            fd = f.fileno()
+            ref.check.verify_range(start, raw, lambda at, n: os.pread(fd, n, at))
+    index_at = (start, raw)
     if layout.index_crc32c:
         import google_crc32c
 
@@ -1021,7 +1099,7 @@ def _read_shard_index(ref: _ArrayRef, layout: _Layout) -> tuple[np.ndarray, np.n
     end = np.uint64(size)
     if np.any(offsets[used] > end) or np.any(lengths[used] > end - offsets[used]):
         raise _damaged(ref, "the shard index points past the end of the file")
-    return offsets, lengths
+    return offsets, lengths, index_at
 
 
 #: Codecs a shard's arrays may use: pure decoders of numeric data (no object,
@@ -1039,8 +1117,36 @@ _ZARR_DTYPES = {
 _MAX_METADATA_BYTES = 1 << 20
 
 
-def _check_array_metadata(ref: _ArrayRef) -> None:
-    """Refuse an array ``zarr.json`` that zarr should not be allowed to act on.
+def _fill_value(value: Any, dtype: np.dtype[Any]) -> Any:
+    """A ``zarr.json`` ``fill_value`` as a ``dtype`` scalar, or ``None`` if not understood.
+
+    Numbers and booleans; ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` and hex bit
+    patterns (``"0x7fc00000"``) for floats; ``[real, imag]`` for complex numbers.
+    """
+
+    def one(v: Any, kind: np.dtype[Any]) -> Any:
+        if isinstance(v, str) and v.startswith("0x"):
+            bits = np.array(int(v, 16), dtype=f"<u{kind.itemsize}")
+            return bits.view(kind)[()]
+        if isinstance(v, str) and v not in ("NaN", "Infinity", "-Infinity"):
+            raise ValueError(v)
+        return np.asarray(float(v) if isinstance(v, str) else v).astype(kind)[()]
+
+    try:
+        if dtype.kind == "c":
+            part = np.dtype(f"<f{dtype.itemsize // 2}")
+            if not (isinstance(value, list) and len(value) == 2):
+                return None
+            return np.asarray(complex(one(value[0], part), one(value[1], part))).astype(dtype)[()]
+        if isinstance(value, list | dict) or value is None:
+            return None
+        return one(value, dtype)
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def _check_array_metadata(ref: _ArrayRef) -> dict[str, Any]:
+    """Refuse an array ``zarr.json`` that zarr should not be allowed to act on; return it.
 
     Raises
     ------
@@ -1050,7 +1156,7 @@ def _check_array_metadata(ref: _ArrayRef) -> None:
     path = ref.root / ref.node / "zarr.json"
     where = f"shard {ref.shard}, {ref.meta_relpath!r}"
     try:
-        with open(path, "rb") as f:
+        with open_binary(path) as f:
             raw = f.read(_MAX_METADATA_BYTES + 1)
     except OSError as exc:
         raise _damaged(ref, f"cannot be read ({exc})", relpath=ref.meta_relpath) from None
@@ -1086,6 +1192,7 @@ def _check_array_metadata(ref: _ArrayRef) -> None:
         raise fail("only a regular chunk grid is supported")
     _check_chunk_shape(chunk_shape, [max(1, 2 * d) for d in expected], fail)
     _check_codecs(meta.get("codecs"), chunk_shape, fail)
+    return meta
 
 
 def _check_chunk_shape(shape: Any, limit: list[int], fail: Callable[[str], Exception]) -> None:

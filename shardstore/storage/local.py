@@ -18,8 +18,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shardstore.errors import InvalidInputError, storage_error
+from shardstore.errors import InvalidInputError
 from shardstore.fsutil import HashingFile, make_dirs, remove_quietly, resolve_inside
+from shardstore.safefs import open_regular, read_bounded
 from shardstore.storage.base import ObjectInfo, PreconditionFailed, PutMode, Sink, Store
 from shardstore.storage.location import Location
 
@@ -38,9 +39,9 @@ def _info(key: str, st: os.stat_result) -> ObjectInfo:
 class _FileSink(Sink):
     """A new file written front to back (created exclusively, removed on abort)."""
 
-    def __init__(self, path: Path, *, fsync: bool) -> None:
-        make_dirs(path.parent)
-        self._file = HashingFile(path, fsync=fsync)
+    def __init__(self, path: Path, *, fsync: bool, below: Path) -> None:
+        make_dirs(path.parent, below=below)
+        self._file = HashingFile(path, fsync=fsync, below=below)
         self._file.__enter__()
         self._open = True
 
@@ -92,22 +93,13 @@ class LocalStore(Store):
             return None
         return _info(key, st)
 
-    def _open(self, key: str, op: str) -> int:
-        path = self.path(key)
-        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
-        try:
-            fd = os.open(path, flags)
-        except (FileNotFoundError, NotADirectoryError):
-            raise storage_error("not_found", op, str(path), "no such file") from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise storage_error("unsupported", op, str(path), "not a regular file")
-        os.set_blocking(fd, True)
-        return fd
+    def _open(self, key: str) -> int:
+        """A descriptor of the regular file ``key`` (never a link, a FIFO or a device)."""
+        return open_regular(self.path(key), damage=False)
 
     def get(self, key: str, *, max_size: int) -> bytes:
         """See :meth:`Store.get`."""
-        fd = self._open(key, "read")
+        fd = self._open(key)
         try:
             size = os.fstat(fd).st_size
             if size > max_size:
@@ -115,21 +107,13 @@ class LocalStore(Store):
                     f"{self.key_url(key)} is {size} bytes, more than the {max_size} "
                     "bytes allowed for it"
                 )
-            chunks, total = [], 0
-            while chunk := os.read(fd, max_size + 1 - total):
-                chunks.append(chunk)
-                total += len(chunk)
-                if total > max_size:
-                    raise InvalidInputError(
-                        f"{self.key_url(key)} grew past the {max_size} bytes allowed for it"
-                    )
-            return b"".join(chunks)
+            return read_bounded(fd, max_size, self.key_url(key))
         finally:
             os.close(fd)
 
     def get_ranges(self, key: str, starts: Sequence[int], ends: Sequence[int]) -> list[Buffer]:
         """See :meth:`Store.get_ranges`."""
-        fd = self._open(key, "read")
+        fd = self._open(key)
         try:
             return [os.pread(fd, hi - lo, lo) for lo, hi in zip(starts, ends, strict=True)]
         finally:
@@ -137,7 +121,7 @@ class LocalStore(Store):
 
     def iter_chunks(self, key: str, chunk_size: int) -> Iterator[Buffer]:
         """See :meth:`Store.iter_chunks`."""
-        fd = self._open(key, "read")
+        fd = self._open(key)
         try:
             while chunk := os.read(fd, chunk_size):
                 yield chunk
@@ -182,9 +166,9 @@ class LocalStore(Store):
         if if_match is not None:
             raise NotImplementedError("a local directory commits with file locks, not If-Match")
         dest = self.path(key)
-        make_dirs(dest.parent)
+        make_dirs(dest.parent, below=self.root)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{id(data):x}.tmp")
-        with HashingFile(tmp, fsync=self.fsync) as f:
+        with HashingFile(tmp, fsync=self.fsync, below=self.root) as f:
             f.write(memoryview(data))
         try:
             if mode == "create":
@@ -195,14 +179,14 @@ class LocalStore(Store):
             else:
                 os.replace(tmp, dest)
         finally:
-            remove_quietly(tmp)
+            remove_quietly(tmp, below=self.root)
         return _info(key, os.stat(dest))
 
     def open_write(self, key: str) -> Sink:
         """See :meth:`Store.open_write`: a new file created exclusively."""
-        return _FileSink(self.path(key), fsync=self.fsync)
+        return _FileSink(self.root / key, fsync=self.fsync, below=self.root)
 
     def delete(self, keys: Iterable[str]) -> None:
         """See :meth:`Store.delete` (files only; directories are left to garbage collection)."""
         for key in keys:
-            remove_quietly(self.path(key))
+            remove_quietly(self.root / key, below=self.root)

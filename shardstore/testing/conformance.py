@@ -11,18 +11,28 @@ Subclass :class:`SourceConformance` in a pytest module and name the source::
 pytest then runs every test below against that source: round trips of every
 dtype and shape, partial last shards, feature selection, shuffle coverage,
 seeded determinism, disjoint and complete worker sharding, corruption
-detection, and honest capability flags (a ``random_access`` source really
+detection, honest capability flags (a ``random_access`` source really
 serves ``ds[i]`` and ``shuffle="global"``; a ``tf_native`` one really builds
-pipelines without Python functions). It needs pytest and TensorFlow.
+pipelines without Python functions), and containment: a source reads the
+bytes of the files the manifest lists and nothing else (a dataset holding
+only ``manifest.json`` and those files, the rest of what the write left
+deleted, reads identically, and no other file of the test's tree is opened).
+A source whose file format can point elsewhere (links to other files,
+external storage) must refuse such a file before reading it, in every read
+path and in :meth:`~shardstore.Dataset.verify` (through
+:meth:`~shardstore.sources.base.Source.check_shards`); its own tests build
+those files. It needs pytest and TensorFlow.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import os
 import shutil
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,6 +47,7 @@ __all__ = [
     "ALL_DTYPES",
     "SourceConformance",
     "assert_bitwise_equal",
+    "assert_damage_reported",
     "assert_same_dataset",
     "collect",
     "comparable_manifest",
@@ -60,6 +71,32 @@ def random_records(dtype: np.dtype[Any], shape: tuple[int, ...], n: int, seed: i
         return rng.integers(0, 2, (n, *shape)).astype(bool)
     count = n * int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     return rng.integers(0, 256, count, dtype=np.uint8).view(dtype).reshape(n, *shape)
+
+
+def assert_damage_reported(
+    read: Callable[[], Any], dataset: str | os.PathLike[str], shard: int, file: str
+) -> BaseException:
+    """``read()`` must fail naming the damaged ``file`` of ``shard`` in ``dataset``.
+
+    Outside TensorFlow that is a :class:`ChecksumError` whose ``dataset``,
+    ``shard`` and ``file`` are set; inside a running ``tf.data`` pipeline,
+    where TensorFlow turns Python errors into its own, a
+    ``tf.errors.OpError`` whose message names all three. Returns the error.
+    """
+    import tensorflow as tf
+
+    try:
+        read()
+    except ChecksumError as exc:
+        assert (exc.dataset, exc.shard, exc.file) == (str(dataset), shard, file), str(exc)
+        return exc
+    except tf.errors.OpError as exc:
+        message = str(exc)
+        assert "ChecksumError" in message, message
+        assert f"dataset {str(dataset)!r}, shard {shard}: file {file!r}" in message, message
+        error: BaseException = exc
+        return error
+    raise AssertionError(f"reading did not fail on damaged file {file!r} of shard {shard}")
 
 
 def assert_bitwise_equal(actual: Any, expected: Any) -> None:
@@ -121,6 +158,29 @@ def assert_same_dataset(actual: shardstore.Dataset, expected: shardstore.Dataset
             a = (actual.path / f_got.path).read_bytes()
             b = (expected.path / f_want.path).read_bytes()
             assert a == b, f"shard {got.index}: {f_got.path} differs from {f_want.path}"
+
+
+_opened: list[str] | None = None
+_hooked = False
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if _opened is not None and event == "open" and args and isinstance(args[0], str | bytes):
+        _opened.append(os.fsdecode(args[0]))
+
+
+@contextlib.contextmanager
+def _opened_paths() -> Iterator[list[str]]:
+    """Every path Python opens in the block (``open``, ``os.open``: the ``open`` audit event)."""
+    global _opened, _hooked
+    if not _hooked:  # an audit hook cannot be removed: install one, once, that is cheap when idle
+        sys.addaudithook(_audit)
+        _hooked = True
+    _opened = []
+    try:
+        yield _opened
+    finally:
+        _opened = None
 
 
 class SourceConformance:
@@ -301,21 +361,55 @@ class SourceConformance:
         assert exc.value.file == victim.path
         assert exc.value.shard == 1
 
-    def test_truncation_is_detected_before_reading(
+    def test_a_flipped_bit_is_detected_when_read(
         self, dataset: shardstore.Dataset, tmp_path: Path
     ) -> None:
+        """Whatever reads the damaged bytes fails naming the file (``verifies_reads`` or not)."""
+        copy = self._damaged_copy(dataset, tmp_path)
+        victim = max(copy.shards[1].files, key=lambda f: f.size)
+        flip_bit(copy.path / victim.path, victim.size // 2)
+        assert_damage_reported(lambda: collect(copy.to_tf(batch_size=8)), copy.path, 1, victim.path)
+        if shardstore.get_source(self.source).random_access:
+            start = copy.shards[0].num_records
+            assert_damage_reported(
+                lambda: copy[start : start + copy.shards[1].num_records], copy.path, 1, victim.path
+            )
+
+    def test_truncation_is_detected_when_read(
+        self, dataset: shardstore.Dataset, tmp_path: Path
+    ) -> None:
+        """Reads verify what they read: the epoch fails on the shard, naming the file."""
         copy = self._damaged_copy(dataset, tmp_path)
         victim = copy.shards[2].files[0]
         os.truncate(copy.path / victim.path, victim.size - 1)
-        with pytest.raises(ChecksumError, match="bytes"):
-            copy.to_tf(batch_size=8)
+        err = assert_damage_reported(
+            lambda: collect(copy.to_tf(batch_size=8)), copy.path, 2, victim.path
+        )
+        assert "bytes" in str(err)
+        source = shardstore.get_source(self.source)
+        if source.tf_native:  # TensorFlow ops cannot hash: checked up front
+            with pytest.raises(ChecksumError, match="bytes"):
+                copy.to_tf(batch_size=8, tf_native=True)
+        if source.random_access:
+            start = sum(s.num_records for s in copy.shards[:2])
+            assert_damage_reported(lambda: copy[start : start + 3], copy.path, 2, victim.path)
 
     # -- capabilities -----------------------------------------------------------------------
     def test_tf_native_flag_is_honest(self, dataset: shardstore.Dataset) -> None:
+        """A ``tf_native`` source builds ``tf_native=True`` pipelines of TensorFlow ops only."""
         source = shardstore.get_source(self.source)
-        graph = dataset.to_tf(batch_size=8, shuffle=True, seed=0)._as_serialized_graph().numpy()
-        uses_python = any(op in graph for op in (b"PyFunc", b"EagerPyFunc", b"NumpyFunction"))
-        assert uses_python != source.tf_native
+
+        def uses_python(tfds: Any) -> bool:
+            graph = tfds._as_serialized_graph().numpy()
+            return any(op in graph for op in (b"PyFunc", b"EagerPyFunc", b"NumpyFunction"))
+
+        if source.tf_native:
+            native = dataset.to_tf(batch_size=8, shuffle=True, seed=0, tf_native=True)
+            assert not uses_python(native)
+        else:
+            assert uses_python(dataset.to_tf(batch_size=8, shuffle=True, seed=0))
+            with pytest.raises(CapabilityError, match="tf_native"):
+                dataset.to_tf(batch_size=8, tf_native=True)
 
     def test_random_access_flag_is_honest(
         self, dataset: shardstore.Dataset, data: dict[str, Any]
@@ -343,3 +437,44 @@ class SourceConformance:
         assert sorted(got) == list(range(NUM_RECORDS))
         again = self.ids(dataset.to_tf(batch_size=10, features="id", shuffle="global", seed=3))
         assert got == again
+
+    # -- containment ------------------------------------------------------------------------
+    def test_reads_only_the_files_the_manifest_lists(
+        self, tmp_path: Path, data: dict[str, Any]
+    ) -> None:
+        """The listed files and ``manifest.json`` are all a dataset is: nothing else is read.
+
+        The dataset is rebuilt from exactly those files in a fresh directory and
+        everything else the write produced is deleted; every read path must
+        still return the same records, and no file of this test's tree other
+        than the listed ones may be opened.
+        """
+        written = self.write(tmp_path / "w" / "d", data, records_per_shard=RECORDS_PER_SHARD)
+        bare = tmp_path / "bare" / "d"
+        listed = {os.path.realpath(bare / "manifest.json")}
+        for shard in written.shards:
+            for f in shard.stored_files:
+                (bare / f.path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(written.path / f.path, bare / f.path)
+                listed.add(os.path.realpath(bare / f.path))
+        shutil.copyfile(written.path / "manifest.json", bare / "manifest.json")
+        shutil.rmtree(tmp_path / "w")
+        source = shardstore.get_source(self.source)
+        ds = self.open(bare)
+        with _opened_paths() as opened:
+            ds.verify(progress=False)
+            reads = [collect(ds.to_tf(batch_size=10))]
+            reads.append(collect(ds.to_tf(batch_size=10, shuffle=True, seed=0)))
+            if source.random_access:
+                reads.append(ds[:])
+        for out in reads:
+            order = np.argsort(out["id"])
+            for name, expected in data.items():
+                assert_bitwise_equal(out[name][order], expected)
+        tree = os.path.realpath(tmp_path) + os.sep
+        strays = {
+            real
+            for real in map(os.path.realpath, opened)
+            if real.startswith(tree) and os.path.isfile(real) and real not in listed
+        }
+        assert not strays, f"files the manifest does not list were opened: {sorted(strays)}"

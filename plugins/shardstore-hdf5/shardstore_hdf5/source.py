@@ -18,6 +18,24 @@ region with :func:`shardstore.tfops.fixed_record_blocks` and decodes it with
 :func:`shardstore.tfops.decode_block`, without HDF5 in the pipeline.
 Random access (``ds[i]``, ``to_tf(shuffle="global")``) goes through h5py.
 
+What is read is only the shard file's own bytes
+-----------------------------------------------
+HDF5 can make a dataset read bytes from elsewhere: an external link (another
+file), a soft link, a virtual dataset (pieces of other datasets and files),
+external raw storage (the data in separate files named by the dataset's
+creation properties), filters (decoded through plugins found on a search
+path). None of them is ever followed: before a byte of records is read (by
+``to_tf``, ``ds[...]``, ``verify``), every feature's dataset must be reached
+through a hard link, be a contiguous dataset without external storage or
+filters, have the manifest's dtype and shape, and lie exactly at the
+manifest's offset with the manifest's byte count. Anything else is refused
+with :class:`~shardstore.errors.ChecksumError` (the file is not a plain
+shard) or :class:`~shardstore.errors.ManifestError` (it contradicts the
+manifest). A file that passed is remembered for the process (by path,
+checksum, inode, size and times). So the TF-native reader, which reads the
+manifest's byte ranges, and h5py reading the datasets always return the same
+bytes, the ones the checksum covers.
+
 Writing
 -------
 h5py lays out the file (superblock, object headers, the allocated space of
@@ -33,18 +51,20 @@ bit for bit and reports the recorded offsets).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import h5py
 import numpy as np
-from shardstore.errors import InvalidInputError, ManifestError
+from shardstore.errors import ChecksumError, InvalidInputError, ManifestError, ShardStoreError
+from shardstore.safefs import check_regular
 from shardstore.sources import ReadContext, ShardWriteContext, Source
 from shardstore.sources.base import ArrayLike, iter_record_chunks
 
@@ -71,6 +91,9 @@ class _ShardLayout:
     """Where one shard's records lie, validated against the manifest."""
 
     path: str
+    relpath: str
+    shard: int
+    dataset: str
     checksum: str
     size: int
     num_records: int
@@ -114,6 +137,9 @@ class Hdf5Source(Source):
         # handle cache consistent and a handle from closing mid-read.
         self._lock = threading.Lock()
         self._handles: OrderedDict[tuple[str, str], _Handle] = OrderedDict()
+        # (path, checksum) -> (device, inode, size, mtime_ns, ctime_ns) of a file whose
+        # datasets passed :func:`_plain_dataset` for every feature
+        self._plain: dict[tuple[str, str, tuple[str, ...]], tuple[int, ...]] = {}
         self._pid = os.getpid()
 
     # -- writing ------------------------------------------------------------------------------
@@ -153,6 +179,43 @@ class Hdf5Source(Source):
         )
 
     # -- reading ------------------------------------------------------------------------------
+    def check_shards(self, ctx: ReadContext) -> None:
+        """Check every shard's manifest entry, and that its file holds plain datasets only.
+
+        Opens each file with h5py (once per process while it is unchanged)
+        and refuses any indirection (external or soft links, virtual datasets,
+        external storage, filters) and any dataset that is not where the
+        manifest says, before a single record is read.
+
+        Parameters
+        ----------
+        ctx : ReadContext
+            The shards and features about to be read.
+
+        Raises
+        ------
+        ChecksumError
+            A file is not a plain HDF5 shard (indirection, unreadable).
+        ManifestError
+            A manifest entry, or a dataset, contradicts the manifest.
+        """
+        if self._pid != os.getpid():
+            self._reset()
+        for position in range(len(ctx.shards)):
+            layout = _shard_layout(ctx, position)
+            names = tuple(sorted(ctx.features))
+            key = (layout.path, layout.checksum, names)
+            st = _checked_file(layout)
+            sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            with self._lock:
+                if self._plain.get(key) == sig:
+                    continue
+            with _hdf5_errors(layout), h5py.File(layout.path, "r", locking=False) as f:
+                for name, spec in ctx.features.items():
+                    _plain_dataset(f, layout, name, spec)
+            with self._lock:
+                self._plain[key] = sig
+
     def tf_reader(self, ctx: ReadContext) -> Callable[[tf.Tensor], tf.data.Dataset]:
         """Blocks of records read from each feature's byte region with TensorFlow ops.
 
@@ -240,7 +303,7 @@ class Hdf5Source(Source):
                 f"rows {int(rows[0])}..{int(rows[-1])} out of range for shard "
                 f"{ctx.shards[position].index} of {layout.num_records} records"
             )
-        with self._lock:
+        with self._lock, _hdf5_errors(layout):
             handle = self._handle(layout)
             out: dict[str, np.ndarray] = {}
             for name, spec in ctx.features.items():
@@ -268,6 +331,7 @@ class Hdf5Source(Source):
             log.debug("hdf5: closing %s (handle cache full)", old_path)
             old.file.close()
         log.debug("hdf5: opening %s for random access", layout.path)
+        _checked_file(layout)  # a regular file of the right size (never a FIFO or a link)
         # Committed shard files never change, so HDF5's file locking (which
         # fails on some network file systems) buys nothing here.
         handle = _Handle(h5py.File(layout.path, "r", locking=False), {})
@@ -280,23 +344,97 @@ class Hdf5Source(Source):
         dset = handle.datasets.get(name)
         if dset is not None:
             return dset
-        dset = handle.file.get(name)
-        where = f"file {layout.path!r}, dataset {name!r}"
-        if not isinstance(dset, h5py.Dataset):
-            raise ManifestError(f"{where}: missing (the manifest lists the feature)")
-        shape = (layout.num_records, *(int(d) for d in spec.shape if d is not None))
-        if dset.shape != shape or dset.dtype != spec.dtype:
-            raise ManifestError(
-                f"{where}: has dtype {dset.dtype} shape {dset.shape}, the manifest "
-                f"records dtype {spec.dtype} shape {shape}"
-            )
-        if dset.id.get_offset() != layout.regions[name][0]:
-            raise ManifestError(
-                f"{where}: data at byte {dset.id.get_offset()}, the manifest records "
-                f"{layout.regions[name][0]}"
-            )
+        dset = _plain_dataset(handle.file, layout, name, spec)
         handle.datasets[name] = dset
         return dset
+
+
+def _checked_file(layout: _ShardLayout) -> os.stat_result:
+    """``stat`` of the shard file: a regular file of the manifest's size, before h5py opens it."""
+    st = check_regular(layout.path)
+    if st.st_size != layout.size:
+        raise ChecksumError.in_file(
+            layout.dataset,
+            layout.shard,
+            layout.relpath,
+            f"has {st.st_size} bytes, the manifest records {layout.size}",
+        )
+    return st
+
+
+@contextlib.contextmanager
+def _hdf5_errors(layout: _ShardLayout) -> Iterator[None]:
+    """Report what h5py raises on a damaged file as a ``ChecksumError`` naming the file."""
+    try:
+        yield
+    except ShardStoreError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
+        raise ChecksumError.in_file(
+            layout.dataset, layout.shard, layout.relpath, f"is not a readable HDF5 shard ({exc})"
+        ) from None
+
+
+def _plain_dataset(f: Any, layout: _ShardLayout, name: str, spec: FeatureSpec) -> Any:
+    """The dataset ``name`` of the open file ``f``, checked to read only ``f``'s own bytes.
+
+    Raises
+    ------
+    ChecksumError
+        The feature is reached through a soft or external (or any non-hard)
+        link, is a virtual dataset, is not contiguous, has external storage or
+        filters: indirection, refused before any data is read.
+    ManifestError
+        The feature is missing or not a dataset, or its dtype, shape, offset or
+        byte count differs from the manifest's.
+    """
+    where = f"shard {layout.shard}: file {layout.relpath!r}, dataset {name!r}"
+
+    def refuse(what: str) -> ChecksumError:
+        return ChecksumError(
+            f"{where} {what}; shardstore reads only the bytes of the shard file itself",
+            shard=layout.shard,
+            file=layout.relpath,
+        )
+
+    link = f.get(name, getlink=True)  # never follows the link (an external one opens a file)
+    if link is None:
+        raise ManifestError(f"{where}: missing (the manifest lists the feature)")
+    if isinstance(link, h5py.ExternalLink):
+        raise refuse(f"is an external link to {link.filename!r}:{link.path!r}")
+    if isinstance(link, h5py.SoftLink):
+        raise refuse(f"is a soft link to {link.path!r}")
+    if not isinstance(link, h5py.HardLink):
+        raise refuse(f"is reached through a {type(link).__name__}, not a hard link")
+    dset = f[name]
+    if not isinstance(dset, h5py.Dataset):
+        raise ManifestError(f"{where}: is a {type(dset).__name__}, not a dataset")
+    dcpl = dset.id.get_create_plist()
+    if dset.is_virtual or dcpl.get_layout() == h5py.h5d.VIRTUAL:
+        raise refuse("is a virtual dataset (its data comes from other datasets or files)")
+    if dcpl.get_external_count() > 0:
+        raise refuse("keeps its data in external files")
+    if dcpl.get_layout() != h5py.h5d.CONTIGUOUS:
+        raise refuse("is not a contiguous dataset (chunked or compact)")
+    if dcpl.get_nfilters() > 0:
+        raise refuse("has filters (compression or others)")
+    shape = (layout.num_records, *(int(d) for d in spec.shape if d is not None))
+    if dset.shape != shape or dset.dtype != spec.dtype:
+        raise ManifestError(
+            f"{where}: has dtype {dset.dtype} shape {dset.shape}, the manifest "
+            f"records dtype {spec.dtype} shape {shape}"
+        )
+    offset, nbytes = layout.regions[name]
+    if dset.id.get_offset() != offset:
+        raise ManifestError(
+            f"{where}: data at byte {dset.id.get_offset()}, the manifest records {offset}"
+        )
+    if dset.id.get_storage_size() != nbytes:
+        raise ManifestError(
+            f"{where}: stores {dset.id.get_storage_size()} bytes of data, the manifest "
+            f"records {nbytes}"
+        )
+    return dset
 
 
 def _layout_file(shard: ShardWriteContext) -> tuple[SparseImage, dict[str, tuple[int, int]]]:
@@ -373,6 +511,9 @@ def _shard_layout(ctx: ReadContext, position: int) -> _ShardLayout:
             raise ManifestError(f"{where}: the data regions in info.{INFO_OFFSETS} overlap")
     return _ShardLayout(
         path=str(ctx.resolve(entry.path)),
+        relpath=entry.path,
+        shard=shard.index,
+        dataset=str(ctx.root),
         checksum=entry.checksum,
         size=entry.size,
         num_records=shard.num_records,

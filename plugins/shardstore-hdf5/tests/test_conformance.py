@@ -355,3 +355,109 @@ def test_registry_instance_is_shared_between_threads(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert not errors
+
+
+# -- indirection: only the shard file's own bytes are ever read ----------------------------------
+def _rehash(ds: shardstore.Dataset) -> shardstore.Dataset:
+    """Record the edited file's size and checksum in the manifest, as an attacker would
+    (dropping the shard's block index, which is optional: the file is then hashed whole)."""
+    from shardstore.checksum import hash_file
+
+    manifest = json.loads((ds.path / "manifest.json").read_text())
+    for shard in manifest["shards"]:
+        shard.pop("blocks", None)
+        for f in shard["files"]:
+            f["size"], f["checksum"] = hash_file(ds.path / f["path"])
+    (ds.path / "manifest.json").write_text(json.dumps(manifest))
+    return shardstore.open(ds.path)
+
+
+def _indirect(path: Path, kind: str, outside: Path) -> None:
+    """Make dataset ``x`` of the shard ``path`` read other bytes, keeping its own data in place.
+
+    The original dataset is renamed (its bytes stay where the manifest's offset
+    points, so the TF-native reader still finds them) and ``x`` becomes the
+    indirection.
+    """
+    secret = np.full(8, 666.0)
+    other = outside / "secret.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = secret
+    raw = outside / "secret.raw"
+    raw.write_bytes(secret.astype("<f8").tobytes())
+    with h5py.File(path, "r+") as f:
+        f.move("x", "kept")
+        if kind == "external link":
+            f["x"] = h5py.ExternalLink(str(other), "/x")
+        elif kind == "soft link":
+            f["decoy"] = secret
+            f["x"] = h5py.SoftLink("/decoy")
+        elif kind == "virtual dataset":
+            layout = h5py.VirtualLayout(shape=(8,), dtype="<f8")
+            layout[:] = h5py.VirtualSource(str(other), "x", shape=(8,))
+            f.create_virtual_dataset("x", layout)
+        elif kind == "external storage":
+            f.create_dataset("x", shape=(8,), dtype="<f8", external=[(str(raw), 0, 64)])
+        elif kind == "chunked and compressed":
+            f.create_dataset("x", data=secret, chunks=(4,), compression="gzip")
+        elif kind == "group":
+            f.create_group("x")
+
+
+INDIRECTIONS = ["external link", "soft link", "virtual dataset", "external storage",
+                "chunked and compressed", "group"]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", INDIRECTIONS)
+def test_indirection_is_refused_before_reading(tmp_path: Path, kind: str) -> None:
+    """Every read path and verify refuse it; none returns the other file's bytes."""
+    from shardstore.errors import ShardStoreError
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    ds = _write(tmp_path / "d", {"x": np.arange(8.0), "y": np.arange(8)})
+    _indirect(ds.path / ds.shards[0].files[0].path, kind, outside)
+    hostile = _rehash(ds)
+    reads = {
+        "ds[:]": lambda: hostile[:],
+        "ds[0]": lambda: hostile[0],
+        "to_tf": lambda: _collect(hostile.to_tf(batch_size=4)),
+        "to_tf global": lambda: _collect(hostile.to_tf(batch_size=4, shuffle="global")),
+        "iter_numpy": lambda: list(hostile.iter_numpy(4)),
+        "verify": lambda: hostile.verify(progress=False),
+    }
+    for name, read in reads.items():
+        with pytest.raises(ShardStoreError) as exc:
+            read()
+        assert "dataset 'x'" in str(exc.value) or "claims" in str(exc.value), (name, exc.value)
+    from shardstore import cli
+
+    assert cli.main(["verify", str(ds.path)]) in (1, 2)  # never "OK"
+
+
+def test_a_named_datatype_is_fine(tmp_path: Path) -> None:
+    """Indirection of the type only (a committed datatype in the same file) reads as before."""
+    ds = _write(tmp_path / "d", {"x": np.arange(8.0)})
+    path = ds.path / ds.shards[0].files[0].path
+    with h5py.File(path, "r+") as f:
+        f["float_type"] = np.dtype("<f8")  # a named (committed) datatype, unused by "x"
+    hostile = _rehash(ds)
+    assert_bitwise_equal(hostile[:]["x"], np.arange(8.0))
+    hostile.verify(progress=False)
+
+
+def test_a_shard_file_that_is_a_fifo_is_never_handed_to_h5py(tmp_path: Path) -> None:
+    ds = _write(tmp_path / "d", {"x": np.arange(8.0)})
+    path = ds.path / ds.shards[0].files[0].path
+    path.unlink()
+    os.mkfifo(path)  # h5py would block opening it
+    from shardstore.errors import NotRegularFileError
+
+    src = Hdf5Source()
+    try:
+        with pytest.raises(NotRegularFileError):
+            src.read_records(_context(ds), 0, np.array([0]))
+        with pytest.raises(NotRegularFileError):
+            src.check_shards(_context(ds))
+    finally:
+        src.close()

@@ -1,0 +1,102 @@
+"""A script that ends while a pipeline's iterator is alive exits, and promptly.
+
+``it = iter(ds.to_tf(64)); next(it)`` at module level, then the end of the
+script: the interpreter must exit 0 after printing the batch, in every
+shuffle mode of the gathered pipeline, for the block pipeline, and with a
+suspended ``iter_numpy()`` generator (through random access, and through
+``tf.data`` for a source without it). Each script runs in a child process
+with a timeout (a hang fails the test instead of stopping the suite).
+
+The hang was a race (see :mod:`shardstore.tfexit`): a TensorFlow thread that
+asks for the GIL while the interpreter starts finalizing is stopped by
+CPython, and the iterator's destructor then waits for its call forever. The
+child scripts make the race certain rather than likely: their first
+``atexit`` hook (so the last to run) holds the GIL in C code for about a
+second, so the pipeline's threads are all waiting for it when finalization
+begins. Without the fix every one of these scripts hangs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import shardstore
+
+#: Seconds a child may take (importing TensorFlow included) before it counts as hung.
+TIMEOUT = 120
+
+SCRIPT = """
+import atexit, sys
+# Runs last, in C, holding the GIL until finalization begins (see the module docstring).
+atexit.register(sum, range(30_000_000))
+import shardstore
+ds = shardstore.open(sys.argv[1])
+mode = sys.argv[2]
+if mode == "iter_numpy":
+    it = ds.iter_numpy(batch_size=64)
+else:
+    shuffle = {"ordered": False, "shuffled": True, "global": "global", "native": True}[mode]
+    it = iter(ds.to_tf(batch_size=64, shuffle=shuffle, seed=1, tf_native=mode == "native"))
+batch = next(it)
+print("BATCH", batch["x"].shape[0], flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = {}
+    data = {"x": np.arange(25_000 * 4, dtype=np.float32).reshape(-1, 4)}
+    for fmt in ("npy", "tfrecord"):
+        out[fmt] = tmp_path_factory.mktemp(fmt) / "d"
+        shardstore.write(out[fmt], data, format=fmt, records_per_shard=5_000, fsync=False)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode"),
+    [
+        ("npy", "ordered"),
+        ("npy", "shuffled"),
+        ("npy", "global"),
+        ("npy", "native"),
+        ("npy", "iter_numpy"),
+        ("tfrecord", "iter_numpy"),
+        ("tfrecord", "shuffled"),
+    ],
+)
+def test_a_script_keeping_an_iterator_alive_exits(
+    datasets: dict[str, Path], tmp_path: Path, fmt: str, mode: str
+) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(SCRIPT))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(script), str(datasets[fmt]), mode],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            env=env,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the script hung at exit ({fmt}, {mode}); it printed {exc.stdout!r}")
+    assert "BATCH 64" in proc.stdout, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_the_exit_hook_releases_live_iterators(datasets: dict[str, Path]) -> None:
+    """In-process: the hook finds a live iterator and destroys it (what it relies on in TF)."""
+    from shardstore import tfexit
+
+    it = iter(shardstore.open(datasets["npy"]).to_tf(batch_size=8))
+    next(it)
+    assert tfexit._registered
+    assert tfexit._release_live_iterators() >= 1
+    assert "_iterator_resource" not in vars(it)
