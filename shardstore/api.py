@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from shardstore import integrity
@@ -11,6 +11,7 @@ from shardstore.errors import DatasetNotFoundError, InvalidInputError, ManifestE
 from shardstore.fsutil import read_manifest_file
 from shardstore.manifest import MANIFEST_NAME, Manifest
 from shardstore.reader import Dataset
+from shardstore.remote import local_path, open_remote, remote_store
 from shardstore.safefs import storage_boundary
 from shardstore.writer import Writer, normalize_arrays
 
@@ -37,13 +38,17 @@ def write(
     fsync: bool = True,
     progress: bool | None = None,
     executor: Any = "threads",
+    storage_options: Mapping[str, Any] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_limit: int | str | None = None,
     **options: Any,
 ) -> Dataset:
     """Write arrays as a sharded dataset and return it, opened.
 
     Parameters
     ----------
-    path : the dataset directory.
+    path : the dataset directory, or an object-store URL (``s3://bucket/prefix``,
+        ``gs://``, ``az://``, ``memory://``; see ``docs/object-storage.md``).
     arrays : ``name -> array-like`` with one shared leading length (NumPy
         arrays, ``np.memmap``, Dask arrays, anything with ``shape``, ``dtype``
         and slicing), or a single array (stored as feature ``"x"``).
@@ -63,6 +68,8 @@ def write(
         threads), ``"serial"``, any ``concurrent.futures.Executor``, or a
         ``dask.distributed.Client`` (shards written on its workers; Dask
         arrays computed there). The output is the same bytes whatever runs it.
+    storage_options, cache_dir, cache_limit : for a URL, as in :func:`open`; shards are
+        written under ``cache_dir`` and each is deleted there once uploaded.
     **options : source-specific options.
 
     Notes
@@ -83,6 +90,9 @@ def write(
         progress=progress,
         total=total,
         executor=executor,
+        storage_options=storage_options,
+        cache_dir=cache_dir,
+        cache_limit=cache_limit,
         **options,
     )
     writer.write(items)  # aborts (removes its files) on any error
@@ -91,19 +101,33 @@ def write(
 
 @storage_boundary("open", _path)
 def open(
-    path: str | os.PathLike[str], *, source: str | None = None, verify: str | None = None
+    path: str | os.PathLike[str],
+    *,
+    source: str | None = None,
+    verify: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_limit: int | str | None = None,
 ) -> Dataset:
     """Open a committed dataset for reading.
 
     Parameters
     ----------
-    path : the dataset directory.
+    path : the dataset directory, or an object-store URL (``s3://bucket/prefix``,
+        ``gs://``, ``az://``, ``https://``, ``memory://``; see ``docs/object-storage.md``).
     source : read with this source instead of the one that wrote the shards
         (it must be able to read them).
     verify : what is checksummed on the read path: ``"once"`` (default:
         every block this process reads is verified when it is first read,
         against the shard's block index) or ``"size"`` (sizes only). Default:
         ``$SHARDSTORE_VERIFY`` or ``"once"``. See ``docs/reliability.md``.
+    storage_options : object-store settings (endpoint, region, credentials...), for a
+        URL; by default they come from the environment (``AWS_ENDPOINT_URL``...).
+    cache_dir : for a URL, the local directory shards are cached in (default
+        ``$SHARDSTORE_CACHE_DIR``, else ``~/.cache/shardstore``); shared safely by every
+        process of the machine.
+    cache_limit : for a URL, bytes the cache may use (``"200GiB"``; default
+        ``$SHARDSTORE_CACHE_LIMIT``, else half the free space of its file system).
 
     Raises
     ------
@@ -118,8 +142,13 @@ def open(
     StorageError
         The operating system refused (no permission...).
     """
-    root = Path(path)
     verify = integrity.normalize_mode(verify)
+    store = remote_store(path, storage_options)
+    if store is not None:
+        return open_remote(
+            store, cache_dir=cache_dir, cache_limit=cache_limit, source=source, verify=verify
+        )
+    root = local_path(path)
     if not root.is_dir():  # a link the caller typed is followed; nothing below it is
         raise DatasetNotFoundError(f"no shardstore dataset at {str(root)!r}: not a directory")
     data = read_manifest_file(root)
@@ -139,17 +168,22 @@ def open(
 
 @storage_boundary("collect garbage in", _path)
 def gc(
-    path: str | os.PathLike[str], *, grace: float | None = None, dry_run: bool = False
+    path: str | os.PathLike[str],
+    *,
+    grace: float | None = None,
+    dry_run: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> GcReport:
     """Delete what crashed writes and superseded versions left in a dataset directory.
 
     Parameters
     ----------
-    path : the dataset directory.
+    path : the dataset directory, or an object-store URL.
     grace : seconds an overwritten version is kept after the overwrite, for
         readers that opened it (default ``$SHARDSTORE_GC_GRACE_SECONDS`` or
         24 hours). ``grace=0`` removes every superseded version now.
     dry_run : report, delete nothing.
+    storage_options : object-store settings, for a URL (see :func:`open`).
 
     Returns
     -------
@@ -170,7 +204,12 @@ def gc(
     """
     from shardstore.garbage import collect
 
-    root = Path(path)
+    store = remote_store(path, storage_options)
+    if store is not None:
+        from shardstore.storage.objgc import collect as collect_objects
+
+        return collect_objects(store, grace=grace, dry_run=dry_run)
+    root = local_path(path)
     if not root.is_dir():
         raise InvalidInputError(f"{str(root)!r} is not a directory")
     return collect(root, grace=grace, dry_run=dry_run)

@@ -38,6 +38,7 @@ from shardstore.tfexit import release_iterators_at_exit
 
 if TYPE_CHECKING:
     from shardstore.reader import Dataset
+    from shardstore.remote import RemoteShards
 
 __all__ = ["BLOCK_BYTES", "WINDOW_BYTES", "ReadConfig", "build_pipeline"]
 
@@ -467,6 +468,13 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
     specs = {name: dataset.features[name] for name in config.read_features}
     plan = _Plan.create(dataset, config)
     shards, num_records = plan.shards, plan.num_records
+    if config.tf_native and dataset.remote is not None:
+        raise CapabilityError(
+            f"tf_native=True reads the shard files with TensorFlow's own file ops, which "
+            f"cannot fetch and verify them from {dataset.location}: leave tf_native off "
+            "(shards are then fetched into the local cache as they are read)",
+            params=("tf_native",),
+        )
     if config.tf_native:
         # TensorFlow ops cannot hash: the files read are verified now, whole, up front
         dataset.check_files(shards, features=config.read_features)
@@ -476,9 +484,17 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
     longest = max((s.num_records for s in shards), default=1)
     block = _block_records(record_bytes, config.batch_size, longest)
     ctx = ReadContext(
-        dataset.path, shards, specs, block, verifier=dataset.verifier(), lazy=not config.tf_native
+        dataset.path,
+        shards,
+        specs,
+        block,
+        verifier=dataset.verifier(),
+        lazy=not config.tf_native,
+        remote=dataset.remote,
     )
     source.check_shards(ctx)
+    if dataset.remote is not None and shards:
+        _plan_downloads(dataset.remote, ctx, config, by_index)
     batch = config.batch_size
     if plan.steps is not None:
         cardinality = plan.steps
@@ -600,6 +616,25 @@ def _block_pipeline(
     return blocks
 
 
+def _plan_downloads(
+    remote: RemoteShards, ctx: ReadContext, config: ReadConfig, by_index: bool
+) -> None:
+    """Prefetch the shards of a dataset in object storage ahead of the reader.
+
+    Shards are fetched in the order the reader opens them when it is known in Python
+    (in order); a pipeline that shuffles shards in TensorFlow reads the same shards
+    each epoch in another order, so they are fetched in manifest order, ``depth``
+    ahead, and a shard the reader reaches first is fetched on demand. A global shuffle
+    reads from every shard at once: the whole dataset must fit in the cache.
+    """
+    if by_index and config.shuffle == "global":
+        remote.check_whole(ctx.shards, what="shuffle='global'")
+    parallel = (
+        1 if by_index else min(len(ctx.shards), config.num_parallel_reads or os.cpu_count() or 2)
+    )
+    remote.plan(ctx.shards, parallel=parallel, what="this pipeline")
+
+
 def _prepared(
     source: Source, ctx: ReadContext, read_shard: Callable[[tf.Tensor], tf.data.Dataset]
 ) -> Callable[[tf.Tensor], tf.data.Dataset]:
@@ -613,12 +648,15 @@ def _prepared(
     """
     verifier = None if source.verifies_reads else ctx.verifier
     has_hook = type(source).prepare_shard is not Source.prepare_shard
-    if verifier is None and not has_hook:
+    remote = ctx.remote
+    if verifier is None and not has_hook and remote is None:
         return read_shard
     names = tuple(ctx.features)
 
     def prepare(position: np.ndarray) -> np.int64:
         pos = int(position)
+        if remote is not None:  # object storage: its files into the local cache, verified
+            remote.fetch(ctx.shards[pos])
         if verifier is not None:
             verifier.require_shard(ctx.shards[pos], names)
         source.prepare_shard(ctx, pos)

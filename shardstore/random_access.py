@@ -9,6 +9,7 @@ back in the order the caller asked for.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -91,26 +92,11 @@ def gather_records(
     starts = ctx.record_starts
     positions = np.searchsorted(starts, unique, side="right") - 1
     bounds = np.flatnonzero(np.diff(positions)) + 1
-    whole = ctx.verifier if ctx.verifier is not None and not source.verifies_reads else None
-    names = tuple(ctx.features)
     touched = positions[np.r_[0, bounds]] if len(unique) else positions[:0]
-    new = touched[~ctx.opened[touched]]
-    if len(new) > 1:  # shards read for the first time: let the source open them together
-        source.open_shards(ctx, new.tolist())
-    ctx.opened[new] = True
-    for lo, hi in zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(unique)].tolist(), strict=True):
-        if lo == hi:
-            continue
-        pos = int(positions[lo])
-        if whole is not None:
-            whole.require_shard(ctx.shards[pos], names)
-        rows = unique[lo:hi] - starts[pos]
-        if out:
-            source.read_records_into(
-                ctx, pos, rows, {name: arr[lo:hi] for name, arr in out.items()}
-            )
-        for name in ragged:
-            pieces[name].append(source.read_ragged(ctx, pos, name, rows))
+    with contextlib.ExitStack() as held:
+        if ctx.remote is not None:  # object storage: the shards' files, in the local cache
+            held.enter_context(ctx.remote.holding(ctx.shards[int(p)] for p in touched))
+        _read_touched(source, ctx, unique, positions, bounds, touched, out, pieces)
     result: dict[str, np.ndarray | RaggedArray] = dict(out)
     for name in ragged:
         parts = pieces[name]
@@ -131,3 +117,37 @@ def gather_records(
         )
         for name, arr in ((n, result[n]) for n in ctx.features)
     }
+
+
+def _read_touched(
+    source: Source,
+    ctx: ReadContext,
+    unique: np.ndarray,
+    positions: np.ndarray,
+    bounds: np.ndarray,
+    touched: np.ndarray,
+    out: dict[str, np.ndarray],
+    pieces: dict[str, list[RaggedArray]],
+) -> None:
+    """Read the records ``unique`` (sorted) of the shards ``touched`` into ``out``/``pieces``."""
+    whole = ctx.verifier if ctx.verifier is not None and not source.verifies_reads else None
+    names = tuple(ctx.features)
+    ragged = list(pieces)
+    starts = ctx.record_starts
+    new = touched[~ctx.opened[touched]]
+    if len(new) > 1:  # shards read for the first time: let the source open them together
+        source.open_shards(ctx, new.tolist())
+    ctx.opened[new] = True
+    for lo, hi in zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(unique)].tolist(), strict=True):
+        if lo == hi:
+            continue
+        pos = int(positions[lo])
+        if whole is not None:
+            whole.require_shard(ctx.shards[pos], names)
+        rows = unique[lo:hi] - starts[pos]
+        if out:
+            source.read_records_into(
+                ctx, pos, rows, {name: arr[lo:hi] for name, arr in out.items()}
+            )
+        for name in ragged:
+            pieces[name].append(source.read_ragged(ctx, pos, name, rows))

@@ -37,6 +37,7 @@ from shardstore.sources.base import ReadContext
 if TYPE_CHECKING:
     import tensorflow as tf
 
+    from shardstore.remote import RemoteShards
     from shardstore.sources.base import Source
 
 __all__ = ["Dataset"]
@@ -62,8 +63,12 @@ class Dataset:
         *,
         source: str | None = None,
         verify: str | None = None,
+        remote: RemoteShards | None = None,
     ) -> None:
         self.path = Path(path)
+        #: Where the shards come from when the dataset is in object storage (``path`` is
+        #: then the local cache folder they are fetched into); ``None`` for a local one.
+        self.remote = remote
         self.manifest = manifest
         self._source_name = source
         self._random_ctx: ReadContext | None = None
@@ -73,6 +78,11 @@ class Dataset:
         self._checked: set[int] = set()
 
     # -- metadata -----------------------------------------------------------------------
+    @property
+    def location(self) -> str:
+        """The dataset's URL (object storage) or directory, as users name it."""
+        return self.remote.url if self.remote is not None else str(self.path)
+
     @property
     def num_records(self) -> int:
         """Records in the dataset."""
@@ -163,7 +173,7 @@ class Dataset:
     def __len__(self) -> int:
         return self.num_records
 
-    @storage_boundary("read", lambda self, *a, **k: self.path)
+    @storage_boundary("read", lambda self, *a, **k: self.location)
     def __getitem__(self, key: Any) -> dict[str, Any]:
         """Records by index, as NumPy arrays (no TensorFlow involved).
 
@@ -181,7 +191,12 @@ class Dataset:
         )
         if self._random_ctx is None:
             self._random_ctx = ReadContext(
-                self.path, self.shards, self.features, 1, verifier=self.verifier()
+                self.path,
+                self.shards,
+                self.features,
+                1,
+                verifier=self.verifier(),
+                remote=self.remote,
             )
         if isinstance(key, slice):  # check the shards first: allocate nothing a lie implies
             self._check_range(self._random_ctx, range(*key.indices(self.num_records)))
@@ -195,12 +210,12 @@ class Dataset:
     def __repr__(self) -> str:
         feats = ", ".join(f"{n}: {s.dtype.name}{list(s.shape)}" for n, s in self.features.items())
         return (
-            f"<shardstore.Dataset {str(self.path)!r} records={self.num_records} "
+            f"<shardstore.Dataset {self.location!r} records={self.num_records} "
             f"shards={self.num_shards} features={{{feats}}}>"
         )
 
     # -- reading --------------------------------------------------------------------------
-    @storage_boundary("read", lambda self, *a, **k: self.path)
+    @storage_boundary("read", lambda self, *a, **k: self.location)
     def iter_numpy(
         self, batch_size: int | None = None, *, features: Sequence[str] | None = None
     ) -> Iterator[dict[str, Any]]:
@@ -234,13 +249,15 @@ class Dataset:
         from shardstore.random_access import gather_records
 
         specs = {n: self.features[n] for n in names}
-        ctx = ReadContext(self.path, self.shards, specs, 1, verifier=self.verifier())
+        ctx = ReadContext(
+            self.path, self.shards, specs, 1, verifier=self.verifier(), remote=self.remote
+        )
         for lo in range(0, self.num_records, step):
             indices = np.arange(lo, min(lo + step, self.num_records), dtype=np.int64)
             self._check_touched(ctx, indices)
             yield gather_records(source, ctx, indices)
 
-    @storage_boundary("read", lambda self, *a, **k: self.path)
+    @storage_boundary("read", lambda self, *a, **k: self.location)
     def to_tf(
         self,
         batch_size: int | None = 32,
@@ -399,6 +416,12 @@ class Dataset:
             pipeline = pipeline.with_options(options)
         return pipeline
 
+    def _context(self, features: Mapping[str, FeatureSpec]) -> ReadContext:
+        """A context reading ``features`` of every shard, record by record (random access)."""
+        return ReadContext(
+            self.path, self.shards, features, 1, verifier=self.verifier(), remote=self.remote
+        )
+
     def verifier(self) -> integrity.Verifier:
         """A new :class:`~shardstore.integrity.Verifier` of this dataset, in its verify mode.
 
@@ -525,7 +548,7 @@ class Dataset:
             self._check_plausible(new)
             self._checked.update(s.index for s in new)
 
-    @storage_boundary("verify", lambda self, *a, **k: self.path)
+    @storage_boundary("verify", lambda self, *a, **k: self.location)
     def verify(self, *, progress: bool | None = None) -> None:
         """Check that every shard can be read as the manifest says; report all damage.
 
@@ -550,13 +573,16 @@ class Dataset:
         self._check_plausible(self.shards)
         total = sum(f.size for s in self.shards for f in s.stored_files)
         with progress_bar(total=total, desc="verify", unit="B", enabled=progress) as bar:
-            problems = integrity.hash_shards(
-                self.shards,
-                self._resolve_stat(self.shards),
-                self._damaged,
-                rehash=True,
-                progress=bar.update,
-            )
+            if self.remote is None:
+                problems = integrity.hash_shards(
+                    self.shards,
+                    self._resolve_stat(self.shards),
+                    self._damaged,
+                    rehash=True,
+                    progress=bar.update,
+                )
+            else:
+                problems = self._verify_remote(bar.update)
         if problems:
             files = sum(len(s.stored_files) for s in self.shards)
             damaged = len({(e.shard, e.file) for e in problems})
@@ -569,7 +595,9 @@ class Dataset:
                 checked=files,
             )
         source = self.source
-        ctx = ReadContext(self.path, self.shards, self.features, 1, verifier=self.verifier())
+        ctx = ReadContext(
+            self.path, self.shards, self.features, 1, verifier=self.verifier(), remote=self.remote
+        )
         source.check_shards(ctx)
         try:
             reader = self.source_for("random_access")
@@ -585,6 +613,25 @@ class Dataset:
                 ends = sorted({start, start + shard.num_records - 1})
                 gather_records(reader, ctx, np.array(ends, dtype=np.int64))
 
+    def _verify_remote(self, progress: Callable[[int], None]) -> list[ChecksumError]:
+        """Download every shard (verified on the way) and check the cached copy's blocks."""
+        assert self.remote is not None
+        problems: list[ChecksumError] = []
+        for shard in self.shards:
+            try:
+                with self.remote.holding((shard,)):
+                    problems += integrity.hash_shards(
+                        (shard,),
+                        self._resolve_stat((shard,)),
+                        self._damaged,
+                        rehash=True,
+                        progress=progress,
+                    )
+            except ChecksumError as exc:  # the object itself: missing, short, or damaged
+                problems.append(exc)
+                progress(shard.nbytes)
+        return problems
+
     def _damaged(self, shard: ShardEntry, relpath: str, what: str) -> ChecksumError:
         code = errno.ENOENT if what == "is missing" else None  # a FileNotFoundError too
         return ChecksumError.in_file(self.path, shard.index, relpath, what, errno=code)
@@ -592,7 +639,7 @@ class Dataset:
     def info(self) -> dict[str, Any]:
         """A JSON-ready summary (used by ``shardstore info --json``)."""
         return {
-            "path": str(self.path),
+            "path": self.location,
             "version_id": self.manifest.version_id,
             "format_version": self.manifest.format_version,
             "num_records": self.num_records,

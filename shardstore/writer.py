@@ -62,6 +62,7 @@ from shardstore.parallel import ShardDispatcher, is_dask_collection
 from shardstore.progress import progress_bar
 from shardstore.ragged import RaggedArray, length_stats, merge_length_stats
 from shardstore.registry import get_source
+from shardstore.remote import RemoteWrite, local_path, remote_store
 from shardstore.sources.base import ArrayLike, ShardWriteContext
 
 if TYPE_CHECKING:
@@ -224,7 +225,8 @@ class Writer:
 
     Parameters
     ----------
-    path : the dataset directory (created if missing).
+    path : the dataset directory (created if missing), or an object-store URL
+        (``s3://bucket/prefix``, ``gs://``, ``az://``, ``memory://``).
     format : the source that writes the shards (``"npy"`` by default).
     shard_size : target bytes per shard (int or ``"64MiB"``); the default.
     records_per_shard : records per shard instead of ``shard_size``.
@@ -239,6 +241,11 @@ class Writer:
         ``dask.distributed.Client`` (see :mod:`shardstore.parallel`). With an
         executor, ``write(batch)`` returns once the shards cut straight from
         ``batch`` are on disk, so the batch's arrays may then be reused.
+    storage_options : settings of the object store when ``path`` is a URL (endpoint,
+        region, credentials...; see ``docs/object-storage.md``).
+    cache_dir, cache_limit : the shard cache of the dataset returned by :meth:`close`
+        when ``path`` is a URL; shards are written under ``cache_dir`` before they are
+        uploaded, and deleted there once uploaded.
     **options : source-specific options (e.g. ``compression`` for zarr).
 
     Notes
@@ -260,6 +267,9 @@ class Writer:
         progress: bool | None = None,
         total: int | None = None,
         executor: Any = "serial",
+        storage_options: Mapping[str, Any] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_limit: int | str | None = None,
         **options: Any,
     ) -> None:
         self._layout = ShardLayout.create(shard_size, records_per_shard)
@@ -269,6 +279,21 @@ class Writer:
             raise InvalidInputError(f"metadata must be JSON-serialisable: {exc}") from None
         self._source = get_source(format)
         self._options = self._source.check_options(options)
+        self.version_id = secrets.token_hex(8)
+        #: The object-store side of a write to a URL (``None``: a local dataset).
+        self._remote: RemoteWrite | None = None
+        store = remote_store(path, storage_options)
+        if store is not None:
+            self._remote = RemoteWrite(
+                store,
+                self.version_id,
+                overwrite=bool(overwrite),
+                cache_dir=cache_dir,
+                cache_limit=cache_limit,
+            )
+            path = self._remote.scratch  # shards are written here, then uploaded
+        else:
+            path = local_path(path)
         self.root = Path(path)
         if self.root.exists() and not self.root.is_dir():
             raise InvalidInputError(f"{self.root} exists and is not a directory")
@@ -278,8 +303,7 @@ class Writer:
                 f"a dataset already exists at {self.root}; pass overwrite=True to replace it",
                 params=("overwrite",),
             )
-        self._fsync = fsync
-        self.version_id = secrets.token_hex(8)
+        self._fsync = fsync and self._remote is None  # scratch files are uploaded, not kept
         self._prefix = f"v-{self.version_id}"
         # What manifest.json holds now: the commit succeeds only if it is unchanged.
         base = manifest_state(self.root)
@@ -347,6 +371,8 @@ class Writer:
         self._dispatcher.close()  # no task may create files after the clean-up
         self._bar.close()
         self._txn.abort()
+        if self._remote is not None:
+            self._remote.close(committed=False)
         log.debug("aborted write of %s (version %s)", self.root, self.version_id)
 
     def __enter__(self) -> Writer:
@@ -449,6 +475,8 @@ class Writer:
         self._dispatcher.submit(ctx, arrays)
 
     def _shard_done(self, entry: ShardEntry) -> None:
+        if self._remote is not None:
+            self._remote.upload_shard(self._txn.shard_root, entry)
         self._bar.update(entry.num_records)
 
     def _commit(self) -> Dataset:
@@ -469,6 +497,8 @@ class Writer:
             metadata=self._metadata,
             created_by=f"shardstore {__version__}",
         )
+        if self._remote is not None:
+            return self._commit_remote(self._remote, manifest)
         self._txn.commit(manifest)
         self._state = "committed"
         log.info(
@@ -479,3 +509,19 @@ class Writer:
             self.version_id,
         )
         return Dataset(self.root, manifest)
+
+    def _commit_remote(self, remote: RemoteWrite, manifest: Manifest) -> Dataset:
+        from shardstore.remote import open_remote
+
+        remote.commit(manifest)  # waits for the uploads; create-only / If-Match put
+        self._state = "committed"
+        self._txn.abort()  # the scratch directory's own bookkeeping
+        remote.close(committed=True)
+        log.info(
+            "committed %s: %d records in %d shards (version %s)",
+            remote.store.url,
+            manifest.num_records,
+            len(manifest.shards),
+            self.version_id,
+        )
+        return open_remote(remote.store, cache_dir=remote.cache_dir, cache_limit=remote.cache_limit)

@@ -87,6 +87,7 @@ if TYPE_CHECKING:
 
     from shardstore.integrity import Verifier
     from shardstore.ragged import RaggedArray
+    from shardstore.remote import RemoteShards
 
 __all__ = [
     "ArrayLike",
@@ -253,6 +254,10 @@ class ReadContext:
         each shard from Python just before its blocks are read; ``False``
         (pipelines of TensorFlow ops only) when ``tf_reader`` must prepare
         every shard itself, up front.
+    remote : where the shards come from when the dataset is in object storage
+        (:class:`shardstore.remote.RemoteShards`): the reader has them fetched into
+        ``root`` (the local cache) before a source touches their files. Sources read
+        ``root`` as for a local dataset.
     """
 
     root: Path
@@ -261,6 +266,7 @@ class ReadContext:
     block_records: int
     verifier: Verifier | None = None
     lazy: bool = False
+    remote: RemoteShards | None = None
 
     def resolve(self, relpath: str) -> Path:
         """Absolute path of a manifest path, refusing escapes from the dataset."""

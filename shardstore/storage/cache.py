@@ -101,7 +101,7 @@ def _store_folder(store: Store) -> str:
 def entry_id(shard: ShardEntry) -> str:
     """The cache name of a shard: a hash of its files' paths and checksums."""
     h = new_hasher()
-    for f in shard.files:
+    for f in shard.stored_files:
         h.update(f"{f.path}\0{f.checksum}\n".encode())
     return h.hexdigest()
 
@@ -371,7 +371,7 @@ class ShardCache:
     def _complete(self, store: Store, shard: ShardEntry, done_path: Path) -> bool:
         if not done_path.exists():
             return False
-        for f in shard.files:
+        for f in shard.stored_files:
             try:
                 if os.stat(self.path(store, f.path)).st_size != f.size:
                     return False
@@ -383,7 +383,7 @@ class ShardCache:
         """Download every file of ``shard`` (exclusive lock held), verified, then mark it done."""
         with contextlib.suppress(FileNotFoundError):
             done_path.unlink()
-        for f in shard.files:
+        for f in shard.stored_files:
             dest = self.path(store, f.path)
             tmp, tmp_fd = self._reserve(f.size, done_path.stem)
             try:
@@ -426,7 +426,7 @@ class ShardCache:
                 raise
             finally:
                 os.close(tmp_fd)
-        done = json.dumps({"size": shard.nbytes, "files": [f.path for f in shard.files]})
+        done = json.dumps({"size": shard.nbytes, "files": [f.path for f in shard.stored_files]})
         tmp_done = done_path.with_name(f".{done_path.name}.{secrets.token_hex(4)}")
         tmp_done.write_text(done)
         os.replace(tmp_done, done_path)

@@ -84,7 +84,7 @@ def lease_key(version_id: str) -> str:
 
 def referenced_prefixes(manifest: Manifest) -> set[str]:
     """The top-level names (``v-<id>``) the manifest's files live under."""
-    return {f.path.split("/", 1)[0] for s in manifest.shards for f in s.files}
+    return {f.path.split("/", 1)[0] for s in manifest.shards for f in s.stored_files}
 
 
 class ObjectTransaction:
@@ -208,7 +208,7 @@ class ObjectTransaction:
         self._end_lease()
 
     def _check_objects(self, manifest: Manifest) -> None:
-        mine = [f for s in manifest.shards for f in s.files if f.path.startswith(self.prefix + "/")]
+        mine = [f for s in manifest.shards for f in s.stored_files if f.path.startswith(self.prefix + "/")]
         if not mine:
             return
         listed = {o.key: o.size for o in self.store.list(self.prefix + "/")}

@@ -1,0 +1,283 @@
+"""Datasets in object storage: the glue between the reader, the writer and the store.
+
+A dataset at ``s3://``, ``gs://``, ``az://``, ``https://`` or ``memory://`` has the
+same layout as a local one (``manifest.json`` and ``v-<id>/`` shard objects, see
+``docs/format.md``). Two classes connect it to the local machinery:
+
+* :class:`RemoteShards` (reading): the shards of an opened remote dataset, brought
+  whole into the local :class:`~shardstore.storage.cache.ShardCache` (verified while
+  they download) just before a reader touches them, and prefetched ahead of it. The
+  cache keeps the dataset's layout, so every source reads a cached shard through its
+  fast local path, exactly as it reads a local dataset.
+* :class:`RemoteWrite` (writing): the writer writes shards into a local scratch
+  directory as usual; each finished shard is uploaded under the new version's unique
+  prefix and its local files deleted, so the scratch space holds only the shards in
+  flight. The commit is a create-only (or If-Match) put of ``manifest.json``
+  (:class:`~shardstore.storage.objcommit.ObjectTransaction`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shardstore.errors import DatasetNotFoundError, ManifestError
+from shardstore.manifest import MANIFEST_NAME, Manifest, ShardEntry
+from shardstore.storage import Store, open_store, parse_location
+from shardstore.storage.cache import ShardCache, default_cache_dir
+
+if TYPE_CHECKING:
+    from shardstore.reader import Dataset
+    from shardstore.storage.objcommit import ObjectTransaction
+
+__all__ = ["RemoteShards", "RemoteWrite", "open_remote", "remote_store"]
+
+log = logging.getLogger(__name__)
+
+#: Files uploaded at once by a writer.
+UPLOAD_CONCURRENCY = 8
+#: Files smaller than this are uploaded with one request; larger ones in parts.
+SINGLE_PUT_BYTES = 8 << 20
+#: Bytes read from a local file per upload part.
+UPLOAD_CHUNK = 8 << 20
+
+
+def remote_store(
+    location: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
+) -> Store | None:
+    """The object store of ``location``, or ``None`` for a local path / ``file://`` URL.
+
+    Raises
+    ------
+    InvalidInputError
+        An unknown scheme, a malformed URL, or ``storage_options`` for a local path.
+    """
+    loc = parse_location(location)
+    if loc.is_local:
+        if storage_options:
+            from shardstore.errors import InvalidInputError
+
+            raise InvalidInputError(
+                f"storage_options apply to object-store URLs, not to the local path {loc.url!r}",
+                params=("storage_options",),
+            )
+        return None
+    return open_store(loc, storage_options)
+
+
+def local_path(location: str | os.PathLike[str]) -> Path:
+    """The directory of a local ``location`` (a path or a ``file://`` URL)."""
+    loc = parse_location(location)
+    assert loc.path is not None
+    return loc.path
+
+
+# -- reading -------------------------------------------------------------------------------
+class RemoteShards:
+    """The shards of a remote dataset, fetched into a local cache as readers need them.
+
+    Parameters
+    ----------
+    store : the dataset's store.
+    cache : the shard cache (shared by every dataset and process that uses its directory).
+    """
+
+    def __init__(self, store: Store, cache: ShardCache) -> None:
+        self.store = store
+        self.cache = cache
+
+    def __repr__(self) -> str:
+        return f"RemoteShards({self.store.url!r}, {self.cache!r})"
+
+    @property
+    def url(self) -> str:
+        """The dataset's URL."""
+        return self.store.url
+
+    @property
+    def root(self) -> Path:
+        """The local directory where the cached shards keep the dataset's layout."""
+        return self.cache.root(self.store)
+
+    @contextlib.contextmanager
+    def holding(self, shards: Iterable[ShardEntry]) -> Iterator[None]:
+        """Have every file of ``shards`` in the cache, verified, for the ``with`` block."""
+        held: list[ShardEntry] = []
+        try:
+            for shard in shards:
+                self.cache.acquire(self.store, shard)
+                held.append(shard)
+            yield
+        finally:
+            for shard in held:
+                self.cache.release(self.store, shard)
+
+    def fetch(self, shard: ShardEntry) -> None:
+        """Bring ``shard`` into the cache; it stays there while among the recently used."""
+        with self.holding((shard,)):
+            pass
+
+    def plan(self, shards: Sequence[ShardEntry], *, parallel: int, what: str) -> None:
+        """Prefetch ``shards`` in this order; refuse a cache too small for what is held.
+
+        ``parallel`` shards are read at once, and the cache keeps its prefetch depth
+        and the recently used shards pinned: a ``cache_limit`` that cannot hold them
+        would make downloads wait for room forever, so it fails now instead.
+        """
+        if not shards:
+            return
+        largest = max(s.nbytes for s in shards)
+        held = min(len(shards), parallel + self.cache.depth)
+        self.cache.check_room(largest, held, what=what)
+        self.cache.plan(self.store, shards)
+
+    def check_whole(self, shards: Sequence[ShardEntry], *, what: str) -> None:
+        """Refuse a reader that touches every shard at once when the cache cannot hold all."""
+        total = sum(s.nbytes for s in shards)
+        if total > self.cache.limit:
+            from shardstore.storage.cache import CacheFullError
+
+            raise CacheFullError(
+                f"{what} reads records from every shard at random, so the whole dataset "
+                f"({total} bytes) must fit in the shard cache, whose cache_limit is "
+                f"{self.cache.limit} bytes: raise cache_limit, or shuffle shard by shard "
+                "(shuffle=True), which needs only the shards being read"
+            )
+
+
+def open_remote(
+    store: Store,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_limit: int | str | None = None,
+    source: str | None = None,
+    verify: str | None = None,
+) -> Dataset:
+    """Open the committed dataset in ``store`` for reading (see :func:`shardstore.open`)."""
+    from shardstore.fsutil import MAX_MANIFEST_BYTES
+    from shardstore.reader import Dataset
+
+    try:
+        data = store.get(MANIFEST_NAME, max_size=MAX_MANIFEST_BYTES)
+    except FileNotFoundError:
+        raise DatasetNotFoundError(
+            f"no shardstore dataset at {store.url}: no {MANIFEST_NAME} (never committed?)"
+        ) from None
+    try:
+        manifest = Manifest.from_json(data)
+    except ManifestError as exc:
+        raise ManifestError(f"{store.key_url(MANIFEST_NAME)}: {exc}", params=exc.params) from None
+    cache = ShardCache(cache_dir, cache_limit)
+    remote = RemoteShards(store, cache)
+    remote.root.mkdir(parents=True, exist_ok=True)
+    dataset = Dataset(remote.root, manifest, source=source, verify=verify, remote=remote)
+    if source is not None:
+        dataset.source  # noqa: B018 - fail fast on an unknown or incompatible source
+    return dataset
+
+
+# -- writing -------------------------------------------------------------------------------
+class RemoteWrite:
+    """The object-store half of a :class:`~shardstore.writer.Writer` writing to a URL.
+
+    Parameters
+    ----------
+    store : where the dataset goes.
+    version_id : the write's version id (its objects go under ``v-<version_id>/``).
+    overwrite : replace an existing dataset.
+    cache_dir, cache_limit : the shard cache of the dataset once written; shards are
+        written under ``cache_dir`` before they are uploaded (each shard's files are
+        deleted once uploaded).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        version_id: str,
+        *,
+        overwrite: bool,
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_limit: int | str | None = None,
+    ) -> None:
+        from shardstore.storage.objcommit import ObjectTransaction
+
+        self.store = store
+        base = store.head(MANIFEST_NAME)
+        self.txn: ObjectTransaction = ObjectTransaction(
+            store, version_id, overwrite=overwrite, base=base
+        )
+        self.cache_dir = cache_dir
+        self.cache_limit = cache_limit
+        parent = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / ".writes"
+        parent.mkdir(parents=True, exist_ok=True)
+        #: The local directory the writer writes into (removed at the end).
+        self.scratch = Path(tempfile.mkdtemp(prefix="write-", dir=parent))
+        self._pool: ThreadPoolExecutor | None = None
+        self._uploads: list[Future[None]] = []
+        self._lock = threading.Lock()
+        self.bytes_uploaded = 0
+
+    def begin(self) -> None:
+        """Take the writer's lease in the store (idempotent)."""
+        self.txn.begin()
+
+    def upload_shard(self, files_root: Path, shard: ShardEntry) -> None:
+        """Upload the files of a finished shard in the background, then delete them here."""
+        self.begin()
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    UPLOAD_CONCURRENCY, thread_name_prefix="shardstore-upload"
+                )
+            for f in shard.stored_files:
+                self._uploads.append(self._pool.submit(self._upload, files_root / f.path, f.path))
+
+    def _upload(self, path: Path, key: str) -> None:
+        from shardstore.safefs import open_binary
+
+        with open_binary(path) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size < SINGLE_PUT_BYTES:
+                self.store.put(key, fh.read())
+            else:
+                sink = self.store.open_write(key)
+                try:
+                    while chunk := fh.read(UPLOAD_CHUNK):
+                        sink.write(chunk)
+                except BaseException:
+                    sink.abort()
+                    raise
+                sink.close()
+        path.unlink()
+        with self._lock:
+            self.bytes_uploaded += size
+
+    def wait(self) -> None:
+        """Wait for every upload; raise the first failure."""
+        with self._lock:
+            uploads = list(self._uploads)
+        for future in uploads:
+            future.result()
+
+    def commit(self, manifest: Manifest) -> None:
+        """Wait for the uploads, then publish ``manifest`` (or raise CommitConflictError)."""
+        self.wait()
+        self.txn.commit(manifest)
+
+    def close(self, *, committed: bool) -> None:
+        """Stop uploading, remove the scratch directory, and abort an uncommitted write."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if not committed:
+            self.txn.abort()
+        shutil.rmtree(self.scratch, ignore_errors=True)
