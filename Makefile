@@ -1,5 +1,6 @@
 # Two commands set everything up on a fresh machine: `make demo` and `make test`.
 # `make bench` runs the side-by-side benchmark (BENCH_ARGS="--scale 0.1" for a quick try).
+# `make bench-peers` measures shardstore against other data loaders (installs them first).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,7 +10,7 @@ HDF5   := plugins/shardstore-hdf5
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export NO_MKDOCS_2_WARNING ?= 1
 
-.PHONY: install test lint docs demo bench clean stress
+.PHONY: install test lint docs demo bench bench-peers clean stress
 
 install: $(STAMP)
 
@@ -53,5 +54,26 @@ demo: install
 bench: install
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
+# The other data loaders (docs/benchmarks.md, "Against other data loaders"); never part of
+# `make install` or `make test`. Those that share the project's venv go into it under a
+# constraint that freezes what it has (a peer that would move numpy, protobuf or TensorFlow
+# fails to install instead); those that need PyTorch get their own venv.
+PEERS_STAMP := $(VENV)/.peers-installed
+TORCH_VENV  := .venv-torch
+
+$(PEERS_STAMP): $(STAMP) requirements/peers.txt
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v ' @ ' > $(VENV)/peers-constraints.txt
+	$(BIN)/python -m pip install --quiet -c $(VENV)/peers-constraints.txt -r requirements/peers.txt
+	touch $@
+
+$(TORCH_VENV)/.installed: pyproject.toml requirements/peers-torch.txt
+	$(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TORCH_VENV)/bin/python -m pip install --quiet -r requirements/peers-torch.txt -e .
+	touch $@
+
+bench-peers: $(PEERS_STAMP) $(TORCH_VENV)/.installed
+	$(BIN)/python -m benchmarks.peers_bench --torch-python $(TORCH_VENV)/bin/python $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) .demo-data .pytest_cache .mypy_cache .ruff_cache site
+	rm -rf $(VENV) $(TORCH_VENV) .demo-data .pytest_cache .mypy_cache .ruff_cache site

@@ -288,20 +288,20 @@ BLOCKS: dict[str, Callable[[dict[str, Any], str], str]] = {
 }
 
 
-def replace_block(text: str, block: str) -> str:
-    """``text`` with everything between the (unnamed) markers replaced by ``block``.
+def replace_block(text: str, block: str, *, start: str = START, end: str = END) -> str:
+    """``text`` with everything between the ``start`` and ``end`` markers replaced by ``block``.
 
     Markers inside code (an example of them) do not count.
     """
     masked = _mask_code(text)
     if (
-        masked.count(START) != 1
-        or masked.count(END) != 1
-        or masked.index(START) > masked.index(END)
+        masked.count(start) != 1
+        or masked.count(end) != 1
+        or masked.index(start) > masked.index(end)
     ):
-        raise ValueError(f"the README needs exactly one {START} ... {END} pair, in that order")
-    start, end = masked.index(START), masked.index(END)
-    return f"{text[:start]}{START}\n{block}\n{END}{text[end + len(END) :]}"
+        raise ValueError(f"the README needs exactly one {start} ... {end} pair, in that order")
+    lo, hi = masked.index(start), masked.index(end)
+    return f"{text[:lo]}{start}\n{block}\n{end}{text[hi + len(end) :]}"
 
 
 def _mask_code(text: str) -> str:
@@ -415,9 +415,30 @@ def speed_figures(text: str) -> Iterator[tuple[int, str]]:
         offset += len(line)
 
 
+#: Blocks another renderer writes from its own results file: ``(start, end, results file)``
+#: (``make bench-peers``: ``benchmarks/peers_bench.py`` from ``peers-latest.json``).
+OTHER_BLOCKS = (
+    (
+        "<!-- bench-peers:start -->",
+        "<!-- bench-peers:end -->",
+        "benchmarks/results/peers-latest.json",
+    ),
+)
+
+
+def _other_regions(text: str) -> list[tuple[int, int]]:
+    masked = _mask_code(text)
+    out = []
+    for start, end, _ in OTHER_BLOCKS:
+        lo = masked.find(start)
+        if lo >= 0 and (hi := masked.find(end, lo)) >= 0:
+            out.append((lo, hi + len(end)))
+    return out
+
+
 def stray_figures(text: str) -> list[str]:
     """The speed figures of ``text`` that no bench mark rendered (each must come from results)."""
-    regions = [(start, end) for start, end, _ in _marks(text)]
+    regions = [(start, end) for start, end, _ in _marks(text)] + _other_regions(text)
     return [
         f"line {text.count(chr(10), 0, pos) + 1}: {found!r}"
         for pos, found in speed_figures(text)
