@@ -25,7 +25,8 @@ $(STAMP): pyproject.toml requirements/dev.txt $(HDF5)/pyproject.toml $(wildcard 
 	touch $(STAMP)
 
 test: install
-	$(BIN)/python -m pytest
+	# a ceiling for the whole run (it takes about 15 minutes on 2 CPUs): a hang fails fast
+	timeout --kill-after=60 2400 $(BIN)/python -m pytest
 	$(MAKE) lint
 	$(MAKE) docs
 

@@ -29,6 +29,15 @@ attribute: the test of this hang fails if a TensorFlow release renames it);
 nothing uses an iterator once the interpreter is exiting. An iterator that a
 non-daemon thread is using at exit is not affected (that thread has been
 joined before ``atexit`` runs).
+
+The same wait makes a hang mid-run: an iterator that becomes cyclic garbage
+(an exception's traceback holding the pipeline that raised it is enough) is
+destroyed by whichever thread the garbage collector runs in; if that thread
+is running one of the iterator's own calls (a ``numpy_function``), or is a
+pool thread such a call waits on, the destructor waits for itself. So an
+iterator collected outside the main thread hands its resource to a reaper
+thread, which drops the last reference: the destructor then runs there, where
+nothing it waits for waits for it.
 """
 
 from __future__ import annotations
@@ -36,8 +45,10 @@ from __future__ import annotations
 import atexit
 import gc
 import logging
+import queue
 import sys
 import threading
+from typing import Any
 
 __all__ = ["release_iterators_at_exit"]
 
@@ -45,6 +56,8 @@ log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _registered = False
+_retired: queue.SimpleQueue[Any] = queue.SimpleQueue()
+_reaper: threading.Thread | None = None
 
 
 def release_iterators_at_exit() -> None:
@@ -58,7 +71,46 @@ def release_iterators_at_exit() -> None:
     with _lock:
         if not _registered:
             atexit.register(_release_live_iterators)
+            _defer_destruction_off_the_main_thread()
             _registered = True
+
+
+def _defer_destruction_off_the_main_thread() -> None:
+    """Give eager iterators a finalizer that hands their resource to the reaper thread.
+
+    The finalizer (``__del__``) runs before the garbage collector clears the iterator,
+    in whichever thread collects it; outside the main thread it takes the resource out
+    of the iterator, so that the last reference, and the destructor's wait, is the
+    reaper's. In the main thread nothing changes: destruction stays synchronous.
+    """
+    from tensorflow.python.data.ops import iterator_ops
+
+    cls = iterator_ops.OwnedIterator
+    if "__del__" in vars(cls):
+        return  # already installed (or TensorFlow grew one: leave it alone)
+    cls.__del__ = _hand_to_reaper
+
+
+def _hand_to_reaper(iterator: Any) -> None:
+    if threading.current_thread() is threading.main_thread():
+        return
+    state = getattr(iterator, "__dict__", None)
+    resource = None if state is None else state.pop("_iterator_resource", None)
+    if resource is None:
+        return
+    global _reaper
+    with _lock:
+        _retired.put(resource)
+        del resource
+        if _reaper is None or not _reaper.is_alive():
+            _reaper = threading.Thread(target=_reap, name="shardstore-reaper", daemon=True)
+            _reaper.start()
+
+
+def _reap() -> None:
+    while True:
+        resource = _retired.get()
+        del resource  # the iterator's destructor runs here, waiting for its calls
 
 
 def _release_live_iterators() -> int:
@@ -68,6 +120,8 @@ def _release_live_iterators() -> int:
     if owned is None:
         return 0
     released = 0
+    while not _retired.empty():
+        _retired.get()  # retired but not yet reaped: destroyed here, while the interpreter is whole
     for obj in gc.get_objects():
         if isinstance(obj, owned):
             state = getattr(obj, "__dict__", None)

@@ -100,3 +100,55 @@ def test_the_exit_hook_releases_live_iterators(datasets: dict[str, Path]) -> Non
     assert tfexit._registered
     assert tfexit._release_live_iterators() >= 1
     assert "_iterator_resource" not in vars(it)
+
+
+GARBAGE_SCRIPT = """
+import gc, itertools, sys, threading, weakref
+import numpy as np
+import tensorflow as tf
+import shardstore
+ds = shardstore.write(sys.argv[1], {"x": np.arange(4096, dtype=np.int64)}, records_per_shard=256,
+                      fsync=False)
+ready, go, done = threading.Event(), threading.Event(), threading.Event()
+calls = itertools.count()
+def augment(x):  # a user's numpy code, in a TensorFlow thread
+    if next(calls) == 3:
+        ready.set()
+        go.wait()
+        gc.collect()  # the garbage iterator is destroyed here, inside one of its own calls
+        done.set()
+    return x
+pipeline = ds.to_tf(batch_size=64, shuffle=sys.argv[2] == "shuffle", seed=0).map(
+    lambda b: tf.numpy_function(augment, [b["x"]], tf.int64), num_parallel_calls=4)
+it = iter(pipeline)
+next(it)
+ready.wait()
+alive = weakref.ref(it)
+cycle = [it]
+cycle.append(cycle)  # the iterator becomes cyclic garbage, its calls in flight
+del it, cycle
+go.set()
+print("done" if done.wait(30) else "deadlocked", "collected" if alive() is None else "alive",
+      flush=True)
+"""
+
+
+@pytest.mark.parametrize("shuffle", ["ordered", "shuffle"])
+def test_an_iterator_collected_inside_its_own_call_does_not_deadlock(
+    tmp_path: Path, shuffle: str
+) -> None:
+    """A pipeline iterator freed by the garbage collector waits for its in-flight calls;
+    freed inside one of them (any code that allocates can run the collector), it would
+    wait for itself forever (:mod:`shardstore.tfexit` hands it to a reaper thread)."""
+    script = tmp_path / "garbage.py"
+    script.write_text(GARBAGE_SCRIPT)
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / "d"), shuffle],
+            capture_output=True, text=True, timeout=TIMEOUT + 60,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"a pipeline collected as garbage hung the process: {exc.stdout!r}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-2:] == ["done", "collected"], proc.stdout
