@@ -415,6 +415,10 @@ def _choose_source(dataset: Dataset, config: ReadConfig) -> tuple[Source, bool]:
         if ragged:
             source.require("supports_ragged")
         return source, True
+    if dataset.remote is not None and config.shuffle and not dataset.remote.fits(dataset.shards):
+        # gathered batches of a shuffle read every shard at once: in object storage,
+        # beyond what the cache holds, shards are read one after another instead
+        return dataset.source, False
     try:
         gatherer = dataset.source_for("random_access")
     except CapabilityError:
@@ -624,11 +628,14 @@ def _plan_downloads(
     Shards are fetched in the order the reader opens them when it is known in Python
     (in order); a pipeline that shuffles shards in TensorFlow reads the same shards
     each epoch in another order, so they are fetched in manifest order, ``depth``
-    ahead, and a shard the reader reaches first is fetched on demand. A global shuffle
-    reads from every shard at once: the whole dataset must fit in the cache.
+    ahead, and a shard the reader reaches first is fetched on demand. Shuffled
+    batches gathered by index read from every shard at once: the whole dataset must
+    fit in the cache (else a shuffle reads shard by shard, see ``_choose_source``,
+    and ``shuffle="global"`` is refused).
     """
-    if by_index and config.shuffle == "global":
-        remote.check_whole(ctx.shards, what="shuffle='global'")
+    if by_index and config.shuffle:
+        what = "shuffle='global'" if config.shuffle == "global" else "this pipeline"
+        remote.check_whole(ctx.shards, what=what)
     parallel = (
         1 if by_index else min(len(ctx.shards), config.num_parallel_reads or os.cpu_count() or 2)
     )

@@ -634,7 +634,7 @@ class Dataset:
 
     def _damaged(self, shard: ShardEntry, relpath: str, what: str) -> ChecksumError:
         code = errno.ENOENT if what == "is missing" else None  # a FileNotFoundError too
-        return ChecksumError.in_file(self.path, shard.index, relpath, what, errno=code)
+        return ChecksumError.in_file(self.location, shard.index, relpath, what, errno=code)
 
     def info(self) -> dict[str, Any]:
         """A JSON-ready summary (used by ``shardstore info --json``)."""

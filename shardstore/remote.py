@@ -22,9 +22,10 @@ import contextlib
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,6 +79,11 @@ def local_path(location: str | os.PathLike[str]) -> Path:
     loc = parse_location(location)
     assert loc.path is not None
     return loc.path
+
+
+def stored_bytes(shard: ShardEntry) -> int:
+    """Bytes of every file of ``shard`` in the store, its block index included."""
+    return sum(f.size for f in shard.stored_files)
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -134,14 +140,34 @@ class RemoteShards:
         """
         if not shards:
             return
-        largest = max(s.nbytes for s in shards)
+        largest = max(stored_bytes(s) for s in shards)
         held = min(len(shards), parallel + self.cache.depth)
         self.cache.check_room(largest, held, what=what)
         self.cache.plan(self.store, shards)
 
+    def listed_stat(self) -> Callable[[str], tuple[str, os.stat_result | None]]:
+        """A ``resolve_stat`` over one listing of the store: sizes, no object read.
+
+        For :func:`shardstore.integrity.stat_shards` (``shardstore info``): the
+        result's ``st_size`` is the object's size; ``None`` for a missing object.
+        """
+        sizes = {o.key: o.size for o in self.store.list()}
+
+        def resolve_stat(relpath: str) -> tuple[str, os.stat_result | None]:
+            size = sizes.get(relpath)
+            if size is None:
+                return relpath, None
+            return relpath, os.stat_result((stat.S_IFREG | 0o444, 0, 0, 1, 0, 0, size, 0, 0, 0))
+
+        return resolve_stat
+
+    def fits(self, shards: Sequence[ShardEntry]) -> bool:
+        """Whether the cache can hold every file of ``shards`` at once."""
+        return sum(stored_bytes(s) for s in shards) <= self.cache.limit
+
     def check_whole(self, shards: Sequence[ShardEntry], *, what: str) -> None:
         """Refuse a reader that touches every shard at once when the cache cannot hold all."""
-        total = sum(s.nbytes for s in shards)
+        total = sum(stored_bytes(s) for s in shards)
         if total > self.cache.limit:
             from shardstore.storage.cache import CacheFullError
 

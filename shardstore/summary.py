@@ -4,8 +4,8 @@ The summary extends :meth:`shardstore.Dataset.info` with what a person (or a
 script) asks first about a dataset: how big the shards are, how much the data
 takes decoded against on disk (the compression ratio), and whether every file
 the manifest lists is present with its recorded size. That last check reads
-no data (one ``stat`` per file); :meth:`shardstore.Dataset.verify` re-hashes
-every byte.
+no data (one ``stat`` per file; in object storage, one listing of its objects);
+:meth:`shardstore.Dataset.verify` re-hashes every byte.
 """
 
 from __future__ import annotations
@@ -83,10 +83,10 @@ def summarize(ds: Dataset) -> dict[str, Any]:
     for name, feature in out["features"].items():
         spec = ds.features[name]
         feature["record_nbytes"] = spec.record_nbytes if spec.is_fixed else None
-    problems = [
-        str(p)
-        for p in integrity.stat_shards(ds.shards, InsideResolver(ds.path).resolve_stat, ds._damaged)
-    ]
+    resolve_stat = (
+        InsideResolver(ds.path).resolve_stat if ds.remote is None else ds.remote.listed_stat()
+    )
+    problems = [str(p) for p in integrity.stat_shards(ds.shards, resolve_stat, ds._damaged)]
     out["checksums"] = {
         "algorithm": CHECKSUM_ALGORITHM,
         "files": num_files,

@@ -119,12 +119,13 @@ def test_register_source_in_process() -> None:
 
 
 def test_import_is_light() -> None:
-    """`import shardstore` imports neither TensorFlow nor any plugin module."""
+    """`import shardstore` imports neither TensorFlow, a cloud client nor any plugin module."""
     code = (
         "import sys, shardstore\n"
         "shardstore.available_sources()\n"
         "heavy = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'zarr',"
-        " 'numcodecs', 'h5py', 'google_crc32c', 'shardstore_hdf5', 'dask', 'distributed')"
+        " 'numcodecs', 'h5py', 'google_crc32c', 'shardstore_hdf5', 'dask', 'distributed',"
+        " 'obstore')"
         " or (m.startswith('shardstore.sources.') and m != 'shardstore.sources.base')"
         " or m in ('shardstore.pipeline', 'shardstore.adopt')]\n"
         "assert callable(shardstore.index_tfrecords)\n"

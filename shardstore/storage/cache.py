@@ -51,7 +51,7 @@ from types import TracebackType
 
 from shardstore.checksum import format_digest, new_hasher
 from shardstore.errors import ChecksumError, InvalidInputError, StorageError
-from shardstore.manifest import ShardEntry
+from shardstore.manifest import FileEntry, ShardEntry
 from shardstore.storage.base import Store
 
 __all__ = [
@@ -74,6 +74,8 @@ DEFAULT_DEPTH = 8
 DEFAULT_KEEP = 8
 #: Bytes per read from the store while downloading.
 CHUNK_BYTES = 8 << 20
+#: A part file unlocked and untouched this long (s) was left by a process that died.
+STALE_PART_SECONDS = 60.0
 #: How long a download waits for room held by other processes before giving up (s).
 ROOM_TIMEOUT = 120.0
 
@@ -263,6 +265,21 @@ class ShardCache:
             self._pins.pop(key, None)
             os.close(pin.fd)
 
+    def _unpin_idle(self) -> bool:
+        """Let go of this process's idle pins (not those planned next); whether any was.
+
+        Idle pins keep recently used shards from eviction while there is room; when a
+        download needs room, they must not keep it from this very process.
+        """
+        with self._lock:
+            planned = {(_store_folder(s), entry_id(sh)) for s, sh in self._window()}
+            victims = [k for k in self._idle if k not in planned]
+            for key in victims:
+                pin = self._idle.pop(key)
+                self._pins.pop(key, None)
+                os.close(pin.fd)
+        return bool(victims)
+
     def close(self) -> None:
         """Stop prefetching and drop every pin of this process."""
         with self._lock:
@@ -380,56 +397,75 @@ class ShardCache:
         return True
 
     def _download(self, store: Store, shard: ShardEntry, done_path: Path) -> None:
-        """Download every file of ``shard`` (exclusive lock held), verified, then mark it done."""
+        """Download every file of ``shard`` (exclusive lock held), verified, then mark it done.
+
+        The room for the whole shard is reserved first (a sparse file of its size in
+        ``.tmp``, counted as used while its download lives), so that files already in
+        place and files still downloading are never left out of the accounting.
+        """
         with contextlib.suppress(FileNotFoundError):
             done_path.unlink()
-        for f in shard.stored_files:
-            dest = self.path(store, f.path)
-            tmp, tmp_fd = self._reserve(f.size, done_path.stem)
-            try:
-                hasher = new_hasher()
-                size = 0
-                for chunk in store.iter_chunks(f.path, CHUNK_BYTES):
-                    view = memoryview(chunk).cast("B")
-                    if size + view.nbytes > f.size:
-                        raise ChecksumError(
-                            f"{store.key_url(f.path)} holds more than the {f.size} bytes "
-                            f"its manifest records (shard {shard.index})",
-                            dataset=store.url,
-                            shard=shard.index,
-                            file=f.path,
-                        )
-                    hasher.update(view)
-                    os.pwrite(tmp_fd, view, size)
-                    size += view.nbytes
-                checksum = format_digest(hasher)
-                if size != f.size or checksum != f.checksum:
-                    what = (
-                        f"has {size} bytes, the manifest records {f.size}"
-                        if size != f.size
-                        else f"has checksum {checksum}, the manifest records {f.checksum}"
-                    )
+        total = sum(f.size for f in shard.stored_files)
+        reservation, reservation_fd = self._reserve(total, done_path.stem)
+        try:
+            for f in shard.stored_files:
+                self._download_file(store, shard, f, done_path.stem)
+            done = json.dumps({"size": total, "files": [f.path for f in shard.stored_files]})
+            tmp_done = done_path.with_name(f".{done_path.name}.{secrets.token_hex(4)}")
+            tmp_done.write_text(done)
+            os.replace(tmp_done, done_path)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(reservation)
+            os.close(reservation_fd)
+
+    def _download_file(self, store: Store, shard: ShardEntry, f: FileEntry, stem: str) -> None:
+        """One file of ``shard``: into a part file, verified, then renamed into place."""
+        dest = self.path(store, f.path)
+        part = self.directory / ".parts" / f"{stem}-{secrets.token_hex(6)}"
+        part.parent.mkdir(exist_ok=True)
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a live download (a stale one is unlocked)
+        try:
+            hasher = new_hasher()
+            size = 0
+            for chunk in store.iter_chunks(f.path, CHUNK_BYTES):
+                view = memoryview(chunk).cast("B")
+                if size + view.nbytes > f.size:
                     raise ChecksumError(
-                        f"dataset {store.url!r}, shard {shard.index}: object "
-                        f"{store.key_url(f.path)!r} {what}",
+                        f"{store.key_url(f.path)} holds more than the {f.size} bytes "
+                        f"its manifest records (shard {shard.index})",
                         dataset=store.url,
                         shard=shard.index,
                         file=f.path,
                     )
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, dest)
-                self.bytes_downloaded += size
-                self.downloads += 1
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            finally:
-                os.close(tmp_fd)
-        done = json.dumps({"size": shard.nbytes, "files": [f.path for f in shard.stored_files]})
-        tmp_done = done_path.with_name(f".{done_path.name}.{secrets.token_hex(4)}")
-        tmp_done.write_text(done)
-        os.replace(tmp_done, done_path)
+                hasher.update(view)
+                os.pwrite(fd, view, size)
+                size += view.nbytes
+            checksum = format_digest(hasher)
+            if size != f.size or checksum != f.checksum:
+                what = (
+                    f"has {size} bytes, the manifest records {f.size}"
+                    if size != f.size
+                    else f"has checksum {checksum}, the manifest records {f.checksum}"
+                )
+                raise ChecksumError(
+                    f"dataset {store.url!r}, shard {shard.index}: object "
+                    f"{store.key_url(f.path)!r} {what}",
+                    dataset=store.url,
+                    shard=shard.index,
+                    file=f.path,
+                )
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(part, dest)
+            self.bytes_downloaded += size
+            self.downloads += 1
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(part)
+            raise
+        finally:
+            os.close(fd)
 
     # -- room -------------------------------------------------------------------------------
     def _reserve(self, nbytes: int, eid: str) -> tuple[Path, int]:
@@ -452,6 +488,8 @@ class ShardCache:
                             ) from None
                         raise
                     return tmp, fd
+            if self._unpin_idle():
+                continue  # this process let go of shards it was only keeping: try again now
             if time.monotonic() > deadline:
                 raise CacheFullError(
                     f"the shard cache {str(self.directory)!r} (limit {self.limit} bytes) has "
@@ -474,6 +512,10 @@ class ShardCache:
         return sum(size for _, _, size, _ in self._entries()) + self._downloading()
 
     def _downloading(self) -> int:
+        """Bytes reserved by live downloads; removes what dead processes left behind."""
+        parts = self.directory / ".parts"
+        for part in parts.iterdir() if parts.is_dir() else ():
+            self._remove_if_stale(part)
         total = 0
         for tmp in (self.directory / ".tmp").iterdir():
             try:
@@ -491,6 +533,24 @@ class ShardCache:
             finally:
                 os.close(fd)
         return total
+
+    @staticmethod
+    def _remove_if_stale(path: Path) -> None:
+        """Remove a part file no live download holds (one just created is not locked yet)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            if time.time() - os.fstat(fd).st_mtime < STALE_PART_SECONDS:
+                return
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        finally:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
     def _entries(self) -> list[tuple[float, Path, int, Path]]:
         """``(last use, done marker, bytes, store folder)`` of every complete shard."""

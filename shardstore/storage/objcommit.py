@@ -208,7 +208,12 @@ class ObjectTransaction:
         self._end_lease()
 
     def _check_objects(self, manifest: Manifest) -> None:
-        mine = [f for s in manifest.shards for f in s.stored_files if f.path.startswith(self.prefix + "/")]
+        mine = [
+            f
+            for s in manifest.shards
+            for f in s.stored_files
+            if f.path.startswith(self.prefix + "/")
+        ]
         if not mine:
             return
         listed = {o.key: o.size for o in self.store.list(self.prefix + "/")}
