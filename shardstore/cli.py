@@ -298,6 +298,10 @@ def _error(message: str) -> None:
 
 
 # -- subcommands --------------------------------------------------------------------------
+#: Help of a dataset argument.
+DATASET_HELP = "the dataset directory, or its URL in object storage (s3://bucket/prefix, gs://...)"
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     """Print a summary of the dataset at ``args.path`` (and plot its shards).
 
@@ -440,7 +444,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         damaged = len({(e.shard, e.file) for e in exc.errors})
         print(
             f"{PROG}: verify FAILED: {damaged} of {_plural(exc.checked, 'file')} damaged "
-            f"in {ds.path}",
+            f"in {ds.location}",
             file=sys.stderr,
         )
         return EXIT_DAMAGED
@@ -634,7 +638,7 @@ def _ingest_tfrecords(args: argparse.Namespace, paths: list[str]) -> int:
         same_file(src, shard.files[0].path) for src, shard in zip(files, ds.shards, strict=True)
     )
     print(
-        f"ingested {_plural(ds.num_shards, 'TFRecord file')} into {ds.path}: "
+        f"ingested {_plural(ds.num_shards, 'TFRecord file')} into {ds.location}: "
         f"{_plural(ds.num_records, 'record')}, {_human_bytes(ds.nbytes)}, "
         f"{_plural(len(ds.features), 'feature')} ({linked} hard-linked, "
         f"{ds.num_shards - linked} copied)"
@@ -720,7 +724,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     count = report.get("skipped_count", 0)
     what = _plural(report["files"], "file") if "files" in report else srcs[0]
     print(
-        f"ingested {what} into {ds.path}: {_summary(ds)}, "
+        f"ingested {what} into {ds.location}: {_summary(ds)}, "
         f"{_plural(len(ds.features), 'feature')}"
         + (f"; skipped {_plural(count, 'bad file')}" if count else "")
     )
@@ -896,7 +900,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "'shardstore verify' re-hashes every byte). Exits 1 if a file is missing or has the "
         "wrong size.",
     )
-    info.add_argument("path", metavar="PATH", help="the dataset directory")
+    info.add_argument("path", metavar="PATH", help=DATASET_HELP)
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
     info.add_argument(
         "--plot",
@@ -913,7 +917,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Re-check the size and checksum of every shard file. "
         "Exits 1 if a file is damaged.",
     )
-    verify.add_argument("path", metavar="PATH", help="the dataset directory")
+    verify.add_argument("path", metavar="PATH", help=DATASET_HELP)
     _add_progress(verify)
     verify.set_defaults(func=_cmd_verify)
 
@@ -926,7 +930,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "them keep working until then). Never touches the current version or a running "
         "writer's files.",
     )
-    gc.add_argument("path", metavar="PATH", help="the dataset directory")
+    gc.add_argument("path", metavar="PATH", help=DATASET_HELP)
     gc.add_argument(
         "--grace",
         type=float,
@@ -1137,7 +1141,7 @@ def _add_bench_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "(as Keras does), with a progress bar; print records/s, decoded GB/s and the time "
         "to first batch of each epoch. Run it twice for a warm page cache.",
     )
-    bench.add_argument("path", metavar="PATH", help="the dataset directory")
+    bench.add_argument("path", metavar="PATH", help=DATASET_HELP)
     bench.add_argument(
         "--batch-size", metavar="N", type=_positive, default=256, help="records per batch"
     )
@@ -1196,7 +1200,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         progress=args.progress,
     )
     result = {
-        "path": str(ds.path),
+        "path": ds.location,
         "source": ds.source_for("random_access").name if shuffle == "global" else ds.source.name,
         "features": list(names),
         "batch_size": args.batch_size,
@@ -1220,7 +1224,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return 0
     gb = ds.num_records * record_nbytes / 1e9
     lines = [
-        f"bench {ds.path}: {_plural(ds.num_records, 'record')} in "
+        f"bench {ds.location}: {_plural(ds.num_records, 'record')} in "
         f"{_plural(ds.num_shards, 'shard')}, {gb:.3f} GB decoded per epoch "
         f"({', '.join(names)}), source {result['source']}, batch {args.batch_size}, "
         f"shuffle={args.shuffle}",
@@ -1293,7 +1297,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
         fsync=args.fsync,
         progress=args.progress,
     )
-    print(f"merged {_plural(len(parts), 'part')} into {ds.path}: {_summary(ds)}")
+    print(f"merged {_plural(len(parts), 'part')} into {ds.location}: {_summary(ds)}")
     return 0
 
 
@@ -1355,7 +1359,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         progress=args.progress,
         **options,
     )
-    print(f"converted {args.src} -> {ds.path} ({args.format}): {_summary(ds)}")
+    print(f"converted {args.src} -> {ds.location} ({args.format}): {_summary(ds)}")
     return 0
 
 

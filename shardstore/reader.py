@@ -475,7 +475,7 @@ class Dataset:
             raise problems[0]
 
     def _resolve_stat(
-        self, shards: Sequence[ShardEntry]
+        self, shards: Sequence[ShardEntry], root: Path | None = None
     ) -> Callable[[str], tuple[str, os.stat_result | None]]:
         """:meth:`InsideResolver.resolve_stat`, damage reported at the shard listing the file.
 
@@ -483,7 +483,7 @@ class Dataset:
         through real directories (no symlink, FIFO, device...), before it is
         hashed, mapped or handed to TensorFlow.
         """
-        resolver = InsideResolver(self.path)
+        resolver = InsideResolver(self.path if root is None else root)
         owner = {f.path: s for s in shards for f in s.stored_files}
 
         def resolve_stat(relpath: str) -> tuple[str, os.stat_result | None]:
@@ -491,7 +491,7 @@ class Dataset:
                 return resolver.resolve_stat(relpath)
             except ChecksumError as exc:
                 located = type(exc).in_file(
-                    self.path, owner[relpath].index, relpath, exc.what, errno=exc.errno
+                    self.location, owner[relpath].index, relpath, exc.what, errno=exc.errno
                 )
                 raise located from None
 
@@ -614,22 +614,37 @@ class Dataset:
                 gather_records(reader, ctx, np.array(ends, dtype=np.int64))
 
     def _verify_remote(self, progress: Callable[[int], None]) -> list[ChecksumError]:
-        """Download every shard (verified on the way) and check the cached copy's blocks."""
+        """Download every shard afresh (verified on the way) and check its blocks.
+
+        The objects in the store are checked, not the copies in the shared cache: each
+        shard goes through a private cache in a temporary directory, one at a time.
+        """
+        import tempfile
+
+        from shardstore.remote import RemoteShards, stored_bytes
+        from shardstore.storage.cache import ShardCache
+
         assert self.remote is not None
         problems: list[ChecksumError] = []
-        for shard in self.shards:
-            try:
-                with self.remote.holding((shard,)):
-                    problems += integrity.hash_shards(
-                        (shard,),
-                        self._resolve_stat((shard,)),
-                        self._damaged,
-                        rehash=True,
-                        progress=progress,
-                    )
-            except ChecksumError as exc:  # the object itself: missing, short, or damaged
-                problems.append(exc)
-                progress(shard.nbytes)
+        largest = max((stored_bytes(s) for s in self.shards), default=1)
+        with (
+            tempfile.TemporaryDirectory(prefix="verify-", dir=self.remote.cache.directory) as tmp,
+            ShardCache(tmp, limit=max(1, largest), depth=1) as cache,
+        ):
+            private = RemoteShards(self.remote.store, cache)
+            for shard in self.shards:
+                try:
+                    with private.holding((shard,)):
+                        problems += integrity.hash_shards(
+                            (shard,),
+                            self._resolve_stat((shard,), private.root),
+                            self._damaged,
+                            rehash=True,
+                            progress=progress,
+                        )
+                except ChecksumError as exc:  # the object itself: missing, short, or damaged
+                    problems.append(exc)
+                    progress(shard.nbytes)
         return problems
 
     def _damaged(self, shard: ShardEntry, relpath: str, what: str) -> ChecksumError:

@@ -7,6 +7,7 @@ and a killed writer end in clear errors or a clean state.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -277,3 +278,49 @@ def test_dask_workers_write_to_the_bucket(s3_url: str, tmp_path: Path) -> None:
         )  # fmt: skip
     got = shardstore.open(s3_url, cache_dir=tmp_path / "r")[:]["x"]
     assert got.tobytes() == x.tobytes()
+
+
+def test_the_cli_takes_urls(s3_url: str, tmp_path: Path) -> None:
+    shardstore.write(s3_url, {"x": np.arange(1000)}, records_per_shard=300, cache_dir=tmp_path)
+    env = {**os.environ, "SHARDSTORE_CACHE_DIR": str(tmp_path / "cli"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "shardstore", *args],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+
+    info = cli("info", s3_url)
+    assert info.returncode == 0 and f"path:      {s3_url}" in info.stdout, info.stderr
+    assert "sizes OK" in info.stdout
+    verify = cli("verify", s3_url)
+    assert verify.returncode == 0 and "OK: 1000 records, 4 shards" in verify.stdout, verify.stderr
+    assert cli("gc", "--dry-run", s3_url).returncode == 0
+    # damage: info (sizes, one listing) and verify (every byte) exit 1 naming the object
+    ds = shardstore.open(s3_url, cache_dir=tmp_path)
+    key = ds.shards[1].file_for("x").path
+    open_store(s3_url).put(key, b"short")
+    info = cli("info", s3_url)
+    assert info.returncode == 1 and key in info.stderr
+    verify = cli("verify", s3_url)
+    assert verify.returncode == 1 and key in verify.stderr and s3_url in verify.stderr
+
+
+def test_convert_between_a_directory_and_a_bucket(s3_url: str, tmp_path: Path) -> None:
+    x = np.arange(2000 * 3, dtype=np.float32).reshape(2000, 3)
+    shardstore.write(tmp_path / "local", {"x": x}, records_per_shard=500)
+    up = shardstore.convert(tmp_path / "local", s3_url, format="zarr", records_per_shard=400)
+    assert up.location == s3_url and up.manifest.sources == ("zarr",)
+    down = shardstore.convert(s3_url, tmp_path / "back", format="npy")
+    assert down[:]["x"].tobytes() == x.tobytes()
+
+
+def test_a_missing_object_is_damage_named_by_verify(url: str, tmp_path: Path) -> None:
+    ds = shardstore.write(url, {"x": np.arange(900)}, records_per_shard=300, cache_dir=tmp_path)
+    key = ds.shards[0].file_for("x").path
+    open_store(url).delete([key])
+    with pytest.raises(DamagedFilesError) as info:
+        shardstore.open(url, cache_dir=tmp_path / "v").verify()
+    assert [(e.file, e.errno) for e in info.value.errors] == [(key, errno.ENOENT)]
+    with pytest.raises(FileNotFoundError, match="is missing"):  # a ChecksumError too
+        shardstore.open(url, cache_dir=tmp_path / "r")[0]

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -429,7 +430,14 @@ class ShardCache:
         try:
             hasher = new_hasher()
             size = 0
-            for chunk in store.iter_chunks(f.path, CHUNK_BYTES):
+            try:
+                chunks = iter(store.iter_chunks(f.path, CHUNK_BYTES))
+                first = next(chunks, None)
+            except FileNotFoundError:
+                raise ChecksumError.in_file(
+                    store.url, shard.index, f.path, "is missing", errno=errno.ENOENT
+                ) from None
+            for chunk in itertools.chain(() if first is None else (first,), chunks):
                 view = memoryview(chunk).cast("B")
                 if size + view.nbytes > f.size:
                     raise ChecksumError(
