@@ -36,6 +36,7 @@ def test_the_examples_are_collected() -> None:
         "docs/coming-from-tf-data.md",
         "docs/sources.md",
         "docs/plugins.md",
+        "docs/object-storage.md",
     }
     names = {_rel(p) for p in RUNNABLE}
     assert expected <= names, sorted(expected - names)
@@ -68,8 +69,14 @@ def test_examples_run(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    if "s3://" in path.read_text(encoding="utf-8"):
+        # examples in object storage run against the S3 server on 127.0.0.1 (its
+        # buckets are created on first write); the shard cache goes in tmp_path
+        request.getfixturevalue("s3_env")
+        monkeypatch.setenv("SHARDSTORE_CACHE_DIR", str(tmp_path / "cache"))
     # A page may register a source in-process (the plugin guide does): undo it afterwards.
     monkeypatch.setattr(registry, "_registered", dict(registry._registered))
     namespace: dict[str, object] = {"__name__": f"docs_example_{path.stem}"}
