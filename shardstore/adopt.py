@@ -494,6 +494,12 @@ def index_tfrecords(
     DatasetExistsError
         A dataset exists at ``dest`` and ``overwrite`` is False.
     """
+    from shardstore.remote import require_local
+
+    require_local(dest, "ingest --tfrecord")
+    files = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+    for location in files:
+        require_local(location, "ingest --tfrecord")
     from shardstore import __version__
     from shardstore.reader import Dataset
 

@@ -314,6 +314,11 @@ def ingest(
     DatasetExistsError
         A dataset exists at ``dest`` and ``overwrite`` is False.
     """
+    from shardstore.remote import require_local
+
+    for location in (src,) if isinstance(src, (str, os.PathLike)) else src:
+        require_local(location, "ingest")
+    require_local(dest, "ingest")
     paths = _paths(src)
     if on_error not in ON_ERROR:
         raise InvalidInputError(

@@ -311,6 +311,10 @@ def merge(
     DatasetExistsError
         A dataset exists at ``dest`` and ``overwrite`` is False.
     """
+    from shardstore.remote import require_local
+
+    for location in (*parts, dest):
+        require_local(location, "merge")
     from shardstore import __version__
     from shardstore.reader import Dataset
 

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from shardstore.reader import Dataset
     from shardstore.storage.objcommit import ObjectTransaction
 
-__all__ = ["RemoteShards", "RemoteWrite", "open_remote", "remote_store"]
+__all__ = ["RemoteShards", "RemoteWrite", "open_remote", "remote_store", "require_local"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,25 @@ def local_path(location: str | os.PathLike[str]) -> Path:
 def stored_bytes(shard: ShardEntry) -> int:
     """Bytes of every file of ``shard`` in the store, its block index included."""
     return sum(f.size for f in shard.stored_files)
+
+
+def require_local(location: str | os.PathLike[str], what: str) -> None:
+    """Refuse an object-store URL where ``what`` works on local directories only.
+
+    Raises
+    ------
+    CapabilityError
+        ``location`` is in object storage (a URL is never taken for a local path).
+    """
+    loc = parse_location(location)
+    if not loc.is_local:
+        from shardstore.errors import CapabilityError
+
+        raise CapabilityError(
+            f"{what} works on local directories, and {loc.url} is in object storage: "
+            "copy datasets between object storage and a local directory with "
+            "`shardstore convert SRC DEST --format npy` (any format), bit for bit"
+        )
 
 
 # -- reading -------------------------------------------------------------------------------
