@@ -34,6 +34,7 @@ from benchmarks.results import (
     Row,
     cold_table,
     machine_line,
+    objstore_table,
     read_tables,
     targets_table,
     user_note,
@@ -163,6 +164,15 @@ def readme_block(doc: dict[str, Any], chart_link: str = CHART) -> str:
             "(in order) and 16 threads `pread`-ing the records of a global shuffle, in the "
             "same run.",
             cold_table(doc),
+        ]
+    if doc.get("objstore"):
+        parts += [
+            "**Object storage**: one dataset in a local S3-compatible server started by "
+            "the run; MB/s counts the dataset's objects (every file of every shard); the "
+            "floors are raw obstore GETs and multipart PUTs of the same objects with the "
+            "concurrency shardstore uses, in the same run; the server's own files' pages are "
+            "evicted before each GET floor and cold epoch.",
+            objstore_table(doc),
         ]
     parts += [
         targets_table(doc),

@@ -4,7 +4,7 @@ One JSON document per run (schema ``shardstore-bench/1``)::
 
     {"schema", "date", "machine": {cpus, ram_gb, ...}, "settings": {...},
      "read": [row], "write": [row], "memory": [row], "scaling": [row], "cold": [row],
-     "targets": [{"id", "target", "measured", "goal", "met"}]}
+     "objstore": [row], "targets": [{"id", "target", "measured", "goal", "met"}]}
 
 Read rows carry ``records_per_s``, ``gb_per_s`` (decoded bytes), ``vs_floor``
 and ``vs_best_peer``; a row measured on a subset says so (``measured_records``
@@ -33,6 +33,7 @@ __all__ = [
     "machine_line",
     "memory_table",
     "new_document",
+    "objstore_table",
     "read_row",
     "read_tables",
     "scaling_table",
@@ -86,6 +87,16 @@ _COLD_KEYS = {
     "gb_per_s": float,
     "read_bytes": int,
 }
+_OBJSTORE_KEYS = {
+    "what": str,
+    "mode": str,
+    "seconds": float,
+    "nbytes": int,
+    "mb_per_s": (float, type(None)),
+    "requests": dict,
+    "requests_total": int,
+    "server": str,
+}
 _TARGET_KEYS = {
     "id": str,
     "target": str,
@@ -129,6 +140,7 @@ def new_document(machine: dict[str, Any], settings: dict[str, Any]) -> dict[str,
         "memory": [],
         "scaling": [],
         "cold": [],
+        "objstore": [],
         "targets": [],
     }
 
@@ -419,6 +431,34 @@ def _scaling_targets(scaling: list[Row]) -> list[Row]:
     ]
 
 
+def _objstore_targets(objstore: list[Row]) -> list[Row]:
+    if not objstore:
+        return []
+    cold = _find(objstore, what="epoch", vs_what="GET floor")
+    warm = _find(objstore, what="epoch", vs_what="local dataset")
+    write = _find(objstore, what="write")
+    return [
+        _target(
+            "objstore-cold",
+            "object storage, first epoch from an empty cache (shuffle=True) >= 0.8 x GET floor",
+            _value(cold, "vs"),
+            0.8,
+        ),
+        _target(
+            "objstore-warm",
+            "object storage, epoch from the warm cache >= 0.9 x the same dataset local",
+            _value(warm, "vs"),
+            0.9,
+        ),
+        _target(
+            "objstore-write",
+            "object storage, shardstore.write >= 0.7 x multipart PUT floor",
+            _value(write, "vs"),
+            0.7,
+        ),
+    ]
+
+
 def evaluate_targets(doc: dict[str, Any]) -> list[Row]:
     """Every goal with its measured value and whether it is met (None: not measured)."""
     return (
@@ -427,6 +467,7 @@ def evaluate_targets(doc: dict[str, Any]) -> list[Row]:
         + _memory_targets(doc["memory"])
         + _scaling_targets(doc["scaling"])
         + _cold_targets(doc.get("cold", []))
+        + _objstore_targets(doc.get("objstore", []))
     )
 
 
@@ -466,6 +507,7 @@ def validate(doc: object) -> dict[str, Any]:
     _check_rows(doc.get("memory"), _MEMORY_KEYS, "memory")
     _check_rows(doc.get("scaling"), _SCALING_KEYS, "scaling")
     _check_rows(doc.get("cold", []), _COLD_KEYS, "cold")
+    _check_rows(doc.get("objstore", []), _OBJSTORE_KEYS, "objstore")
     _check_rows(doc.get("targets"), _TARGET_KEYS, "targets")
     return doc
 
@@ -579,6 +621,11 @@ _GOALS = {
     "memory-write": "write() from the largest memmap: peak memory under 1024 MB",
     "ttfb-10k": "time to first batch on {shards:,} shards, in order: under 1 s",
     "open-100k": "open() of a {manifest_shards:,}-shard manifest: under 2 s",
+    "objstore-cold": "object storage, first epoch from an empty cache (`shuffle=True`): at "
+    "least 0.8 of the GET floor",
+    "objstore-warm": "object storage, an epoch from the warm cache: at least 0.9 of the same "
+    "dataset read locally",
+    "objstore-write": "object storage, `shardstore.write`: at least 0.7 of the multipart PUT floor",
 }
 #: The unit of each goal's measured value, as the pages show it.
 _GOAL_UNITS = {
@@ -629,6 +676,41 @@ def cold_table(doc: dict[str, Any]) -> str:
         ["cold cache", "mode", "dataset GB", "first batch s", "GB/s", "vs floor", "read from disk"],
         rows,
     )
+
+
+def objstore_table(doc: dict[str, Any]) -> str:
+    """Object storage: floors, write, cold and warm epochs, local epoch, ``ds[i]``, requests."""
+    rows = []
+    for r in doc.get("objstore", []):
+        if r["what"] == "random access":
+            detail = (
+                f"median {r['median_ms']:.2f} ms, p99 {r['p99_ms']:.1f} ms, max "
+                f"{r['max_ms']:.0f} ms per call; {r['epoch_records']:,} calls, "
+                f"{r['records_per_s']:,.0f} records/s; {r['files_downloaded']} files downloaded"
+            )
+        elif "epoch_records" in r:
+            detail = f"{r['epoch_records']:,} records, {r['records_per_s']:,.0f} records/s"
+            if "to_tf_s" in r:
+                detail += (
+                    f"; open {r['open_s']:.2f} s, to_tf {r['to_tf_s']:.2f} s, "
+                    f"epoch {r['reduce_s']:.2f} s"
+                )
+        else:
+            detail = ""
+        requests = ", ".join(f"{k} {v:,}" for k, v in r["requests"].items()) or "none"
+        rows.append(
+            [
+                r["what"],
+                r["mode"],
+                "-" if r["mb_per_s"] is None else f"{r['mb_per_s']:,.0f}",
+                "-" if r.get("vs") is None else f"{r['vs']:.2f} x {r['vs_what']}",
+                f"{r['requests_total']:,} ({requests})",
+                detail,
+            ]
+        )
+    table = _md_table(["object storage", "mode", "MB/s", "ratio", "requests", "detail"], rows)
+    servers = sorted({r["server"] for r in doc.get("objstore", [])})
+    return "\n\n".join([*(f"Object storage: {s}." for s in servers), table])
 
 
 def targets_table(doc: dict[str, Any]) -> str:
@@ -696,6 +778,7 @@ def format_report(doc: dict[str, Any]) -> str:
         (memory_table, doc["memory"]),
         (scaling_table, doc["scaling"]),
         (cold_table, doc.get("cold")),
+        (objstore_table, doc.get("objstore")),
         (targets_table, doc["targets"]),
     ):
         if present:

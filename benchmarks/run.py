@@ -2,9 +2,10 @@
 
 Usage::
 
-    python -m benchmarks [--scale 1.0] [--suite read,write,memory,scaling]
+    python -m benchmarks [--scale 1.0] [--suite read,write,memory,scaling,cold,objstore]
                          [--workload images,tabular] [--repeats 2] [--out benchmarks/results]
                          [--memory-gb 1,4] [--shards 10000] [--manifest-shards 100000]
+                         [--objstore-mb 320] [--objstore-random-reads 1000]
                          [--note TEXT] [--publish | --no-publish]
 
 Every run writes ``<out>/<date>.json`` and ``<out>/<date>.png`` and prints the
@@ -46,7 +47,7 @@ from benchmarks.workloads import IMAGES, WORKLOADS, make_arrays
 
 __all__ = ["SUITES", "main", "run"]
 
-SUITES = ("read", "write", "memory", "scaling", "cold")
+SUITES = ("read", "write", "memory", "scaling", "cold", "objstore")
 MODES = ("sequential", "shuffle", "global")
 REPO = Path(__file__).resolve().parent.parent
 
@@ -85,6 +86,18 @@ def _parser() -> argparse.ArgumentParser:
         "--cold-gb", type=_csv(float), default=[2.0, 20.0], help="datasets read cold (GB)"
     )
     p.add_argument("--sparse-tb", type=float, default=1.0, help="simulated dataset (TB)")
+    p.add_argument(
+        "--objstore-mb",
+        type=float,
+        default=320.0,
+        help="the object-storage suite's dataset (MB of objects, times --scale)",
+    )
+    p.add_argument(
+        "--objstore-random-reads",
+        type=int,
+        default=1000,
+        help="ds[i] calls of the object-storage suite (not scaled)",
+    )
     p.add_argument(
         "--note",
         type=_user_note,
@@ -143,6 +156,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "manifest_shards": max(2, round(args.manifest_shards * args.scale)),
         "cold_gb": _cold_sizes(args),
         "sparse_tb": round(args.sparse_tb * args.scale, 4),
+        "objstore_mb": round(args.objstore_mb * args.scale, 3),
+        "objstore_random_reads": args.objstore_random_reads,
     }
 
 
@@ -208,12 +223,25 @@ def _cold(args: argparse.Namespace, settings: dict[str, Any], workdir: Path) -> 
     )
 
 
+def _objstore(args: argparse.Namespace, settings: dict[str, Any], workdir: Path) -> list[Row]:
+    from benchmarks.objstore import RECORD_NBYTES, run_objstore_suite
+
+    return run_objstore_suite(
+        workdir,
+        num_records=max(256, round(settings["objstore_mb"] * 1e6 / RECORD_NBYTES)),
+        repeats=args.repeats,
+        random_reads=settings["objstore_random_reads"],
+        log=_log,
+    )
+
+
 _RUNNERS = {
     "read": _read,
     "write": _write,
     "memory": _memory,
     "scaling": _scaling,
     "cold": _cold,
+    "objstore": _objstore,
 }
 
 

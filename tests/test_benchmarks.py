@@ -659,3 +659,68 @@ def test_checksum_cost_is_the_worst_first_epoch_overhead() -> None:
         row("verify:global:size", 1.0, "tabular"),
     ]
     assert results._checksum_cost(read) == pytest.approx(20.0)
+
+
+# -- object-storage suite -----------------------------------------------------------------------
+def test_objstore_suite_measures_every_row_against_its_own_server(tmp_path: Path) -> None:
+    """A tiny run against the suite's own S3 server: every row, the records of each epoch,
+    requests counted, ratios finite, targets evaluated; the data and the server are gone."""
+    import math
+
+    from benchmarks import objstore
+
+    n = 1000
+    messages: list[str] = []
+    rows = objstore.run_objstore_suite(
+        tmp_path, num_records=n, repeats=1, random_reads=40, log=messages.append
+    )
+    kinds = [(r["what"], r["mode"].split(",")[0]) for r in rows]
+    assert kinds == [
+        ("floor", "GET"),
+        ("cache fill", "every shard into an empty cache"),
+        ("epoch", "cold cache (empty)"),
+        ("epoch", "warm cache"),
+        ("epoch", "local dataset"),
+        ("random access", "ds[i]"),
+        ("floor", "PUT"),
+        ("write", "shardstore.write"),
+    ]
+    by = {k: r for k, r in zip(kinds, rows, strict=True)}
+    nbytes = rows[0]["nbytes"]
+    assert nbytes > n * objstore.RECORD_NBYTES  # every file of every shard, headers too
+    for r in rows:
+        assert "loopback" in r["server"] and f"{os.cpu_count()} CPUs" in r["server"]
+        assert r["seconds"] > 0 and r["records"] == n and r["shards"] == 4
+        if r["what"] != "random access":
+            assert r["nbytes"] == nbytes and math.isfinite(r["mb_per_s"]) and r["mb_per_s"] > 0
+        if "vs" in r:
+            assert math.isfinite(r["vs"]) and r["vs"] > 0
+    for kind in (("epoch", "cold cache (empty)"), ("epoch", "warm cache"),
+                 ("epoch", "local dataset")):  # fmt: skip
+        assert by[kind]["epoch_records"] == n
+    # every object is fetched once: GET floor, cache fill and cold epoch (+ the manifest)
+    files = 3 * 4  # x, label and block index of each shard
+    assert by[("floor", "GET")]["requests"] == {"GET": files}
+    assert by[("cache fill", "every shard into an empty cache")]["requests"] == {"GET": files}
+    cold = by[("epoch", "cold cache (empty)")]
+    assert cold["requests"] == {"GET": files + 1} and cold["downloaded_bytes"] == nbytes
+    assert by[("epoch", "warm cache")]["requests_total"] == 0  # served by the cache alone
+    assert by[("floor", "PUT")]["requests"] == {"PUT": files}  # each under one part
+    assert by[("write", "shardstore.write")]["requests"]["PUT"] >= files + 1  # + manifest
+    random = by[("random access", "ds[i]")]
+    assert random["epoch_records"] == 40 and random["requests"]["GET"] > 0
+    assert 0 < random["median_ms"] <= random["p99_ms"] <= random["max_ms"]
+    assert random["mb_per_s"] is None and random["files_downloaded"] > 0
+
+    doc = results.new_document({"cpus": 2, "ram_gb": 1.0}, {"scale": 1})
+    doc["objstore"] = rows
+    doc["targets"] = results.evaluate_targets(doc)
+    results.validate(json.loads(json.dumps(doc)))
+    goals = {t["id"]: t for t in doc["targets"] if t["id"].startswith("objstore-")}
+    assert sorted(goals) == ["objstore-cold", "objstore-warm", "objstore-write"]
+    assert all(math.isfinite(t["measured"]) for t in goals.values())
+    table = results.objstore_table(doc)
+    assert "loopback" in table and "| random access | ds[i], fresh cache |" in table
+    assert "| object storage |" in readme.readme_block({**_doc(), "objstore": rows})
+    assert list(tmp_path.iterdir()) == []  # the datasets and caches removed
+    assert any("up in" in m for m in messages)
