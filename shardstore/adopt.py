@@ -499,7 +499,8 @@ def index_tfrecords(
     require_local(dest, "ingest --tfrecord")
     files = [files] if isinstance(files, (str, os.PathLike)) else list(files)
     for location in files:
-        require_local(location, "ingest --tfrecord")
+        if isinstance(location, (str, os.PathLike)):  # other entries: _check_inputs reports them
+            require_local(location, "ingest --tfrecord")
     from shardstore import __version__
     from shardstore.reader import Dataset
 

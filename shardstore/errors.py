@@ -61,7 +61,6 @@ __all__ = [
     "UnsafeLinkError",
     "UnsupportedDTypeError",
     "from_tf_error",
-    "storage_error",
 ]
 
 

@@ -194,7 +194,8 @@ class RemoteShards:
                 f"{what} reads records from every shard at random, so the whole dataset "
                 f"({total} bytes) must fit in the shard cache, whose cache_limit is "
                 f"{self.cache.limit} bytes: raise cache_limit, or shuffle shard by shard "
-                "(shuffle=True), which needs only the shards being read"
+                "(shuffle=True), which needs only the shards being read",
+                params=("cache_limit", "shuffle"),
             )
 
 

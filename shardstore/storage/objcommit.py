@@ -105,7 +105,8 @@ class ObjectTransaction:
     ) -> None:
         if not overwrite and base is not None:
             raise DatasetExistsError(
-                f"a dataset already exists at {store.url}; pass overwrite=True to replace it"
+                f"a dataset already exists at {store.url}; pass overwrite=True to replace it",
+                params=("overwrite",),
             )
         self.store = store
         self.version_id = version_id
