@@ -141,8 +141,9 @@ class StorageError(ShardStoreError, OSError):
         strerror: str | None = None,
         filename: str | None = None,
         operation: str | None = None,
+        params: Iterable[str] = (),
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, params=params)
         self.errno = errno
         self.strerror = strerror
         self.filename = filename

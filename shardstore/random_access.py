@@ -65,7 +65,7 @@ def normalize_index(key: Any, n: int) -> tuple[np.ndarray, bool]:
 
 
 def gather_records(
-    source: Source, ctx: ReadContext, indices: np.ndarray
+    source: Source, ctx: ReadContext, indices: np.ndarray, *, ranged: ReadContext | None = None
 ) -> dict[str, np.ndarray | RaggedArray]:
     """Records ``indices`` (any order, repeats allowed) of ``ctx.shards``, in that order.
 
@@ -78,6 +78,11 @@ def gather_records(
     Sources that verify what they read (``verifies_reads``) do it as they
     read; for any other, each shard's files are hashed whole (once per
     process) before the shard is first read, through ``ctx.verifier``.
+
+    For a dataset in object storage (``ctx.remote``), the shards touched are
+    brought into the local cache first; with ``ranged`` (a context over sparse
+    copies, :meth:`~shardstore.remote.RemoteShards.ranged_context`), only the
+    blocks the source reads are fetched, where the source can say which.
     """
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
     in_order = bool(np.all(indices[1:] > indices[:-1]))
@@ -94,9 +99,15 @@ def gather_records(
     bounds = np.flatnonzero(np.diff(positions)) + 1
     touched = positions[np.r_[0, bounds]] if len(unique) else positions[:0]
     with contextlib.ExitStack() as held:
-        if ctx.remote is not None:  # object storage: the shards' files, in the local cache
-            held.enter_context(ctx.remote.holding(ctx.shards[int(p)] for p in touched))
-        _read_touched(source, ctx, unique, positions, bounds, touched, out, pieces)
+        ctx_of = None
+        if ctx.remote is not None:  # object storage: the bytes to read, in the local cache
+            starts_at = np.r_[0, bounds].tolist()
+            rows = {
+                int(positions[lo]): unique[lo:hi] - starts[int(positions[lo])]
+                for lo, hi in zip(starts_at, [*starts_at[1:], len(unique)], strict=True)
+            }
+            ctx_of = ctx.remote.hold_for_read(held, source, ctx, ranged, rows)
+        _read_touched(source, ctx, unique, positions, bounds, touched, out, pieces, ctx_of)
     result: dict[str, np.ndarray | RaggedArray] = dict(out)
     for name in ragged:
         parts = pieces[name]
@@ -128,26 +139,37 @@ def _read_touched(
     touched: np.ndarray,
     out: dict[str, np.ndarray],
     pieces: dict[str, list[RaggedArray]],
+    ctx_of: dict[int, ReadContext] | None = None,
 ) -> None:
-    """Read the records ``unique`` (sorted) of the shards ``touched`` into ``out``/``pieces``."""
-    whole = ctx.verifier if ctx.verifier is not None and not source.verifies_reads else None
+    """Read the records ``unique`` (sorted) of the shards ``touched`` into ``out``/``pieces``.
+
+    ``ctx_of``: the context to read each shard with, where it is not ``ctx``.
+    """
     names = tuple(ctx.features)
     ragged = list(pieces)
     starts = ctx.record_starts
-    new = touched[~ctx.opened[touched]]
-    if len(new) > 1:  # shards read for the first time: let the source open them together
-        source.open_shards(ctx, new.tolist())
-    ctx.opened[new] = True
+    contexts = [ctx] if ctx_of is None else list({id(c): c for c in ctx_of.values()}.values())
+    for each in contexts:  # shards read for the first time: let the source open them together
+        mine = (
+            touched
+            if ctx_of is None
+            else np.array([p for p in touched.tolist() if ctx_of[p] is each], dtype=np.int64)
+        )
+        new = mine[~each.opened[mine]]
+        if len(new) > 1:
+            source.open_shards(each, new.tolist())
+        each.opened[new] = True
     for lo, hi in zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(unique)].tolist(), strict=True):
         if lo == hi:
             continue
         pos = int(positions[lo])
-        if whole is not None:
-            whole.require_shard(ctx.shards[pos], names)
+        here = ctx if ctx_of is None else ctx_of[pos]
+        if here.verifier is not None and not source.verifies_reads:
+            here.verifier.require_shard(ctx.shards[pos], names)
         rows = unique[lo:hi] - starts[pos]
         if out:
             source.read_records_into(
-                ctx, pos, rows, {name: arr[lo:hi] for name, arr in out.items()}
+                here, pos, rows, {name: arr[lo:hi] for name, arr in out.items()}
             )
         for name in ragged:
-            pieces[name].append(source.read_ragged(ctx, pos, name, rows))
+            pieces[name].append(source.read_ragged(here, pos, name, rows))

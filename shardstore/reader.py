@@ -72,6 +72,7 @@ class Dataset:
         self.manifest = manifest
         self._source_name = source
         self._random_ctx: ReadContext | None = None
+        self._ranged_ctx: ReadContext | None = None  # sparse copies, for ds[i] in object storage
         #: ``"once"`` or ``"size"``: see :mod:`shardstore.integrity`.
         self.verify_mode = integrity.normalize_mode(verify)
         # shards random access has checked against the manifest already
@@ -202,7 +203,9 @@ class Dataset:
             self._check_range(self._random_ctx, range(*key.indices(self.num_records)))
         indices, scalar = normalize_index(key, self.num_records)
         self._check_touched(self._random_ctx, indices)
-        out = gather_records(source, self._random_ctx, indices)
+        if self.remote is not None and self._ranged_ctx is None:
+            self._ranged_ctx = self.remote.ranged_context(self._random_ctx, self.verify_mode)
+        out = gather_records(source, self._random_ctx, indices, ranged=self._ranged_ctx)
         if scalar:
             return {name: arr[0] for name, arr in out.items()}
         return out

@@ -27,6 +27,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,8 +37,12 @@ from shardstore.storage import Store, open_store, parse_location
 from shardstore.storage.cache import ShardCache, default_cache_dir
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from shardstore.reader import Dataset
+    from shardstore.sources.base import ReadContext, Source
     from shardstore.storage.objcommit import ObjectTransaction
+    from shardstore.storage.partial import PartialShards
 
 __all__ = ["RemoteShards", "RemoteWrite", "open_remote", "remote_store", "require_local"]
 
@@ -47,6 +52,8 @@ log = logging.getLogger(__name__)
 UPLOAD_CONCURRENCY = 8
 #: Files smaller than this are uploaded with one request; larger ones in parts.
 SINGLE_PUT_BYTES = 8 << 20
+#: Shards whose blocks are fetched at once for one random read.
+FILL_THREADS = 16
 #: Bytes read from a local file per upload part.
 UPLOAD_CHUNK = 8 << 20
 
@@ -145,6 +152,67 @@ class RemoteShards:
             for shard in held:
                 self.cache.release(self.store, shard)
 
+    @cached_property
+    def partial(self) -> PartialShards:
+        """Sparse copies of shards, for reads of a few records (``ds[i]``)."""
+        from shardstore.storage.partial import PartialShards
+
+        return PartialShards(self.store, self.cache)
+
+    def ranged_context(self, ctx: ReadContext, verify_mode: str) -> ReadContext:
+        """A context like ``ctx`` over the sparse copies (see :meth:`hold_for_read`)."""
+        from shardstore.integrity import Verifier
+        from shardstore.sources.base import ReadContext
+
+        root = self.partial.root
+        root.mkdir(parents=True, exist_ok=True)
+        return ReadContext(
+            root, ctx.shards, ctx.features, ctx.block_records, verifier=Verifier(root, verify_mode)
+        )
+
+    def hold_for_read(
+        self,
+        held: contextlib.ExitStack,
+        source: Source,
+        ctx: ReadContext,
+        ranged: ReadContext | None,
+        rows: Mapping[int, np.ndarray],
+    ) -> dict[int, ReadContext]:
+        """Make the bytes that reading ``rows`` (``position -> rows``) touches local.
+
+        Returns the context to read each position with: ``ctx`` where the whole shard
+        is (or is brought) in the cache, ``ranged`` where only the blocks the source
+        reads were fetched into sparse copies (sources with
+        :meth:`~shardstore.sources.base.Source.record_ranges`, shards with a block
+        index). What is returned stays in place until ``held`` closes.
+        """
+        out: dict[int, ReadContext] = {}
+        whole: list[ShardEntry] = []
+        fills: list[tuple[ShardEntry, dict[str, list[tuple[int, int]]]]] = []
+        for pos, wanted in rows.items():
+            shard = ctx.shards[pos]
+            spans = None
+            if ranged is not None and shard.blocks is not None:
+                spans = source.record_ranges(ranged, pos, wanted)
+            if spans is None:
+                whole.append(shard)
+                out[pos] = ctx
+                continue
+            if held.enter_context(self.cache.entry_held(self.store, shard)):
+                out[pos] = ctx  # the whole shard is cached already (and held)
+                continue
+            fills.append((shard, spans))
+            out[pos] = ranged  # type: ignore[assignment]
+        if len(fills) == 1:
+            self.partial.fill(*fills[0])
+        elif fills:
+            with ThreadPoolExecutor(min(len(fills), FILL_THREADS)) as pool:
+                for done in [pool.submit(self.partial.fill, *job) for job in fills]:
+                    done.result()
+        if whole:
+            held.enter_context(self.holding(whole))
+        return out
+
     def fetch(self, shard: ShardEntry) -> None:
         """Bring ``shard`` into the cache; it stays there while among the recently used."""
         with self.holding((shard,)):
@@ -162,7 +230,7 @@ class RemoteShards:
         largest = max(stored_bytes(s) for s in shards)
         held = min(len(shards), parallel + self.cache.depth)
         self.cache.check_room(largest, held, what=what)
-        self.cache.plan(self.store, shards)
+        self.cache.plan(self.store, shards, readers=parallel)
 
     def listed_stat(self) -> Callable[[str], tuple[str, os.stat_result | None]]:
         """A ``resolve_stat`` over one listing of the store: sizes, no object read.

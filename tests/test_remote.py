@@ -180,8 +180,11 @@ def test_a_damaged_object_is_a_checksum_error(url: str, tmp_path: Path) -> None:
         _all(shardstore.open(url, cache_dir=tmp_path / "t"), False)
     typed = shardstore.from_tf_error(caught.value)
     assert isinstance(typed, ChecksumError), caught.value
-    # nothing damaged stays in the cache
-    assert not list((tmp_path / "r").rglob(damaged.split("/")[-1]))
+    # nothing damaged stays in the cache: no whole copy, and the sparse copy holds no data
+    copies = list((tmp_path / "r").rglob(damaged.split("/")[-1]))
+    assert all(".ranges" in p.parts for p in copies), copies
+    header = ds.shards[2].file_for("x").info["header_bytes"]
+    assert all(not p.read_bytes()[header:].strip(b"\0") for p in copies)
 
 
 def test_a_cache_too_small_fails_at_to_tf_not_mid_epoch(url: str, tmp_path: Path) -> None:
@@ -197,6 +200,7 @@ def test_a_cache_too_small_fails_at_to_tf_not_mid_epoch(url: str, tmp_path: Path
     with pytest.raises(CacheFullError, match=r"whole dataset .* must fit"):
         roomy.to_tf(batch_size=10, shuffle="global")
     assert sum(len(b) for b in roomy.to_tf(batch_size=100, shuffle=True, features="x")) == 4000
+    roomy.remote.cache.close()  # downloads still in flight count twice for an instant
     assert roomy.remote.cache.usage() <= 20 * shard_bytes
 
 
@@ -348,3 +352,50 @@ def test_local_only_operations_refuse_urls_and_create_nothing(
         ):
             call()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "part"]
+
+
+def test_random_access_fetches_only_the_blocks_it_reads(s3_url: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 1 << 60, (40_000, 64), dtype=np.int64)  # 512-byte records
+    y = np.arange(40_000, dtype=np.int32)
+    written = shardstore.write(
+        s3_url, {"x": x, "y": y}, records_per_shard=10_000, cache_dir=tmp_path
+    )
+    dataset_bytes = sum(s.nbytes for s in written.shards)
+    ds = shardstore.open(s3_url, cache_dir=tmp_path / "c")
+    store, partial = ds.remote.store, ds.remote.partial
+    got = ds[12345]
+    assert got["x"].tobytes() == x[12345].tobytes() and int(got["y"]) == 12345
+    one = partial.bytes_fetched
+    assert 0 < one < 2 << 20  # a few blocks and the block index, not a 5 MB shard
+    assert ds.remote.cache.downloads == 0  # no whole shard was downloaded
+    pick = np.sort(rng.choice(40_000, 300, replace=False))
+    many = ds[pick]
+    assert many["x"].tobytes() == x[pick].tobytes() and many["y"].tolist() == pick.tolist()
+    assert partial.bytes_fetched < dataset_bytes
+    again = store.requests.get("GET", 0)
+    assert ds[pick]["x"].tobytes() == x[pick].tobytes()  # blocks already here: no request
+    assert store.requests.get("GET", 0) == again
+    # another process's Dataset reads the same sparse copies without fetching them again
+    other = shardstore.open(s3_url, cache_dir=tmp_path / "c")
+    assert other[pick]["y"].tolist() == pick.tolist()
+    assert other.remote.partial.bytes_fetched == 0
+    # an epoch brings whole shards; ds[i] then reads them, with no ranged request
+    assert sum(len(b) for b in other.to_tf(batch_size=5000, features="y")) == 40_000
+    fetched = other.remote.partial.bytes_fetched
+    assert other[39_999]["x"].tobytes() == x[39_999].tobytes()
+    assert other.remote.partial.bytes_fetched == fetched
+
+
+def test_sparse_copies_count_against_the_cache_limit(memory_url: str, tmp_path: Path) -> None:
+    x = np.arange(200_000 * 16, dtype=np.int64).reshape(200_000, 16)  # 128-byte records
+    written = shardstore.write(memory_url, {"x": x}, records_per_shard=20_000, cache_dir=tmp_path)
+    shard_bytes = max(s.nbytes for s in written.shards)
+    ds = shardstore.open(memory_url, cache_dir=tmp_path / "c", cache_limit=shard_bytes)
+    rng = np.random.default_rng(1)
+    for _ in range(40):  # 10 records of one shard per read: 10 blocks of 64 KiB at most
+        shard = int(rng.integers(10))
+        pick = np.sort(rng.choice(20_000, 10, replace=False)) + shard * 20_000
+        assert ds[pick]["x"].tobytes() == x[pick].tobytes()
+        assert ds.remote.cache.usage() <= shard_bytes + (10 << 16) + 4096
+    assert ds.remote.partial.bytes_fetched > 4 * shard_bytes  # room was made by evicting

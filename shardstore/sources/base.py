@@ -404,6 +404,20 @@ class Source(ABC):
         """
         raise CapabilityError(f"the {self.name!r} source does not support random_access")
 
+    def record_ranges(
+        self, ctx: ReadContext, position: int, rows: np.ndarray
+    ) -> dict[str, list[tuple[int, int]]] | None:
+        """The bytes :meth:`read_records_into` reads for ``rows``: ``path -> [(lo, hi), ...]``.
+
+        Lets the reader fetch only those bytes of a dataset in object storage
+        (``ds[i]`` without downloading whole shards): it brings the blocks
+        covering each range, verified, into a local sparse copy of the file,
+        then calls :meth:`read_records_into` on it. Paths are the manifest's;
+        every byte the read touches must be covered (headers included).
+        ``None`` (the default): the source needs whole shards.
+        """
+        return None
+
     def read_records_into(
         self,
         ctx: ReadContext,

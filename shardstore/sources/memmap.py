@@ -424,42 +424,71 @@ class MemmapSource(Source):
         Every block read is verified against the shard's block index (once
         per process, :mod:`shardstore.integrity`) before this returns.
         """
-        n = len(rows)
-        if n == 0:
+        if not len(rows):
             return
-        breaks = (np.flatnonzero(np.diff(rows) != 1) + 1).tolist()
-        run_starts = [0, *breaks]
-        run_ends = [*breaks, n]
+        runs = _runs(rows)
         for feature, dest in out.items():
             record_bytes = ctx.features[feature].record_nbytes
             if record_bytes == 0:
                 continue
-            scattered = len(run_starts) > 1 and record_bytes < PREAD_MIN_RECORD_BYTES
-            first, span = int(rows[0]), int(rows[-1]) - int(rows[0]) + 1
             handle, header, check = self._file(ctx, position, feature)
-            if scattered and span * record_bytes > SPAN_READ_BYTES:
+            how = _read_plan(rows, runs, record_bytes)
+            if how == "map":
                 records, whole_file = self._map(ctx, position, feature)
                 check.verify_spans(whole_file, header + rows * record_bytes, record_bytes)
                 np.take(records, rows, axis=0, out=dest)
                 continue
-            if scattered:  # one read of the span, then pick the rows (small shards)
+            if how == "span":  # one read of the span, then pick the rows (small shards)
+                first, span = int(rows[0]), int(rows[-1]) - int(rows[0]) + 1
                 whole = np.empty((span, *dest.shape[1:]), dest.dtype)
                 offset = header + first * record_bytes
                 check.pread_into(handle.fd, whole.reshape(-1).view(np.uint8).data, offset)
                 np.take(whole, rows - first, axis=0, out=dest)
                 continue
             buf = dest.reshape(-1).view(np.uint8).data
-            runs = [
+            reads = [
                 (buf[lo * record_bytes : hi * record_bytes], header + int(rows[lo]) * record_bytes)
-                for lo, hi in zip(run_starts, run_ends, strict=True)
+                for lo, hi in runs
             ]
-            if len(runs) == 1:
-                if handle.random and len(runs[0][0]) >= 1 << 20:  # sequential again: readahead
+            if len(reads) == 1:
+                if handle.random and len(reads[0][0]) >= 1 << 20:  # sequential again: readahead
                     handle.random = False
                     _advise(handle.fd, "POSIX_FADV_NORMAL")
-                check.pread_into(handle.fd, *runs[0])
+                check.pread_into(handle.fd, *reads[0])
             else:
-                read_runs(handle, check, runs)
+                read_runs(handle, check, reads)
+
+    def record_ranges(
+        self, ctx: ReadContext, position: int, rows: np.ndarray
+    ) -> dict[str, list[tuple[int, int]]] | None:
+        """The header and exactly the record bytes :meth:`read_records_into` reads.
+
+        ``None`` when a ragged feature is asked for (its offsets table is read whole).
+        """
+        if any(spec.is_ragged for spec in ctx.features.values()):
+            return None
+        shard = ctx.shards[position]
+        out: dict[str, list[tuple[int, int]]] = {}
+        runs = _runs(rows) if len(rows) else []
+        for feature, spec in ctx.features.items():
+            entry = shard.file_for(feature)
+            header = entry.info.get("header_bytes")
+            if type(header) is not int or not 0 < header <= entry.size:
+                return None  # refused with its error by the read itself
+            nb = spec.record_nbytes
+            spans = [(0, header)]
+            how = _read_plan(rows, runs, nb) if nb and len(rows) else "none"
+            if how == "map":
+                spans += [(header + r * nb, header + (r + 1) * nb) for r in rows.tolist()]
+            elif how == "span":
+                spans.append((header + int(rows[0]) * nb, header + (int(rows[-1]) + 1) * nb))
+            elif how == "runs":
+                spans += [
+                    (header + int(rows[lo]) * nb, header + (int(rows[hi - 1]) + 1) * nb)
+                    for lo, hi in runs
+                ]
+            out[entry.path] = spans
+        return out
 
     def tf_reader(self, ctx: ReadContext) -> Callable[[tf.Tensor], tf.data.Dataset]:
         """Blocks of records, each read by one ``numpy_function``."""
@@ -490,3 +519,22 @@ class MemmapSource(Source):
             return starts.map(read_block)
 
         return read_shard
+
+
+def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
+    """``[lo, hi)`` index ranges of ``rows`` (sorted, unique) holding consecutive rows."""
+    breaks = (np.flatnonzero(np.diff(rows) != 1) + 1).tolist()
+    return list(zip([0, *breaks], [*breaks, len(rows)], strict=True))
+
+
+def _read_plan(rows: np.ndarray, runs: list[tuple[int, int]], record_bytes: int) -> str:
+    """How :meth:`MemmapSource.read_records_into` reads rows in ``runs`` of one file.
+
+    ``"runs"``: one read per run of consecutive rows; ``"span"``: scattered
+    small records in a short span, read at once; ``"map"``: scattered small
+    records far apart, copied out of a memory map (only their blocks are read).
+    """
+    if len(runs) <= 1 or record_bytes >= PREAD_MIN_RECORD_BYTES:
+        return "runs"
+    span = int(rows[-1]) - int(rows[0]) + 1
+    return "span" if span * record_bytes <= SPAN_READ_BYTES else "map"

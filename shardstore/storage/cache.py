@@ -28,6 +28,9 @@ Layout of the directory::
         <relpath>...               the shard files, as in the dataset
         .entries/<entry>.lock      the shard's lock (shared: in use; exclusive: changing)
         .entries/<entry>.done      the shard is complete and verified; mtime = last use
+        .entries/<entry>.ranged    the shard has sparse copies under .ranges/; mtime = last use
+        .ranges/<relpath>...       sparse copies of shard files, filled block by block
+                                   (:mod:`shardstore.storage.partial`, for ``ds[i]``)
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -164,6 +167,11 @@ class ShardCache:
             raise InvalidInputError(f"the prefetch depth must be an integer >= 1, got {depth!r}")
         self.depth = depth
         self.keep = DEFAULT_KEEP
+        #: Shards a reader may still be reading after releasing them (the shards of a
+        #: ``tf.data`` interleave are read after the Python step that fetched them):
+        #: the most recently released ones stay pinned, even under pressure.
+        self.readers = 1
+        self._recent: deque[tuple[str, str]] = deque(maxlen=self.readers)
         #: Seconds a download waits for room that other readers hold before failing.
         self.room_timeout = ROOM_TIMEOUT
         self._lock = threading.Lock()
@@ -211,6 +219,32 @@ class ShardCache:
                 f"at least {need} bytes, or write the dataset with smaller shards"
             )
 
+    @contextlib.contextmanager
+    def entry_held(self, store: Store, shard: ShardEntry) -> Iterator[bool]:
+        """Hold ``shard``'s entry shared (nothing evicts its files meanwhile).
+
+        Yields whether the whole shard is in the cache, complete and verified.
+        Waits while another thread or process downloads or evicts it.
+        """
+        self._after_fork()
+        lock_path, done_path = self._entry_paths(store, entry_id(shard))
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield self._complete(store, shard, done_path)
+        finally:
+            os.close(fd)
+
+    def make_room(self, nbytes: int) -> None:
+        """Evict least recently used unheld entries until ``nbytes`` more fit (best effort).
+
+        For sparse copies, which grow block by block and are counted by the blocks
+        they hold; whole-shard downloads reserve their room instead.
+        """
+        with self._global_lock():
+            self._make_room(nbytes)
+
     # -- acquiring --------------------------------------------------------------------------
     def acquire(self, store: Store, shard: ShardEntry) -> None:
         """Make sure every file of ``shard`` is in the cache, and pin it (blocking).
@@ -251,6 +285,9 @@ class ShardCache:
             if pin is None or pin.count == 0:
                 return
             pin.count -= 1
+            if key in self._recent:
+                self._recent.remove(key)
+            self._recent.append(key)
             if pin.count == 0:
                 self._idle[key] = pin
                 self._idle.move_to_end(key)
@@ -259,7 +296,7 @@ class ShardCache:
     def _trim(self) -> None:
         """Unpin the least recently used idle shards beyond ``keep`` (not those planned next)."""
         planned = {(_store_folder(s), entry_id(sh)) for s, sh in self._window()}
-        victims = [k for k in self._idle if k not in planned]
+        victims = [k for k in self._idle if k not in planned and k not in self._recent]
         excess = len(self._idle) - self.keep
         for key in victims[: max(0, excess)]:
             pin = self._idle.pop(key)
@@ -274,7 +311,7 @@ class ShardCache:
         """
         with self._lock:
             planned = {(_store_folder(s), entry_id(sh)) for s, sh in self._window()}
-            victims = [k for k in self._idle if k not in planned]
+            victims = [k for k in self._idle if k not in planned and k not in self._recent]
             for key in victims:
                 pin = self._idle.pop(key)
                 self._pins.pop(key, None)
@@ -311,14 +348,21 @@ class ShardCache:
         if self._pid != os.getpid():  # a forked child: the parent's locks and threads are not ours
             self._lock = threading.Lock()
             self._pins, self._idle, self._pending = {}, OrderedDict(), {}
+            self._recent = deque(maxlen=self.readers)
             self._pool, self._planned, self._plan_pos = None, [], 0
             self._pid = os.getpid()
 
     # -- prefetching ------------------------------------------------------------------------
-    def plan(self, store: Store, shards: Sequence[ShardEntry]) -> None:
-        """Read ``shards`` next, in this order: download ahead of :meth:`acquire` calls."""
+    def plan(self, store: Store, shards: Sequence[ShardEntry], *, readers: int = 1) -> None:
+        """Read ``shards`` next, in this order: download ahead of :meth:`acquire` calls.
+
+        ``readers``: how many shards the reader reads at once (they stay pinned).
+        """
         self._after_fork()
         with self._lock:
+            if readers != self.readers:
+                self.readers = max(1, readers)
+                self._recent = deque(self._recent, maxlen=self.readers)
             self._planned = [(store, s) for s in shards]
             self._plan_pos = 0
         self._fill()
@@ -561,19 +605,29 @@ class ShardCache:
             os.unlink(path)
 
     def _entries(self) -> list[tuple[float, Path, int, Path]]:
-        """``(last use, done marker, bytes, store folder)`` of every complete shard."""
+        """``(last use, marker, bytes, store folder)`` of every complete shard and sparse copy.
+
+        A complete shard (``.done``) counts its files' sizes; a sparse copy
+        (``.ranged``) the bytes its files hold on disk.
+        """
         out = []
         for folder in self.directory.iterdir():
             meta = folder / ".entries"
             if not meta.is_dir():
                 continue
-            for done in meta.glob("*.done"):
+            for marker in meta.iterdir():
+                if marker.suffix not in (".done", ".ranged"):
+                    continue
                 try:
-                    st = done.stat()
-                    size = int(json.loads(done.read_text())["size"])
+                    st = marker.stat()
+                    content = json.loads(marker.read_text())
+                    if marker.suffix == ".done":
+                        size = int(content["size"])
+                    else:
+                        size = sum(_held_bytes(folder / rel) for rel in content["files"])
                 except (OSError, ValueError, KeyError, TypeError):
                     continue
-                out.append((st.st_mtime, done, size, folder))
+                out.append((st.st_mtime, marker, size, folder))
         return out
 
     def _make_room(self, nbytes: int) -> bool:
@@ -606,8 +660,21 @@ class ShardCache:
                 done.unlink()
             for rel in files:
                 with contextlib.suppress(OSError):
-                    os.unlink(folder / rel)
+                    if done.suffix == ".ranged":
+                        # emptied, not removed: a reader's open descriptor or memory map
+                        # of a sparse copy keeps seeing the file that is filled again
+                        os.truncate(folder / rel, 0)
+                    else:
+                        os.unlink(folder / rel)
             log.debug("shard cache: evicted %s", done.stem)
             return True
         finally:
             os.close(fd)
+
+
+def _held_bytes(path: Path) -> int:
+    """Bytes a (sparse) file takes on disk; 0 when it is gone."""
+    try:
+        return os.stat(path).st_blocks * 512
+    except OSError:
+        return 0
