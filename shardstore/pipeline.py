@@ -38,7 +38,6 @@ from shardstore.tfexit import release_iterators_at_exit
 
 if TYPE_CHECKING:
     from shardstore.reader import Dataset
-    from shardstore.remote import RemoteShards
 
 __all__ = ["BLOCK_BYTES", "WINDOW_BYTES", "ReadConfig", "build_pipeline"]
 
@@ -497,8 +496,9 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
         remote=dataset.remote,
     )
     source.check_shards(ctx)
+    ranged = None
     if dataset.remote is not None and shards:
-        _plan_downloads(dataset.remote, ctx, config, by_index)
+        ranged = _plan_downloads(dataset, source, ctx, config, by_index)
     batch = config.batch_size
     if plan.steps is not None:
         cardinality = plan.steps
@@ -525,7 +525,7 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
     elif by_index:
         order = _record_order(ctx, config, plan, record_bytes, block)
         one_batch = _gather_group(batch, block, record_bytes) == batch
-        out = _gather_batches(source, ctx, config, order, in_file_order=one_batch)
+        out = _gather_batches(source, ctx, config, order, in_file_order=one_batch, ranged=ranged)
         if config.bucket_boundaries is not None:
             out = _bucketed(out.unbatch(), config)
         elif batch is not None:
@@ -621,25 +621,42 @@ def _block_pipeline(
 
 
 def _plan_downloads(
-    remote: RemoteShards, ctx: ReadContext, config: ReadConfig, by_index: bool
-) -> None:
+    dataset: Dataset, source: Source, ctx: ReadContext, config: ReadConfig, by_index: bool
+) -> ReadContext | None:
     """Prefetch the shards of a dataset in object storage ahead of the reader.
+
+    Returns the context over sparse copies when batches are gathered from byte
+    ranges instead (``shuffle="global"`` on a dataset larger than the cache).
 
     Shards are fetched in the order the reader opens them when it is known in Python
     (in order); a pipeline that shuffles shards in TensorFlow reads the same shards
     each epoch in another order, so they are fetched in manifest order, ``depth``
     ahead, and a shard the reader reaches first is fetched on demand. Shuffled
     batches gathered by index read from every shard at once: the whole dataset must
-    fit in the cache (else a shuffle reads shard by shard, see ``_choose_source``,
-    and ``shuffle="global"`` is refused).
+    fit in the cache; else a shuffle reads shard by shard (see ``_choose_source``),
+    and ``shuffle="global"`` fetches each batch's records by ranged reads, when the
+    source can say which bytes they are (it is refused otherwise).
     """
+    remote = dataset.remote
+    assert remote is not None
     if by_index and config.shuffle:
+        if not remote.fits(ctx.shards) and _ranged_reads(source, ctx):
+            return remote.ranged_context(ctx, dataset.verify_mode)
         what = "shuffle='global'" if config.shuffle == "global" else "this pipeline"
         remote.check_whole(ctx.shards, what=what)
     parallel = (
         1 if by_index else min(len(ctx.shards), config.num_parallel_reads or os.cpu_count() or 2)
     )
     remote.plan(ctx.shards, parallel=parallel, what="this pipeline")
+    return None
+
+
+def _ranged_reads(source: Source, ctx: ReadContext) -> bool:
+    """Whether ``source`` reads records of ``ctx``'s shards from byte ranges it can name."""
+    if not ctx.shards or any(s.blocks is None for s in ctx.shards):
+        return False
+    rows = np.zeros(1, dtype=np.int64)
+    return all(source.record_ranges(ctx, p, rows) is not None for p in range(len(ctx.shards)))
 
 
 def _prepared(
@@ -827,11 +844,13 @@ def _gather_batches(
     config: ReadConfig,
     order: tf.data.Dataset,
     in_file_order: bool,
+    ranged: ReadContext | None = None,
 ) -> tf.data.Dataset:
     """The records ``order`` names: one ``numpy_function`` call per group of numbers.
 
     With ``in_file_order`` (a group is one batch), each group is sorted first,
     so the source reads every shard front to back straight into the batch.
+    ``ranged``: fetch only the bytes read, into sparse copies (object storage).
     """
     from shardstore.ragged import RaggedArray
     from shardstore.random_access import gather_records
@@ -850,7 +869,9 @@ def _gather_batches(
             shapes.append([None, *spec.shape])
 
     def gather(indices: np.ndarray) -> list[np.ndarray]:
-        got = gather_records(source, ctx, np.sort(indices) if in_file_order else indices)
+        got = gather_records(
+            source, ctx, np.sort(indices) if in_file_order else indices, ranged=ranged
+        )
         parts: list[np.ndarray] = []
         for name in names:
             value = got[name]

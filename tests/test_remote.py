@@ -197,8 +197,13 @@ def test_a_cache_too_small_fails_at_to_tf_not_mid_epoch(url: str, tmp_path: Path
         small.to_tf(batch_size=10)
     # room for the shards being read and prefetched, not for all 40 at once
     roomy = shardstore.open(url, cache_dir=tmp_path / "d", cache_limit=20 * shard_bytes)
-    with pytest.raises(CacheFullError, match=r"whole dataset .* must fit"):
-        roomy.to_tf(batch_size=10, shuffle="global")
+    # an exact global shuffle of a dataset larger than the cache: ranged reads of records
+    got = np.concatenate(
+        [b.numpy() for b in roomy.to_tf(batch_size=100, shuffle="global", seed=1, features="x")]
+    )
+    assert got.shape == (4000, 128) and roomy.remote.cache.downloads == 0
+    assert sorted(got[:, 0].tolist()) == [0.0] * 4000  # every record once (the data are zeros)
+    assert roomy.remote.partial.bytes_fetched > 0
     assert sum(len(b) for b in roomy.to_tf(batch_size=100, shuffle=True, features="x")) == 4000
     roomy.remote.cache.close()  # downloads still in flight count twice for an instant
     assert roomy.remote.cache.usage() <= 20 * shard_bytes
@@ -399,3 +404,30 @@ def test_sparse_copies_count_against_the_cache_limit(memory_url: str, tmp_path: 
         assert ds[pick]["x"].tobytes() == x[pick].tobytes()
         assert ds.remote.cache.usage() <= shard_bytes + (10 << 16) + 4096
     assert ds.remote.partial.bytes_fetched > 4 * shard_bytes  # room was made by evicting
+
+
+def test_global_shuffle_beyond_the_cache_reads_ranges_bit_for_bit(
+    memory_url: str, tmp_path: Path
+) -> None:
+    x = np.arange(6000 * 32, dtype=np.int32).reshape(6000, 32)
+    written = shardstore.write(memory_url, {"x": x}, records_per_shard=500, cache_dir=tmp_path)
+    shard_bytes = max(s.nbytes for s in written.shards)
+    ds = shardstore.open(memory_url, cache_dir=tmp_path / "c", cache_limit=10 * shard_bytes)
+    batches = list(ds.to_tf(batch_size=64, shuffle="global", seed=4).as_numpy_iterator())
+    got = np.concatenate([b["x"] for b in batches])
+    order = got[:, 0] // 32
+    assert sorted(order.tolist()) == list(range(6000))
+    assert got.tobytes() == x[order].tobytes()
+    assert not np.array_equal(order, np.arange(6000))
+    assert ds.remote.cache.downloads == 0
+    ds.remote.cache.close()
+    assert ds.remote.cache.usage() <= 10 * shard_bytes + (64 << 16)
+    # a source that needs whole shards (zarr) cannot: a clear error at to_tf
+    zarr_url = memory_url + "-zarr"
+    z = shardstore.write(
+        zarr_url, {"x": x}, format="zarr", records_per_shard=500, cache_dir=tmp_path
+    )
+    limit = sum(s.nbytes for s in z.shards) // 2
+    small = shardstore.open(zarr_url, cache_dir=tmp_path / "z", cache_limit=limit)
+    with pytest.raises(CacheFullError, match=r"whole dataset .* must fit"):
+        small.to_tf(batch_size=64, shuffle="global")
