@@ -21,6 +21,7 @@ per-element cost (microseconds) away from every record.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -495,7 +496,8 @@ def build_pipeline(dataset: Dataset, config: ReadConfig) -> tf.data.Dataset:
         lazy=not config.tf_native,
         remote=dataset.remote,
     )
-    source.check_shards(ctx)
+    if dataset.remote is None:  # in object storage: each shard once it is fetched
+        source.check_shards(ctx)
     ranged = None
     if dataset.remote is not None and shards:
         ranged = _plan_downloads(dataset, source, ctx, config, by_index)
@@ -681,6 +683,7 @@ def _prepared(
         pos = int(position)
         if remote is not None:  # object storage: its files into the local cache, verified
             remote.fetch(ctx.shards[pos])
+            source.check_shards(dataclasses.replace(ctx, shards=(ctx.shards[pos],)))
         if verifier is not None:
             verifier.require_shard(ctx.shards[pos], names)
         source.prepare_shard(ctx, pos)

@@ -10,6 +10,7 @@ back in the order the caller asked for.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from typing import Any
 
@@ -156,6 +157,9 @@ def _read_touched(
             else np.array([p for p in touched.tolist() if ctx_of[p] is each], dtype=np.int64)
         )
         new = mine[~each.opened[mine]]
+        if ctx.remote is not None:  # object storage: the layout checks, now the files are here
+            for p in new.tolist():
+                source.check_shards(dataclasses.replace(each, shards=(each.shards[p],)))
         if len(new) > 1:
             source.open_shards(each, new.tolist())
         each.opened[new] = True

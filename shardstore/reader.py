@@ -597,10 +597,13 @@ class Dataset:
                 problems,
                 checked=files,
             )
+        if self.remote is None:  # in object storage: each shard in _verify_remote
+            self._check_layout(ReadContext(self.path, self.shards, self.features, 1,
+                                           verifier=self.verifier()))  # fmt: skip
+
+    def _check_layout(self, ctx: ReadContext) -> None:
+        """The sources' layout checks of ``ctx.shards``, and a read of each one's ends."""
         source = self.source
-        ctx = ReadContext(
-            self.path, self.shards, self.features, 1, verifier=self.verifier(), remote=self.remote
-        )
         source.check_shards(ctx)
         try:
             reader = self.source_for("random_access")
@@ -610,7 +613,7 @@ class Dataset:
             reader.check_shards(ctx)
         from shardstore.random_access import gather_records
 
-        for position, shard in enumerate(self.shards):
+        for position, shard in enumerate(ctx.shards):
             if shard.num_records:
                 start = int(ctx.record_starts[position])
                 ends = sorted({start, start + shard.num_records - 1})
@@ -638,13 +641,18 @@ class Dataset:
             for shard in self.shards:
                 try:
                     with private.holding((shard,)):
-                        problems += integrity.hash_shards(
+                        found = integrity.hash_shards(
                             (shard,),
                             self._resolve_stat((shard,), private.root),
                             self._damaged,
                             rehash=True,
                             progress=progress,
                         )
+                        problems += found
+                        if not found:
+                            verifier = integrity.Verifier(private.root, self.verify_mode)
+                            self._check_layout(ReadContext(private.root, (shard,), self.features,
+                                                           1, verifier=verifier))  # fmt: skip
                 except ChecksumError as exc:  # the object itself: missing, short, or damaged
                     problems.append(exc)
                     progress(shard.nbytes)

@@ -169,8 +169,9 @@ class ShardCache:
         self.keep = DEFAULT_KEEP
         #: Shards a reader may still be reading after releasing them (the shards of a
         #: ``tf.data`` interleave are read after the Python step that fetched them):
-        #: the most recently released ones stay pinned, even under pressure.
-        self.readers = 1
+        #: the most recently released ones stay pinned, even under pressure. Set by
+        #: :meth:`plan`; 0 (nothing kept) for readers that hold what they read.
+        self.readers = 0
         self._recent: deque[tuple[str, str]] = deque(maxlen=self.readers)
         #: Seconds a download waits for room that other readers hold before failing.
         self.room_timeout = ROOM_TIMEOUT
@@ -287,7 +288,8 @@ class ShardCache:
             pin.count -= 1
             if key in self._recent:
                 self._recent.remove(key)
-            self._recent.append(key)
+            if self.readers:
+                self._recent.append(key)
             if pin.count == 0:
                 self._idle[key] = pin
                 self._idle.move_to_end(key)
@@ -361,7 +363,7 @@ class ShardCache:
         self._after_fork()
         with self._lock:
             if readers != self.readers:
-                self.readers = max(1, readers)
+                self.readers = max(0, readers)
                 self._recent = deque(self._recent, maxlen=self.readers)
             self._planned = [(store, s) for s in shards]
             self._plan_pos = 0
