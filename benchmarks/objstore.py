@@ -451,6 +451,8 @@ def run_objstore_suite(
             # -- ds[i] on a fresh cache ---------------------------------------------------
             ds = shardstore.open(url, storage_options=opts, cache_dir=root / "cache-random")
             store, cache = _remote(ds)
+            assert ds.remote is not None
+            partial = ds.remote.partial  # ds[i] fetches the blocks it reads (ranged GETs)
             before = Counter(store.requests)
             indices = np.random.default_rng(1).integers(0, num_records, random_reads)
             latencies = []
@@ -466,7 +468,7 @@ def run_objstore_suite(
                 "random access",
                 "ds[i], fresh cache",
                 seconds=total,
-                nbytes=cache.bytes_downloaded,
+                nbytes=cache.bytes_downloaded + partial.bytes_fetched,
                 requests=_delta(store.requests, before),
                 mb_per_s=None,
                 epoch_records=len(latencies),
@@ -475,11 +477,14 @@ def run_objstore_suite(
                 p99_ms=float(np.percentile(ms, 99)),
                 max_ms=ms[-1],
                 files_downloaded=cache.downloads,
+                ranged_bytes=partial.bytes_fetched,
                 **detail,
             )
             log(
                 f"  ds[i]: median {random['median_ms']:.2f} ms, p99 {random['p99_ms']:.1f} ms, "
-                f"{random['records_per_s']:,.0f} records/s, {cache.downloads} files downloaded"
+                f"{random['records_per_s']:,.0f} records/s, {cache.downloads} files downloaded, "
+                f"{random['ranged_bytes']:,} bytes by ranged reads, {random['requests_total']} "
+                "requests"
             )
             rows += [get, fill, cold, warm, local_row, random, put, write]
     finally:

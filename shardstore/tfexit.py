@@ -48,6 +48,7 @@ import logging
 import queue
 import sys
 import threading
+import traceback
 from typing import Any
 
 __all__ = ["release_iterators_at_exit"]
@@ -119,6 +120,7 @@ def _release_live_iterators() -> int:
     owned = getattr(iterator_ops, "OwnedIterator", None)
     if owned is None:
         return 0
+    _clear_uncaught_traceback()
     released = 0
     while not _retired.empty():
         _retired.get()  # retired but not yet reaped: destroyed here, while the interpreter is whole
@@ -130,3 +132,26 @@ def _release_live_iterators() -> int:
     if released:
         log.debug("released %d live tf.data iterator(s) before interpreter exit", released)
     return released
+
+
+def _clear_uncaught_traceback() -> None:
+    """Drop the local variables of the frames of the exception that ended the script.
+
+    A script that dies of an uncaught exception raised by ``next(iterator)`` keeps,
+    in that exception's traceback (``sys.last_traceback``), frames whose locals hold
+    the iterator's resource: it would outlive this hook and be destroyed during
+    finalization, the very hang this module prevents. Chained exceptions too.
+    """
+    seen: set[int] = set()
+    pending: list[Any] = [getattr(sys, "last_value", None), getattr(sys, "last_exc", None)]
+    tb = getattr(sys, "last_traceback", None)
+    if tb is not None:
+        traceback.clear_frames(tb)
+    while pending:
+        exc = pending.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        if exc.__traceback__ is not None:
+            traceback.clear_frames(exc.__traceback__)
+        pending += [exc.__cause__, exc.__context__]

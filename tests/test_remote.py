@@ -431,3 +431,63 @@ def test_global_shuffle_beyond_the_cache_reads_ranges_bit_for_bit(
     small = shardstore.open(zarr_url, cache_dir=tmp_path / "z", cache_limit=limit)
     with pytest.raises(CacheFullError, match=r"whole dataset .* must fit"):
         small.to_tf(batch_size=64, shuffle="global")
+
+
+OUTAGE = textwrap.dedent(
+    """
+    import sys, threading, time, numpy as np, shardstore
+    from shardstore.testing.s3server import S3Server
+
+    mode, cache = sys.argv[1], sys.argv[2]
+    x = np.arange(40 * 2000, dtype=np.int64)
+    with S3Server() as server:
+        url = f"s3://{server.bucket}/outage"
+        opts = {**server.storage_options, "retry_timeout": 20 if mode == "back" else 3,
+                "max_retries": 100, "timeout": "2s", "connect_timeout": "1s"}
+        shardstore.write(url, {"x": x}, records_per_shard=2000, storage_options=opts,
+                         cache_dir=cache + "/w")
+        ds = shardstore.open(url, storage_options=opts, cache_dir=cache + "/r")
+        it = iter(ds.to_tf(batch_size=1000, features="x", num_parallel_reads=1))
+        got = [next(it).numpy()]
+        server.stop(keep_data=True)
+        print("stopped", flush=True)
+        if mode == "back":
+            threading.Timer(3.0, server.start).start()
+        if mode == "uncaught":  # the script dies of the error: it must still exit
+            got += [b.numpy() for b in it]
+        try:
+            got += [b.numpy() for b in it]
+        except Exception as exc:
+            typed = shardstore.from_tf_error(exc)
+            print("error", type(typed).__name__, typed, flush=True)
+            sys.exit(3)
+        out = np.concatenate(got)
+        print("epoch", len(out), out.tobytes() == x.tobytes(), flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["back", "gone", "uncaught"])
+def test_a_server_going_away_mid_epoch(mode: str, tmp_path: Path) -> None:
+    """Back within the retry window: the epoch completes bit for bit; gone: a clear error
+    (typed, naming the URL) within the retry timeout, and a script that does not catch it
+    still exits."""
+    script = tmp_path / "outage.py"
+    script.write_text(OUTAGE)
+    proc = subprocess.run(
+        [sys.executable, str(script), mode, str(tmp_path)],
+        capture_output=True, text=True, timeout=240,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )  # fmt: skip
+    assert "stopped" in proc.stdout, proc.stderr[-3000:]
+    if mode == "back":
+        assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+        assert "epoch 80000 True" in proc.stdout
+    elif mode == "gone":
+        assert proc.returncode == 3, proc.stdout + proc.stderr[-3000:]
+        assert "error StorageUnavailableError cannot read s3://shardstore-test/outage/" in (
+            proc.stdout
+        ), proc.stdout
+    else:
+        assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
+        assert "StorageUnavailableError: cannot read s3://shardstore-test/outage/" in proc.stderr
