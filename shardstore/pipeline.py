@@ -415,9 +415,11 @@ def _choose_source(dataset: Dataset, config: ReadConfig) -> tuple[Source, bool]:
         if ragged:
             source.require("supports_ragged")
         return source, True
-    if dataset.remote is not None and config.shuffle and not dataset.remote.fits(dataset.shards):
-        # gathered batches of a shuffle read every shard at once: in object storage,
-        # beyond what the cache holds, shards are read one after another instead
+    if dataset.remote is not None and config.shuffle:
+        # gathered batches of a shuffle read every shard at once, so the first batch
+        # would wait for the whole dataset to download: in object storage shards are
+        # read one after another, each as soon as it is in the cache (measured faster
+        # cold, and as fast warm), and only the shards being read need room
         return dataset.source, False
     try:
         gatherer = dataset.source_for("random_access")
@@ -646,6 +648,9 @@ def _plan_downloads(
             return remote.ranged_context(ctx, dataset.verify_mode)
         what = "shuffle='global'" if config.shuffle == "global" else "this pipeline"
         remote.check_whole(ctx.shards, what=what)
+        # every batch touches every shard: they stay pinned between batches (no lock,
+        # stat and touch of each shard's entry per batch)
+        remote.cache.keep = max(remote.cache.keep, len(ctx.shards))
     parallel = (
         1 if by_index else min(len(ctx.shards), config.num_parallel_reads or os.cpu_count() or 2)
     )
