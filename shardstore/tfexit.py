@@ -80,20 +80,35 @@ def _defer_destruction_off_the_main_thread() -> None:
     """Give eager iterators a finalizer that hands their resource to the reaper thread.
 
     The finalizer (``__del__``) runs before the garbage collector clears the iterator,
-    in whichever thread collects it; outside the main thread it takes the resource out
-    of the iterator, so that the last reference, and the destructor's wait, is the
-    reaper's. In the main thread nothing changes: destruction stays synchronous.
+    in whichever thread collects it; outside the main thread, and in the main thread
+    while the garbage collector runs, it takes the resource out of the iterator, so
+    that the last reference, and the destructor's wait, is the reaper's. A collection
+    runs at any allocation, possibly while the main thread holds a lock that the
+    iterator's in-flight calls wait for (a ``functools.cached_property`` of a source,
+    whose lock Python 3.11 shares between all instances): destroying the iterator
+    there would wait for them forever. An iterator dropped by the main thread outside
+    a collection (``del it``) is destroyed at once, as before.
     """
     from tensorflow.python.data.ops import iterator_ops
 
     cls = iterator_ops.OwnedIterator
     if "__del__" in vars(cls):
         return  # already installed (or TensorFlow grew one: leave it alone)
+    gc.callbacks.append(_track_collections)
     cls.__del__ = _hand_to_reaper
 
 
+_collecting = threading.local()
+
+
+def _track_collections(phase: str, info: dict[str, Any]) -> None:
+    """``gc.callbacks`` hook: whether this thread is inside a garbage collection."""
+    _collecting.active = phase == "start"
+
+
 def _hand_to_reaper(iterator: Any) -> None:
-    if threading.current_thread() is threading.main_thread():
+    main = threading.current_thread() is threading.main_thread()
+    if main and not getattr(_collecting, "active", False):
         return
     state = getattr(iterator, "__dict__", None)
     resource = None if state is None else state.pop("_iterator_resource", None)

@@ -152,3 +152,52 @@ def test_an_iterator_collected_inside_its_own_call_does_not_deadlock(
         pytest.fail(f"a pipeline collected as garbage hung the process: {exc.stdout!r}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split()[-2:] == ["done", "collected"], proc.stdout
+
+
+LOCKED_GC_SCRIPT = """
+import gc, sys, threading, time, weakref
+import numpy as np
+import tensorflow as tf
+import shardstore
+ds = shardstore.write(sys.argv[1], {"x": np.arange(4096, dtype=np.int64)}, records_per_shard=256,
+                      fsync=False)
+lock = threading.Lock()  # e.g. the lock of a cached_property a source's reads go through
+def augment(x):  # runs in TensorFlow threads
+    with lock:
+        return x
+pipeline = ds.to_tf(batch_size=64, shuffle=sys.argv[2] == "shuffle", seed=0).map(
+    lambda b: tf.numpy_function(augment, [b["x"]], tf.int64), num_parallel_calls=4)
+it = iter(pipeline)
+next(it)
+alive = weakref.ref(it)
+with lock:  # the main thread holds the lock when the collector runs
+    cycle = [it]
+    cycle.append(cycle)
+    del it, cycle
+    time.sleep(0.5)  # calls in flight now wait for the lock
+    gc.collect()
+deadline = time.monotonic() + 30
+while alive() is not None and time.monotonic() < deadline:
+    time.sleep(0.05)
+print("done", "collected" if alive() is None else "alive", flush=True)
+"""
+
+
+@pytest.mark.parametrize("shuffle", ["ordered", "shuffle"])
+def test_an_iterator_collected_by_the_main_thread_holding_a_lock_does_not_deadlock(
+    tmp_path: Path, shuffle: str
+) -> None:
+    """The main thread runs the collector at any allocation, maybe holding a lock that the
+    iterator's in-flight calls wait for: the iterator is destroyed by the reaper thread."""
+    script = tmp_path / "locked.py"
+    script.write_text(LOCKED_GC_SCRIPT)
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / "d"), shuffle],
+            capture_output=True, text=True, timeout=TIMEOUT + 60,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"a pipeline collected by the main thread hung the process: {exc.stdout!r}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-2:] == ["done", "collected"], proc.stdout
