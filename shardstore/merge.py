@@ -31,8 +31,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from tqdm.auto import tqdm
-
 from shardstore.blocks import INDEX_SUFFIX
 from shardstore.checksum import CHUNK_BYTES, format_digest, new_hasher
 from shardstore.commit import Transaction, manifest_state
@@ -49,6 +47,7 @@ from shardstore.fsutil import (
     resolve_inside,
 )
 from shardstore.manifest import MANIFEST_NAME, FeatureSpec, FileEntry, Manifest, ShardEntry
+from shardstore.progress import progress_bar
 from shardstore.ragged import merge_length_stats
 from shardstore.safefs import open_binary
 
@@ -344,8 +343,8 @@ def merge(
     prefix = f"v-{version_id}"
     shards: list[ShardEntry] = []
     linked = copied = 0
-    bar = tqdm(total=sum(p.nbytes for p in opened), unit="B", unit_scale=True, desc="merge",
-               disable=None if progress is None else not progress)  # fmt: skip
+    bar = progress_bar(total=sum(p.nbytes for p in opened), desc="merge", unit="B",
+                       enabled=progress)  # fmt: skip
     # the commit succeeds only if manifest.json is still what it is now
     txn = Transaction(root, version_id, overwrite=overwrite, fsync=fsync, base=manifest_state(root))
     try:

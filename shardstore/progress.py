@@ -47,7 +47,8 @@ def progress_bar(*, total: int | None, desc: str, unit: str, enabled: bool | Non
     desc : str
         A short label (``"write"``, ``"verify"``...).
     unit : str
-        ``"B"`` for bytes or ``"rec"`` for records; scaled to k/M/G.
+        ``"B"`` for bytes or ``"rec"`` for records; scaled to k/M/G (powers of
+        1000: a bar's ``MB`` and ``GB/s`` are 10^6 and 10^9 bytes).
     enabled : bool or None
         ``True`` shows the bar, ``False`` hides it, ``None`` shows it only
         when stderr is a terminal.
@@ -62,7 +63,7 @@ def progress_bar(*, total: int | None, desc: str, unit: str, enabled: bool | Non
         desc=desc,
         unit=unit,
         unit_scale=True,
-        unit_divisor=1024 if unit == "B" else 1000,
+        unit_divisor=1000,  # bytes in decimal units (kB, MB, GB), as tqdm labels them
         disable=None if enabled is None else not enabled,
         **_terminal_size(),
     )

@@ -35,12 +35,12 @@ def test_progress_bar(
     enabled: bool | None, shown: bool, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Under pytest, stderr is not a terminal: the default (None) stays silent.
-    with progress_bar(total=2048, desc="work", unit="B", enabled=enabled) as bar:
-        bar.update(2048)
+    with progress_bar(total=2_500_000, desc="work", unit="B", enabled=enabled) as bar:
+        bar.update(2_500_000)
     err = capsys.readouterr().err
     if shown:
         assert "100%" in _bar_lines(err, "work")[-1]
-        assert "2.00k/2.00k" in err  # bytes scale by 1024
+        assert "2.50M/2.50M" in err  # decimal units, as labelled: MB = 10^6 bytes
     else:
         assert err == ""
 
