@@ -714,14 +714,19 @@ def objstore_table(doc: dict[str, Any]) -> str:
 
 
 def targets_table(doc: dict[str, Any]) -> str:
-    """Each goal, its measured value and whether it is met."""
+    """Each goal, its measured value and whether it is met.
+
+    Verdicts are judged again from the run's rows against today's goals
+    (:func:`evaluate_targets`), not read from the file: a goal raised since
+    the run must not show the verdict of the old one.
+    """
     rows = (
         [
             goal_label(t, doc),
             _x(t["measured"]) + ("" if t["measured"] is None else _GOAL_UNITS.get(t["id"], "")),
             _VERDICT[t["met"]],
         ]
-        for t in doc["targets"]
+        for t in evaluate_targets(doc)
     )
     return _md_table(["goal", "measured", ""], rows)
 

@@ -727,3 +727,15 @@ def test_objstore_suite_measures_every_row_against_its_own_server(tmp_path: Path
     assert "| object storage |" in readme.readme_block({**_doc(), "objstore": rows})
     assert list(tmp_path.iterdir()) == []  # the datasets and caches removed
     assert any("up in" in m for m in messages)
+
+
+def test_the_goals_table_judges_the_run_against_todays_goals() -> None:
+    """A results file judged against older (easier) goals must not show its old verdicts."""
+    doc = _latest()
+    forged = json.loads(json.dumps(doc))
+    for t in forged["targets"]:
+        t["met"] = True
+    table = results.targets_table(forged)
+    assert table == results.targets_table(doc)
+    unmet = [t for t in results.evaluate_targets(doc) if t["met"] is False]
+    assert unmet and table.count("NOT met") == len(unmet)
