@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 UPLOAD_CONCURRENCY = 8
 #: Files smaller than this are uploaded with one request; larger ones in parts.
 SINGLE_PUT_BYTES = 8 << 20
+#: Shards a tf.data interleave may hold per parallel read: the current ones, those it
+#: opens ahead, and one being prepared (they stay pinned, see :meth:`RemoteShards.plan`).
+INTERLEAVE_AHEAD = 3
 #: Shards whose blocks are fetched at once for one random read.
 FILL_THREADS = 16
 #: Bytes read from a local file per upload part.
@@ -227,10 +230,13 @@ class RemoteShards:
         """
         if not shards:
             return
+        # a tf.data interleave reads `parallel` shards and opens as many again ahead (its
+        # "future" elements): a shard fetched for it stays pinned until it has been opened
+        readers = min(len(shards), INTERLEAVE_AHEAD * parallel + 1)
         largest = max(stored_bytes(s) for s in shards)
-        held = min(len(shards), parallel + self.cache.depth)
+        held = min(len(shards), readers + self.cache.depth)
         self.cache.check_room(largest, held, what=what)
-        self.cache.plan(self.store, shards, readers=parallel)
+        self.cache.plan(self.store, shards, readers=readers)
 
     def listed_stat(self) -> Callable[[str], tuple[str, os.stat_result | None]]:
         """A ``resolve_stat`` over one listing of the store: sizes, no object read.
