@@ -191,7 +191,7 @@ def test_a_cache_too_small_fails_at_to_tf_not_mid_epoch(url: str, tmp_path: Path
     ds = shardstore.write(
         url, {"x": np.zeros((4000, 128))}, records_per_shard=100, cache_dir=tmp_path
     )
-    shard_bytes = max(s.nbytes for s in ds.shards)
+    shard_bytes = max(sum(f.size for f in s.stored_files) for s in ds.shards)  # with index
     small = shardstore.open(url, cache_dir=tmp_path / "c", cache_limit=2 * shard_bytes)
     with pytest.raises(InvalidInputError, match="raise cache_limit"):
         small.to_tf(batch_size=10)
