@@ -140,18 +140,7 @@ def test_an_iterator_collected_inside_its_own_call_does_not_deadlock(
     """A pipeline iterator freed by the garbage collector waits for its in-flight calls;
     freed inside one of them (any code that allocates can run the collector), it would
     wait for itself forever (:mod:`shardstore.tfexit` hands it to a reaper thread)."""
-    script = tmp_path / "garbage.py"
-    script.write_text(GARBAGE_SCRIPT)
-    try:
-        proc = subprocess.run(
-            [sys.executable, str(script), str(tmp_path / "d"), shuffle],
-            capture_output=True, text=True, timeout=TIMEOUT + 60,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        )  # fmt: skip
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"a pipeline collected as garbage hung the process: {exc.stdout!r}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split()[-2:] == ["done", "collected"], proc.stdout
+    _collected_without_deadlock(tmp_path, GARBAGE_SCRIPT, shuffle)
 
 
 LOCKED_GC_SCRIPT = """
@@ -189,8 +178,13 @@ def test_an_iterator_collected_by_the_main_thread_holding_a_lock_does_not_deadlo
 ) -> None:
     """The main thread runs the collector at any allocation, maybe holding a lock that the
     iterator's in-flight calls wait for: the iterator is destroyed by the reaper thread."""
-    script = tmp_path / "locked.py"
-    script.write_text(LOCKED_GC_SCRIPT)
+    _collected_without_deadlock(tmp_path, LOCKED_GC_SCRIPT, shuffle)
+
+
+def _collected_without_deadlock(tmp_path: Path, source: str, shuffle: str) -> None:
+    """Run a garbage-collection script in a child process: it must end, the iterator gone."""
+    script = tmp_path / "collect.py"
+    script.write_text(source)
     try:
         proc = subprocess.run(
             [sys.executable, str(script), str(tmp_path / "d"), shuffle],
@@ -198,6 +192,6 @@ def test_an_iterator_collected_by_the_main_thread_holding_a_lock_does_not_deadlo
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
         )  # fmt: skip
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"a pipeline collected by the main thread hung the process: {exc.stdout!r}")
+        pytest.fail(f"a pipeline collected as garbage hung the process: {exc.stdout!r}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split()[-2:] == ["done", "collected"], proc.stdout

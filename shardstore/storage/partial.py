@@ -118,9 +118,7 @@ class PartialShards:
             try:
                 got = self.store.get_ranges(entry.path, starts, ends)
             except FileNotFoundError:
-                raise ChecksumError.in_file(
-                    self.store.url, shard.index, entry.path, "is missing", errno=errno.ENOENT
-                ) from None
+                raise self._missing(shard, entry.path) from None
             for (a, b), start, data in zip(runs, starts, got, strict=True):
                 view = memoryview(data).cast("B")
                 for i in range(a, b):
@@ -140,6 +138,12 @@ class PartialShards:
         finally:
             os.close(fd)
 
+    def _missing(self, shard: ShardEntry, path: str) -> ChecksumError:
+        """The damage of an object the manifest lists and the store does not hold."""
+        return ChecksumError.in_file(
+            self.store.url, shard.index, path, "is missing", errno=errno.ENOENT
+        )
+
     # -- the shard's block index and marker ---------------------------------------------------
     def _index(self, shard: ShardEntry) -> dict[tuple[int, int], FileBlocks]:
         """The shard's block index: its copy here (whole, checked), fetched if need be."""
@@ -154,9 +158,7 @@ class PartialShards:
         try:
             data = self.store.get(entry.path, max_size=min(limit, entry.size) + 1)
         except FileNotFoundError:
-            raise ChecksumError.in_file(
-                self.store.url, shard.index, entry.path, "is missing", errno=errno.ENOENT
-            ) from None
+            raise self._missing(shard, entry.path) from None
         checksum = f"xxh3_64:{xxhash.xxh3_64_hexdigest(data)}"
         if len(data) != entry.size or checksum != entry.checksum:
             raise ChecksumError(

@@ -206,9 +206,10 @@ class S3Server:
 def main() -> int:  # pragma: no cover - interactive
     """Run a server until interrupted, printing the variables to reach it."""
     with S3Server() as server:
-        for key, value in server.env.items():
-            print(f"export {key}={value}")
-        print(f"# bucket: s3://{server.bucket}/  (Ctrl-C stops the server)")
+        # the command's output: shell lines to evaluate (``eval "$(...)"``), not logging
+        lines = [f"export {key}={value}" for key, value in server.env.items()]
+        lines.append(f"# bucket: s3://{server.bucket}/  (Ctrl-C stops the server)")
+        sys.stdout.write("\n".join(lines) + "\n")
         sys.stdout.flush()
         with contextlib.suppress(KeyboardInterrupt):
             while server.process is not None and server.process.poll() is None:
