@@ -19,6 +19,7 @@ same layout as a local one (``manifest.json`` and ``v-<id>/`` shard objects, see
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -189,9 +190,12 @@ class RemoteShards:
         :meth:`~shardstore.sources.base.Source.record_ranges`, shards with a block
         index). What is returned stays in place until ``held`` closes.
         """
+        from shardstore.integrity import Verifier
+
         out: dict[int, ReadContext] = {}
         whole: list[ShardEntry] = []
         fills: list[tuple[ShardEntry, dict[str, list[tuple[int, int]]]]] = []
+        fill_pos: list[int] = []
         for pos, wanted in rows.items():
             shard = ctx.shards[pos]
             spans = None
@@ -205,13 +209,25 @@ class RemoteShards:
                 out[pos] = ctx  # the whole shard is cached already (and held)
                 continue
             fills.append((shard, spans))
+            fill_pos.append(pos)
             out[pos] = ranged  # type: ignore[assignment]
+        # one exit stack per fill (a private copy lives in it), entered first: closed with
+        # `held` whatever happens
+        stacks = [held.enter_context(contextlib.ExitStack()) for _ in fills]
+        roots: list[Path | None] = []
         if len(fills) == 1:
-            self.partial.fill(*fills[0])
+            roots = [self.partial.fill(*fills[0], stacks[0])]
         elif fills:
             with ThreadPoolExecutor(min(len(fills), FILL_THREADS)) as pool:
-                for done in [pool.submit(self.partial.fill, *job) for job in fills]:
-                    done.result()
+                futures = [
+                    pool.submit(self.partial.fill, *job, stack)
+                    for job, stack in zip(fills, stacks, strict=True)
+                ]
+                roots = [done.result() for done in futures]
+        for pos, root in zip(fill_pos, roots, strict=True):
+            if root is not None:  # a private copy: read there, verified as it was fetched
+                assert ranged is not None
+                out[pos] = dataclasses.replace(ranged, root=root, verifier=Verifier(root, "size"))
         if whole:
             held.enter_context(self.holding(whole))
         return out

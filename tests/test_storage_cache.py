@@ -170,3 +170,25 @@ def test_processes_share_one_cache_and_download_once(s3_url, s3_env, tmp_path):
     assert sorted(int(d) for d, _ in results) == [0, 0, 0, 1]  # one process downloaded it
     assert all(int(size) == 300_000 for _, size in results)
     assert entry_id(shards[0]) in {p.stem for p in (tmp_path / "c").glob("*/.entries/*.done")}
+
+
+def test_reservations_count_and_a_dead_readers_private_copy_is_removed(tmp_path):
+    cache = ShardCache(tmp_path / "c", limit=1000)
+    with cache.room(600, name="scratch-live"):
+        assert cache.usage() == 600  # counted before a byte is written
+        assert cache.try_room(600) is None  # nothing to evict: no room now
+        live = cache.directory / ".scratch" / "live"
+        live.mkdir(parents=True)
+        dead = cache.directory / ".scratch" / "dead"  # a process died: no reservation left
+        (dead / "v").mkdir(parents=True)
+        (dead / "v" / "0.npy").write_bytes(b"x" * 100)
+        assert cache.usage() == 600
+        assert live.is_dir() and not dead.exists()
+    assert cache.usage() == 0
+    reservation = cache.try_room(1000)
+    assert reservation is not None
+    with reservation:
+        assert cache.usage() == 1000
+    # over the limit, a private copy waits a moment for room, then goes ahead
+    with cache.room(400, name="scratch-a"), cache.room(800, name="scratch-b"):
+        assert cache.usage() == 1200

@@ -31,6 +31,8 @@ Layout of the directory::
         .entries/<entry>.ranged    the shard has sparse copies under .ranges/; mtime = last use
         .ranges/<relpath>...       sparse copies of shard files, filled block by block
                                    (:mod:`shardstore.storage.partial`, for ``ds[i]``)
+      .scratch/<token>/<relpath>   a reader's private copy of the blocks it reads while
+                                   every sparse copy is in use (gone when it is done)
 """
 
 from __future__ import annotations
@@ -82,6 +84,12 @@ CHUNK_BYTES = 8 << 20
 STALE_PART_SECONDS = 60.0
 #: How long a download waits for room held by other processes before giving up (s).
 ROOM_TIMEOUT = 120.0
+#: How long a reader's private copy waits for room held by readers before going over (s).
+OVERDRAW_WAIT = 1.0
+#: Readers' private copies (blocks read when every sparse copy is in use), in the cache.
+SCRATCH_DIR = ".scratch"
+#: How a private copy's reservation is named in ``.tmp``.
+SCRATCH_PREFIX = "scratch-"
 
 
 class CacheFullError(StorageError):
@@ -237,14 +245,40 @@ class ShardCache:
         finally:
             os.close(fd)
 
-    def make_room(self, nbytes: int) -> None:
-        """Evict least recently used unheld entries until ``nbytes`` more fit (best effort).
+    def try_room(self, nbytes: int) -> contextlib.AbstractContextManager[None] | None:
+        """Reserve ``nbytes`` now if room can be made, for a sparse copy filled in place.
 
-        For sparse copies, which grow block by block and are counted by the blocks
-        they hold; whole-shard downloads reserve their room instead.
+        Sparse copies grow block by block and count by the blocks they hold; the
+        reservation (a context manager: held while the bytes are written) counts
+        them until they are on disk, for an instant twice, never less, so fills
+        and downloads running at once never together pass ``limit``. ``None``
+        when nothing evictable is left: readers in flight hold every copy.
         """
-        with self._global_lock():
-            self._make_room(nbytes)
+        self._after_fork()
+        got = self._reserve(nbytes, "ranged", when_full="none")
+        return None if got is None else self._held_reservation(*got)
+
+    def room(self, nbytes: int, *, name: str) -> contextlib.AbstractContextManager[None]:
+        """Reserve ``nbytes`` while the block holds (for a reader's private copy, ``name``).
+
+        Waits up to ``OVERDRAW_WAIT`` seconds for room, then reserves anyway: the
+        bytes are in flight, read by one reader and gone when the block ends, so
+        readers that together read more than the limit at once exceed it for that
+        long instead of waiting on each other.
+        """
+        self._after_fork()
+        got = self._reserve(nbytes, name, when_full="overdraw")
+        assert got is not None
+        return self._held_reservation(*got)
+
+    @contextlib.contextmanager
+    def _held_reservation(self, path: Path, fd: int) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            os.close(fd)
 
     # -- acquiring --------------------------------------------------------------------------
     def acquire(self, store: Store, shard: ShardEntry) -> None:
@@ -453,7 +487,9 @@ class ShardCache:
         with contextlib.suppress(FileNotFoundError):
             done_path.unlink()
         total = sum(f.size for f in shard.stored_files)
-        reservation, reservation_fd = self._reserve(total, done_path.stem)
+        got = self._reserve(total, done_path.stem)
+        assert got is not None
+        reservation, reservation_fd = got
         try:
             for f in shard.stored_files:
                 self._download_file(store, shard, f, done_path.stem)
@@ -522,35 +558,56 @@ class ShardCache:
             os.close(fd)
 
     # -- room -------------------------------------------------------------------------------
-    def _reserve(self, nbytes: int, eid: str) -> tuple[Path, int]:
-        """A temporary file sized ``nbytes`` (counted as used), after evicting what is needed."""
+    def _reserve(
+        self, nbytes: int, eid: str, *, when_full: str = "raise"
+    ) -> tuple[Path, int] | None:
+        """A temporary file sized ``nbytes`` (counted as used), after evicting what is needed.
+
+        When no room can be made: ``"raise"`` waits up to ``room_timeout`` seconds for
+        other readers to let go, then raises :class:`CacheFullError`; ``"none"``
+        returns ``None`` at once; ``"overdraw"`` waits ``OVERDRAW_WAIT`` seconds, then
+        reserves over the limit.
+        """
         tmp = self.directory / ".tmp" / f"{eid}-{secrets.token_hex(6)}"
-        deadline = time.monotonic() + self.room_timeout
+        start = time.monotonic()
         while True:
+            waited = time.monotonic() - start
             with self._global_lock():
-                if self._make_room(nbytes):
-                    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-                    fcntl.flock(fd, fcntl.LOCK_EX)  # a live download (a stale one is unlocked)
-                    try:
-                        os.ftruncate(fd, nbytes)
-                    except OSError as exc:
-                        os.close(fd)
-                        os.unlink(tmp)
-                        if exc.errno == errno.ENOSPC:
-                            raise CacheFullError(
-                                f"the disk of the shard cache {str(self.directory)!r} is full"
-                            ) from None
-                        raise
-                    return tmp, fd
+                roomy = self._make_room(nbytes)
+                overdraw = when_full == "overdraw" and waited > OVERDRAW_WAIT
+                if roomy or overdraw:
+                    if not roomy:
+                        log.debug(
+                            "shard cache: %d bytes over its limit for reads in flight", nbytes
+                        )
+                    return tmp, self._reservation(tmp, nbytes)
             if self._unpin_idle():
                 continue  # this process let go of shards it was only keeping: try again now
-            if time.monotonic() > deadline:
+            if when_full == "none":
+                return None
+            if when_full == "raise" and waited > self.room_timeout:
                 raise CacheFullError(
                     f"the shard cache {str(self.directory)!r} (limit {self.limit} bytes) has "
                     f"no room for {nbytes} more bytes: every cached shard is in use by a "
                     "reader; raise cache_limit or run fewer readers on this cache"
                 )
-            time.sleep(0.1)
+            time.sleep(0.1 if when_full == "raise" else 0.02)
+
+    def _reservation(self, tmp: Path, nbytes: int) -> int:
+        """Create the locked reservation file ``tmp`` of ``nbytes`` (global lock held)."""
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a live download (a stale one is unlocked)
+        try:
+            os.ftruncate(fd, nbytes)
+        except OSError as exc:
+            os.close(fd)
+            os.unlink(tmp)
+            if exc.errno == errno.ENOSPC:
+                raise CacheFullError(
+                    f"the disk of the shard cache {str(self.directory)!r} is full"
+                ) from None
+            raise
+        return fd
 
     @contextlib.contextmanager
     def _global_lock(self) -> Iterator[None]:
@@ -586,7 +643,19 @@ class ShardCache:
                     os.unlink(tmp)  # left by a process that died
             finally:
                 os.close(fd)
+        self._remove_dead_scratch()
         return total
+
+    def _remove_dead_scratch(self) -> None:
+        """Remove readers' private copies whose reservation is gone (their process died)."""
+        scratch = self.directory / SCRATCH_DIR
+        if not scratch.is_dir():
+            return
+        live = {p.name for p in (self.directory / ".tmp").iterdir()}
+        for folder in scratch.iterdir():
+            prefix = f"{SCRATCH_PREFIX}{folder.name}-"
+            if not any(name.startswith(prefix) for name in live):
+                shutil.rmtree(folder, ignore_errors=True)
 
     @staticmethod
     def _remove_if_stale(path: Path) -> None:

@@ -27,6 +27,7 @@ import errno
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -36,12 +37,14 @@ from shardstore.blocks import BlockIndexError, FileBlocks, checksum_int, decode_
 from shardstore.errors import ChecksumError
 from shardstore.manifest import FileEntry, ShardEntry
 from shardstore.storage.base import Store
-from shardstore.storage.cache import ShardCache, entry_id
+from shardstore.storage.cache import SCRATCH_DIR, SCRATCH_PREFIX, ShardCache, entry_id
 
 __all__ = ["RANGES_DIR", "PartialShards"]
 
 #: The folder of sparse copies inside a store's cache folder.
 RANGES_DIR = ".ranges"
+#: The allocation unit of the cache's file system that a write of a block may touch.
+PAGE = 4096
 
 
 class PartialShards:
@@ -58,11 +61,21 @@ class PartialShards:
         """Where the sparse copies keep the dataset's layout."""
         return self.cache.root(self.store) / RANGES_DIR
 
-    def fill(self, shard: ShardEntry, spans: Mapping[str, Sequence[tuple[int, int]]]) -> None:
+    def fill(
+        self,
+        shard: ShardEntry,
+        spans: Mapping[str, Sequence[tuple[int, int]]],
+        held: contextlib.ExitStack,
+    ) -> Path | None:
         """Have the blocks holding every byte of ``spans`` (``path -> [(lo, hi)]``) in place.
 
         Call with the shard's entry held (:meth:`ShardCache.entry_held`). Brings
-        the shard's block index whole first.
+        the shard's block index whole first. The blocks go into the shared sparse
+        copy (under :attr:`root`; returns ``None``) when the cache has room for
+        them. When it has none, because readers in flight hold every copy it could
+        evict, they go into a *private* copy instead, read by this reader only and
+        removed when ``held`` closes (returns its root, laid out as the dataset):
+        the cache never grows past its limit by what readers keep using.
 
         Raises
         ------
@@ -71,7 +84,37 @@ class PartialShards:
         """
         index = self._index(shard)
         self._mark(shard)
+        wanted = self._wanted(shard, index, spans)
+        with contextlib.ExitStack() as fds:
+            missing: list[list[int]] = []
+            shared: list[int] = []
+            for entry, blocks, ids in wanted:
+                fd = _open_copy(self.root / entry.path, entry.size)
+                fds.callback(os.close, fd)
+                shared.append(fd)
+                missing.append([i for i in ids if not _present(fd, blocks, i)])
+            need = sum(
+                _room(blocks, miss) for (_, blocks, _), miss in zip(wanted, missing, strict=True)
+            )
+            if not need:
+                return None
+            reservation = self.cache.try_room(need)
+            if reservation is not None:
+                with reservation:
+                    for (entry, blocks, _), fd, miss in zip(wanted, shared, missing, strict=True):
+                        self._fetch_into(shard, entry, blocks, miss, fd)
+                return None
+            return self._private_copy(shard, wanted, shared, missing, held)
+
+    def _wanted(
+        self,
+        shard: ShardEntry,
+        index: Mapping[tuple[int, int], FileBlocks],
+        spans: Mapping[str, Sequence[tuple[int, int]]],
+    ) -> list[tuple[FileEntry, FileBlocks, list[int]]]:
+        """``(file, its blocks, the block numbers spans touch)`` for every file of ``spans``."""
         by_path = {f.path: f for f in shard.files}
+        out = []
         for path, ranges in spans.items():
             entry = by_path.get(path)
             if entry is None:
@@ -85,58 +128,86 @@ class PartialShards:
                     shard=shard.index,
                     file=path,
                 )
-            self._fill_file(shard, entry, blocks, ranges)
+            ids: set[int] = set()
+            for lo, hi in ranges:
+                if hi > lo:
+                    b0, b1 = blocks.blocks_of(max(0, lo), min(hi, entry.size))
+                    ids.update(range(b0, b1))
+            if ids:
+                out.append((entry, blocks, sorted(ids)))
+        return out
+
+    def _private_copy(
+        self,
+        shard: ShardEntry,
+        wanted: list[tuple[FileEntry, FileBlocks, list[int]]],
+        shared: list[int],
+        missing: list[list[int]],
+        held: contextlib.ExitStack,
+    ) -> Path:
+        """The blocks of ``wanted`` in a copy of this reader's own (see :meth:`fill`)."""
+        need = sum(_room(blocks, ids) for _, blocks, ids in wanted)
+        token = secrets.token_hex(8)
+        held.enter_context(self.cache.room(need, name=f"{SCRATCH_PREFIX}{token}"))
+        root = self.cache.directory / SCRATCH_DIR / token
+        held.callback(shutil.rmtree, root, ignore_errors=True)  # before the room is given back
+        for (entry, blocks, ids), src, miss in zip(wanted, shared, missing, strict=True):
+            path = root / entry.path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.ftruncate(fd, entry.size)
+                absent = set(miss)
+                for a, b in _runs([i for i in ids if i not in absent]):  # verified just now
+                    lo, hi = blocks.block_span(a)[0], blocks.block_span(b - 1)[1]
+                    os.pwrite(fd, os.pread(src, hi - lo, lo), lo)
+                self._fetch_into(shard, entry, blocks, miss, fd)
+            finally:
+                os.close(fd)
+        return root
 
     # -- one file ---------------------------------------------------------------------------
-    def _fill_file(
+    def _fetch_into(
+        self, shard: ShardEntry, entry: FileEntry, blocks: FileBlocks, ids: list[int], fd: int
+    ) -> None:
+        """Fetch blocks ``ids`` of ``entry`` (merged in runs), check them, write them to ``fd``."""
+        if not ids:
+            return
+        runs = _runs(ids)
+        starts = [blocks.block_span(a)[0] for a, _ in runs]
+        ends = [blocks.block_span(b - 1)[1] for _, b in runs]
+        try:
+            got = self.store.get_ranges(entry.path, starts, ends)
+        except FileNotFoundError:
+            raise self._missing(shard, entry.path) from None
+        for (a, b), start, data in zip(runs, starts, got, strict=True):
+            view = memoryview(data).cast("B")
+            self._check_blocks(shard, entry, blocks, range(a, b), view, start)
+            os.pwrite(fd, view, start)
+            self.bytes_fetched += len(view)
+
+    def _check_blocks(
         self,
         shard: ShardEntry,
         entry: FileEntry,
         blocks: FileBlocks,
-        ranges: Sequence[tuple[int, int]],
+        ids: range,
+        view: memoryview,
+        start: int,
     ) -> None:
-        wanted: set[int] = set()
-        for lo, hi in ranges:
-            if hi > lo:
-                b0, b1 = blocks.blocks_of(max(0, lo), min(hi, entry.size))
-                wanted.update(range(b0, b1))
-        if not wanted:
-            return
-        path = self.root / entry.path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        try:
-            if os.fstat(fd).st_size != entry.size:
-                os.ftruncate(fd, entry.size)  # holes: nothing is allocated
-            missing = [i for i in sorted(wanted) if not _present(fd, blocks, i)]
-            if not missing:
-                return
-            runs = _runs(missing)
-            starts = [blocks.block_span(a)[0] for a, _ in runs]
-            ends = [blocks.block_span(b - 1)[1] for _, b in runs]
-            self.cache.make_room(sum(e - s for s, e in zip(starts, ends, strict=True)))
-            try:
-                got = self.store.get_ranges(entry.path, starts, ends)
-            except FileNotFoundError:
-                raise self._missing(shard, entry.path) from None
-            for (a, b), start, data in zip(runs, starts, got, strict=True):
-                view = memoryview(data).cast("B")
-                for i in range(a, b):
-                    lo, hi = blocks.block_span(i)
-                    piece = view[lo - start : hi - start]
-                    if len(piece) != hi - lo or xxhash.xxh3_64_intdigest(piece) != blocks.hashes[i]:
-                        raise ChecksumError(
-                            f"dataset {self.store.url!r}, shard {shard.index}: object "
-                            f"{self.store.key_url(entry.path)!r} is damaged: bytes {lo}-{hi} "
-                            f"(block {i}) do not match their checksum in the block index",
-                            dataset=self.store.url,
-                            shard=shard.index,
-                            file=entry.path,
-                        )
-                os.pwrite(fd, view, start)
-                self.bytes_fetched += len(view)
-        finally:
-            os.close(fd)
+        """Check blocks ``ids`` of ``view`` (bytes from ``start``) against the block index."""
+        for i in ids:
+            lo, hi = blocks.block_span(i)
+            piece = view[lo - start : hi - start]
+            if len(piece) != hi - lo or xxhash.xxh3_64_intdigest(piece) != blocks.hashes[i]:
+                raise ChecksumError(
+                    f"dataset {self.store.url!r}, shard {shard.index}: object "
+                    f"{self.store.key_url(entry.path)!r} is damaged: bytes {lo}-{hi} "
+                    f"(block {i}) do not match their checksum in the block index",
+                    dataset=self.store.url,
+                    shard=shard.index,
+                    file=entry.path,
+                )
 
     def _missing(self, shard: ShardEntry, path: str) -> ChecksumError:
         """The damage of an object the manifest lists and the store does not hold."""
@@ -197,6 +268,28 @@ def _present(fd: int, blocks: FileBlocks, i: int) -> bool:
     lo, hi = blocks.block_span(i)
     data = os.pread(fd, hi - lo, lo)
     return len(data) == hi - lo and xxhash.xxh3_64_intdigest(data) == blocks.hashes[i]
+
+
+def _open_copy(path: Path, size: int) -> int:
+    """Open (creating) the shared sparse copy at ``path``, sized ``size`` (holes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        if os.fstat(fd).st_size != size:
+            os.ftruncate(fd, size)  # holes: nothing is allocated
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _room(blocks: FileBlocks, ids: list[int]) -> int:
+    """Bytes writing blocks ``ids`` allocates: whole file-system pages per run of blocks."""
+    total = 0
+    for a, b in _runs(ids):
+        lo, hi = blocks.block_span(a)[0], blocks.block_span(b - 1)[1]
+        total += -(-hi // PAGE) * PAGE - (lo // PAGE) * PAGE
+    return total
 
 
 def _runs(ids: list[int]) -> list[tuple[int, int]]:
