@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -540,3 +541,22 @@ def test_a_server_going_away_mid_epoch(mode: str, tmp_path: Path) -> None:
     else:
         assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
         assert "StorageUnavailableError: cannot read s3://shardstore-test/outage/" in proc.stderr
+
+
+def test_reading_many_datasets_leaves_no_threads_behind(memory_url: str, tmp_path: Path) -> None:
+    shardstore.write(
+        memory_url, {"x": np.arange(20_000)}, records_per_shard=1000, cache_dir=tmp_path
+    )
+
+    def ours() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("shardstore-fetch")]
+
+    for seed in range(4):  # TensorFlow may keep each pipeline (and so its dataset) alive
+        ds = shardstore.open(memory_url, cache_dir=tmp_path / "c")
+        batches = ds.to_tf(batch_size=100, shuffle=True, seed=seed, features="x")
+        assert sum(len(b) for b in batches) == 20_000
+        del ds
+    deadline = time.monotonic() + 10
+    while ours() and time.monotonic() < deadline:  # the last downloads finishing
+        time.sleep(0.05)
+    assert ours() == []

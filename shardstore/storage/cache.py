@@ -51,7 +51,8 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent import futures
+from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
 
@@ -186,7 +187,6 @@ class ShardCache:
         self._lock = threading.Lock()
         self._pins: dict[tuple[str, str], _Pin] = {}
         self._idle: OrderedDict[tuple[str, str], _Pin] = OrderedDict()  # pinned, unused
-        self._pool: ThreadPoolExecutor | None = None
         self._pending: dict[tuple[str, str], Future[None]] = {}
         self._planned: list[tuple[Store, ShardEntry]] = []
         self._plan_pos = 0
@@ -358,9 +358,8 @@ class ShardCache:
         """Stop prefetching and drop every pin of this process."""
         with self._lock:
             self._planned = []
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pending = list(self._pending.values())
+        futures.wait(pending)
         with self._lock:
             for pin in self._pins.values():
                 with contextlib.suppress(OSError):
@@ -385,7 +384,7 @@ class ShardCache:
             self._lock = threading.Lock()
             self._pins, self._idle, self._pending = {}, OrderedDict(), {}
             self._recent = deque(maxlen=self.readers)
-            self._pool, self._planned, self._plan_pos = None, [], 0
+            self._planned, self._plan_pos = [], 0
             self._pid = os.getpid()
 
     # -- prefetching ------------------------------------------------------------------------
@@ -415,16 +414,30 @@ class ShardCache:
         return False
 
     def _fill(self) -> None:
+        # one thread per download, gone when it is done: a cache whose reader was abandoned
+        # (or whose pipeline TensorFlow keeps alive) keeps no idle threads
         with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.depth, thread_name_prefix="shardstore-fetch")
             for store, shard in self._window():
                 key = (_store_folder(store), entry_id(shard))
                 if key in self._pins or key in self._pending:
                     continue
-                self._pending[key] = self._pool.submit(self._prefetch_one, store, shard, key)
+                done: Future[None] = Future()
+                self._pending[key] = done
+                threading.Thread(
+                    target=self._prefetch_one,
+                    args=(store, shard, key, done),
+                    name=f"shardstore-fetch-{shard.index}",
+                ).start()
 
-    def _prefetch_one(self, store: Store, shard: ShardEntry, key: tuple[str, str]) -> None:
+    def _prefetch_one(
+        self, store: Store, shard: ShardEntry, key: tuple[str, str], done: Future[None]
+    ) -> None:
+        try:
+            self._prefetch(store, shard, key)
+        finally:
+            done.set_result(None)
+
+    def _prefetch(self, store: Store, shard: ShardEntry, key: tuple[str, str]) -> None:
         try:
             fd = self._ensure(store, shard)
         except Exception as exc:  # the reader's own acquire retries and raises it
