@@ -4,6 +4,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
+TEST_PROCESSES ?= 2
 STAMP  := $(VENV)/.installed
 HDF5   := plugins/shardstore-hdf5
 
@@ -25,8 +26,9 @@ $(STAMP): pyproject.toml requirements/dev.txt $(HDF5)/pyproject.toml $(wildcard 
 	touch $(STAMP)
 
 test: install
-	# a ceiling for the whole run (it takes about 15 minutes on 2 CPUs): a hang fails fast
-	timeout --kill-after=60 2400 $(BIN)/python -m pytest
+	# two test processes (much of the suite waits on child processes and servers); a ceiling
+	# for the whole run (about 15 minutes on 2 CPUs): a hang fails fast
+	timeout --kill-after=60 2400 $(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist worksteal
 	$(MAKE) lint
 	$(MAKE) docs
 
