@@ -200,14 +200,22 @@ class PartialShards:
             lo, hi = blocks.block_span(i)
             piece = view[lo - start : hi - start]
             if len(piece) != hi - lo or xxhash.xxh3_64_intdigest(piece) != blocks.hashes[i]:
-                raise ChecksumError(
-                    f"dataset {self.store.url!r}, shard {shard.index}: object "
-                    f"{self.store.key_url(entry.path)!r} is damaged: bytes {lo}-{hi} "
-                    f"(block {i}) do not match their checksum in the block index",
-                    dataset=self.store.url,
-                    shard=shard.index,
-                    file=entry.path,
+                raise self._damaged(
+                    shard,
+                    entry.path,
+                    f"is damaged: bytes {lo}-{hi} (block {i}) do not match their checksum "
+                    "in the block index",
                 )
+
+    def _damaged(self, shard: ShardEntry, path: str, what: str) -> ChecksumError:
+        """``ChecksumError`` for object ``path`` of ``shard``: it ``what``."""
+        return ChecksumError(
+            f"dataset {self.store.url!r}, shard {shard.index}: object "
+            f"{self.store.key_url(path)!r} {what}",
+            dataset=self.store.url,
+            shard=shard.index,
+            file=path,
+        )
 
     def _missing(self, shard: ShardEntry, path: str) -> ChecksumError:
         """The damage of an object the manifest lists and the store does not hold."""
@@ -232,14 +240,11 @@ class PartialShards:
             raise self._missing(shard, entry.path) from None
         checksum = f"xxh3_64:{xxhash.xxh3_64_hexdigest(data)}"
         if len(data) != entry.size or checksum != entry.checksum:
-            raise ChecksumError(
-                f"dataset {self.store.url!r}, shard {shard.index}: object "
-                f"{self.store.key_url(entry.path)!r} (its block index) has {len(data)} bytes "
-                f"and checksum {checksum}, the manifest records {entry.size} and "
-                f"{entry.checksum}",
-                dataset=self.store.url,
-                shard=shard.index,
-                file=entry.path,
+            raise self._damaged(
+                shard,
+                entry.path,
+                f"(its block index) has {len(data)} bytes and checksum {checksum}, the "
+                f"manifest records {entry.size} and {entry.checksum}",
             )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
