@@ -199,8 +199,15 @@ class MemmapSource(Source):
         jobs = [(p, n) for p in positions for n in names]
         if len(jobs) < 2:
             return
+        # a few jobs of many files each: a job per file would cost more in handing it to
+        # a thread than opening a file whose pages are cached
+        def open_all(part: list[tuple[int, str]]) -> None:
+            for position, name in part:
+                self._file(ctx, position, name)
+
         pool = _read_pool()
-        for future in [pool.submit(self._file, ctx, p, n) for p, n in jobs]:
+        parts = [jobs[i :: READ_THREADS] for i in range(min(READ_THREADS, len(jobs)))]
+        for future in [pool.submit(open_all, part) for part in parts]:
             future.result()
 
     def _map(self, ctx: ReadContext, position: int, feature: str) -> tuple[np.ndarray, mmap.mmap]:
@@ -230,10 +237,12 @@ class MemmapSource(Source):
             what = f"cannot be mapped ({exc})"
             raise ChecksumError.in_file(ctx.root, shard.index, entry.path, what) from None
         mm = np.frombuffer(buf, spec.dtype, math.prod(expected), header).reshape(expected)
+        evicted = []  # unmapped once the lock is released: other threads need it meanwhile
         with self._lock:
             self._maps[key] = (mm, buf)
             while len(self._maps) > MAX_OPEN_MAPS:
-                self._maps.popitem(last=False)
+                evicted.append(self._maps.popitem(last=False))
+        del evicted
         return mm, buf
 
     def _file(
@@ -316,15 +325,18 @@ class MemmapSource(Source):
                 f"at byte {header}"
             )
         handle = _Handle(fd)  # closed when neither the cache nor a reader holds it
+        evicted = []  # closed once the lock is released: other threads need it meanwhile
         with self._lock:
             raced = self._files.get(key)
             if raced is not None:
-                handle = raced  # another thread opened it meanwhile: share one descriptor
+                evicted.append(handle)  # another thread opened it meanwhile: share its one
+                handle = raced
             else:
                 self._files[key] = handle
             self._files.move_to_end(key)
             while len(self._files) > MAX_OPEN_FILES:
-                self._files.popitem(last=False)
+                evicted.append(self._files.popitem(last=False)[1])
+        del evicted
         return handle, header, check
 
     @staticmethod
