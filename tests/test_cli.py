@@ -17,7 +17,7 @@ import pytest
 import shardstore
 from shardstore import cli
 from shardstore.errors import PluginLoadError
-from shardstore.reader import Dataset
+from shardstore.reading.reader import Dataset
 from shardstore.registry import SourceInfo
 from shardstore.sources.base import Source
 

@@ -113,13 +113,13 @@ def test_compact_parameter_lines_become_descriptions() -> None:
 # -- API reference: Sphinx roles become cross-references -----------------------------------------
 def test_sphinx_roles_become_optional_cross_references() -> None:
     replace = _tool("docs_griffe").replace_roles
-    paths = {"Dataset.to_tf": "shardstore.reader.Dataset.to_tf", "x.y": "shardstore.x.y"}
+    paths = {"Dataset.to_tf": "shardstore.reading.reader.Dataset.to_tf", "x.y": "shardstore.x.y"}
     doc = (
         "See :meth:`Dataset.to_tf` and :func:`~x.y`, :py:class:`numpy.ndarray`; "
         "``:meth:`` in code stays."
     )
     assert replace(doc, paths.get) == (
-        'See <autoref identifier="shardstore.reader.Dataset.to_tf" optional>'
+        'See <autoref identifier="shardstore.reading.reader.Dataset.to_tf" optional>'
         "<code>Dataset.to_tf</code></autoref> and "
         '<autoref identifier="shardstore.x.y" optional><code>y</code></autoref>, '
         "<code>numpy.ndarray</code>; ``:meth:`` in code stays."
@@ -158,8 +158,11 @@ def test_a_raw_role_on_a_page_fails_the_build() -> None:
         class file:  # the shape of mkdocs' page.file
             src_path = "api.md"
 
-    html = "<p>Use :meth:<code>Dataset.to_tf</code> and :mod:`shardstore.parallel`</p>"
-    assert hooks.raw_roles(html) == [":meth:<code>Dataset.to_tf", ":mod:`shardstore.parallel"]
+    html = "<p>Use :meth:<code>Dataset.to_tf</code> and :mod:`shardstore.writing.parallel`</p>"
+    assert hooks.raw_roles(html) == [
+        ":meth:<code>Dataset.to_tf",
+        ":mod:`shardstore.writing.parallel",
+    ]
     with pytest.raises(PluginError, match=r"api\.md shows Sphinx roles as text"):
         hooks.on_page_content(html, page=Page)
     fine = '<p><a class="autorefs"><code>Dataset.to_tf</code></a> costs 2:30 min</p>'

@@ -56,9 +56,9 @@ from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
 
-from shardstore.checksum import format_digest, new_hasher
 from shardstore.errors import ChecksumError, InvalidInputError, StorageError
-from shardstore.manifest import FileEntry, ShardEntry
+from shardstore.format.checksum import format_digest, new_hasher
+from shardstore.format.manifest import FileEntry, ShardEntry
 from shardstore.storage.base import Store
 
 __all__ = [
@@ -151,7 +151,7 @@ class ShardCache:
         *,
         depth: int = DEFAULT_DEPTH,
     ) -> None:
-        from shardstore.writer import parse_size  # a light module; avoids a cycle at import
+        from shardstore.writing.writer import parse_size  # a light module; avoids a cycle at import
 
         self.directory = Path(directory) if directory is not None else default_cache_dir()
         try:

@@ -36,7 +36,7 @@ import threading
 import time
 
 from shardstore.errors import CommitConflictError, DatasetExistsError, ManifestError
-from shardstore.manifest import MANIFEST_NAME, Manifest
+from shardstore.format.manifest import MANIFEST_NAME, Manifest
 from shardstore.storage.base import ObjectInfo, PreconditionFailed, Store
 
 __all__ = [
