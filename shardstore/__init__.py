@@ -14,6 +14,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from shardstore import _aliases
+from shardstore._version import __version__
 from shardstore.api import gc, open, write
 from shardstore.errors import (
     CapabilityError,
@@ -54,8 +55,6 @@ from shardstore.writing.convert import convert
 from shardstore.writing.ingest import ingest
 from shardstore.writing.merge import merge
 from shardstore.writing.writer import Writer
-
-__version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from shardstore.writing.adopt import index_tfrecords

@@ -11,31 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 from typing import Any
 
 import numpy as np
 
 from shardstore.format.ragged import RaggedArray
-from shardstore.sources.base import ReadContext, Source
+from shardstore.sources.base import ALIGNMENT, ReadContext, Source, aligned_empty
 
 __all__ = ["ALIGNMENT", "aligned_empty", "gather_records", "normalize_index"]
-
-#: Byte alignment of the arrays handed to TensorFlow. TensorFlow adopts a
-#: NumPy array returned by ``numpy_function`` without copying only when its
-#: data is aligned for Eigen (64 bytes on AVX-512 builds); ``np.empty`` of a
-#: large array gives 16-byte alignment, which costs a full extra copy (measured:
-#: 1 ms per 12 MiB batch).
-ALIGNMENT = 64
-
-
-def aligned_empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
-    """An uninitialised C-contiguous array whose data starts on an ``ALIGNMENT`` boundary."""
-    dtype = np.dtype(dtype)
-    nbytes = dtype.itemsize * math.prod(shape)
-    raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
-    skip = -raw.ctypes.data % ALIGNMENT
-    return raw[skip : skip + nbytes].view(dtype).reshape(shape)
 
 
 def normalize_index(key: Any, n: int) -> tuple[np.ndarray, bool]:

@@ -1,19 +1,16 @@
-"""Datasets in object storage: the glue between the reader, the writer and the store.
+"""Datasets in object storage, read side: shards fetched into the local shard cache.
 
 A dataset at ``s3://``, ``gs://``, ``az://``, ``https://`` or ``memory://`` has the
 same layout as a local one (``manifest.json`` and ``v-<id>/`` shard objects, see
-``docs/format.md``). Two classes connect it to the local machinery:
+``docs/format.md``).
 
-* :class:`RemoteShards` (reading): the shards of an opened remote dataset, brought
-  whole into the local :class:`~shardstore.storage.cache.ShardCache` (verified while
-  they download) just before a reader touches them, and prefetched ahead of it. The
-  cache keeps the dataset's layout, so every source reads a cached shard through its
-  fast local path, exactly as it reads a local dataset.
-* :class:`RemoteWrite` (writing): the writer writes shards into a local scratch
-  directory as usual; each finished shard is uploaded under the new version's unique
-  prefix and its local files deleted, so the scratch space holds only the shards in
-  flight. The commit is a create-only (or If-Match) put of ``manifest.json``
-  (:class:`~shardstore.storage.objcommit.ObjectTransaction`).
+:class:`RemoteShards`: the shards of an opened remote dataset, brought
+whole into the local :class:`~shardstore.storage.cache.ShardCache` (verified while
+they download) just before a reader touches them, and prefetched ahead of it. The
+cache keeps the dataset's layout, so every source reads a cached shard through its
+fast local path, exactly as it reads a local dataset.
+The write side (shards uploaded as the writer finishes them, a conditional commit) is
+:class:`~shardstore.writing.remote.RemoteWrite`.
 """
 
 from __future__ import annotations
@@ -22,98 +19,46 @@ import contextlib
 import dataclasses
 import logging
 import os
-import shutil
 import stat
-import tempfile
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from shardstore.errors import DatasetNotFoundError, ManifestError
 from shardstore.format.manifest import MANIFEST_NAME, Manifest, ShardEntry
-from shardstore.storage import Store, open_store, parse_location
-from shardstore.storage.cache import ShardCache, default_cache_dir
+from shardstore.storage import Store, local_path, remote_store, require_local
+from shardstore.storage.cache import ShardCache
 
 if TYPE_CHECKING:
     import numpy as np
 
     from shardstore.reading.reader import Dataset
     from shardstore.sources.base import ReadContext, Source
-    from shardstore.storage.objcommit import ObjectTransaction
     from shardstore.storage.partial import PartialShards
 
-__all__ = ["RemoteShards", "RemoteWrite", "open_remote", "remote_store", "require_local"]
+__all__ = [
+    "RemoteShards",
+    "local_path",
+    "open_remote",
+    "remote_store",
+    "require_local",
+    "stored_bytes",
+]
 
 log = logging.getLogger(__name__)
 
-#: Files uploaded at once by a writer.
-UPLOAD_CONCURRENCY = 8
-#: Files smaller than this are uploaded with one request; larger ones in parts.
-SINGLE_PUT_BYTES = 8 << 20
 #: Shards a tf.data interleave may hold per parallel read: the current ones, those it
 #: opens ahead, and one being prepared (they stay pinned, see :meth:`RemoteShards.plan`).
 INTERLEAVE_AHEAD = 3
 #: Shards whose blocks are fetched at once for one random read.
 FILL_THREADS = 16
-#: Bytes read from a local file per upload part.
-UPLOAD_CHUNK = 8 << 20
-
-
-def remote_store(
-    location: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
-) -> Store | None:
-    """The object store of ``location``, or ``None`` for a local path / ``file://`` URL.
-
-    Raises
-    ------
-    InvalidInputError
-        An unknown scheme, a malformed URL, or ``storage_options`` for a local path.
-    """
-    loc = parse_location(location)
-    if loc.is_local:
-        if storage_options:
-            from shardstore.errors import InvalidInputError
-
-            raise InvalidInputError(
-                f"storage_options apply to object-store URLs, not to the local path {loc.url!r}",
-                params=("storage_options",),
-            )
-        return None
-    return open_store(loc, storage_options)
-
-
-def local_path(location: str | os.PathLike[str]) -> Path:
-    """The directory of a local ``location`` (a path or a ``file://`` URL)."""
-    loc = parse_location(location)
-    assert loc.path is not None
-    return loc.path
 
 
 def stored_bytes(shard: ShardEntry) -> int:
     """Bytes of every file of ``shard`` in the store, its block index included."""
     return sum(f.size for f in shard.stored_files)
-
-
-def require_local(location: str | os.PathLike[str], what: str) -> None:
-    """Refuse an object-store URL where ``what`` works on local directories only.
-
-    Raises
-    ------
-    CapabilityError
-        ``location`` is in object storage (a URL is never taken for a local path).
-    """
-    loc = parse_location(location)
-    if not loc.is_local:
-        from shardstore.errors import CapabilityError
-
-        raise CapabilityError(
-            f"{what} works on local directories, and {loc.url} is in object storage: "
-            "copy datasets between object storage and a local directory with "
-            "`shardstore convert SRC DEST --format npy` (any format), bit for bit"
-        )
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -318,102 +263,3 @@ def open_remote(
     if source is not None:
         dataset.source  # noqa: B018 - fail fast on an unknown or incompatible source
     return dataset
-
-
-# -- writing -------------------------------------------------------------------------------
-class RemoteWrite:
-    """The object-store half of a :class:`~shardstore.writing.writer.Writer` writing to a URL.
-
-    Parameters
-    ----------
-    store : where the dataset goes.
-    version_id : the write's version id (its objects go under ``v-<version_id>/``).
-    overwrite : replace an existing dataset.
-    cache_dir, cache_limit : the shard cache of the dataset once written; shards are
-        written under ``cache_dir`` before they are uploaded (each shard's files are
-        deleted once uploaded).
-    """
-
-    def __init__(
-        self,
-        store: Store,
-        version_id: str,
-        *,
-        overwrite: bool,
-        cache_dir: str | os.PathLike[str] | None = None,
-        cache_limit: int | str | None = None,
-    ) -> None:
-        from shardstore.storage.objcommit import ObjectTransaction
-
-        self.store = store
-        base = store.head(MANIFEST_NAME)
-        self.txn: ObjectTransaction = ObjectTransaction(
-            store, version_id, overwrite=overwrite, base=base
-        )
-        self.cache_dir = cache_dir
-        self.cache_limit = cache_limit
-        parent = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / ".writes"
-        parent.mkdir(parents=True, exist_ok=True)
-        #: The local directory the writer writes into (removed at the end).
-        self.scratch = Path(tempfile.mkdtemp(prefix="write-", dir=parent))
-        self._pool: ThreadPoolExecutor | None = None
-        self._uploads: list[Future[None]] = []
-        self._lock = threading.Lock()
-        self.bytes_uploaded = 0
-
-    def begin(self) -> None:
-        """Take the writer's lease in the store (idempotent)."""
-        self.txn.begin()
-
-    def upload_shard(self, files_root: Path, shard: ShardEntry) -> None:
-        """Upload the files of a finished shard in the background, then delete them here."""
-        self.begin()
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(
-                    UPLOAD_CONCURRENCY, thread_name_prefix="shardstore-upload"
-                )
-            for f in shard.stored_files:
-                self._uploads.append(self._pool.submit(self._upload, files_root / f.path, f.path))
-
-    def _upload(self, path: Path, key: str) -> None:
-        from shardstore.storage.safefs import open_binary
-
-        with open_binary(path) as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size < SINGLE_PUT_BYTES:
-                self.store.put(key, fh.read())
-            else:
-                sink = self.store.open_write(key)
-                try:
-                    while chunk := fh.read(UPLOAD_CHUNK):
-                        sink.write(chunk)
-                except BaseException:
-                    sink.abort()
-                    raise
-                sink.close()
-        path.unlink()
-        with self._lock:
-            self.bytes_uploaded += size
-
-    def wait(self) -> None:
-        """Wait for every upload; raise the first failure."""
-        with self._lock:
-            uploads = list(self._uploads)
-        for future in uploads:
-            future.result()
-
-    def commit(self, manifest: Manifest) -> None:
-        """Wait for the uploads, then publish ``manifest`` (or raise CommitConflictError)."""
-        self.wait()
-        self.txn.commit(manifest)
-
-    def close(self, *, committed: bool) -> None:
-        """Stop uploading, remove the scratch directory, and abort an uncommitted write."""
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        if not committed:
-            self.txn.abort()
-        shutil.rmtree(self.scratch, ignore_errors=True)

@@ -33,8 +33,13 @@ import numpy as np
 from shardstore.errors import ChecksumError, ManifestError
 from shardstore.format.manifest import FileEntry, ShardEntry
 from shardstore.format.ragged import OFFSETS_CACHE_BYTES, RaggedArray, offsets_problem
-from shardstore.reading.random_access import aligned_empty
-from shardstore.sources.base import ArrayLike, ReadContext, ShardWriteContext, Source
+from shardstore.sources.base import (
+    ArrayLike,
+    ReadContext,
+    ShardWriteContext,
+    Source,
+    aligned_empty,
+)
 from shardstore.sources.npy import (
     NpyHeader,
     NpySource,

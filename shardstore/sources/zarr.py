@@ -98,8 +98,13 @@ from shardstore.errors import (
 )
 from shardstore.format.manifest import FeatureSpec, FileEntry, ShardEntry
 from shardstore.format.ragged import OFFSETS_CACHE_BYTES, RaggedArray, offsets_problem, value_rows
-from shardstore.reading.random_access import aligned_empty
-from shardstore.sources.base import ArrayLike, ReadContext, ShardWriteContext, Source
+from shardstore.sources.base import (
+    ArrayLike,
+    ReadContext,
+    ShardWriteContext,
+    Source,
+    aligned_empty,
+)
 from shardstore.storage.caches import LRU, ByteBudgetCache
 from shardstore.storage.integrity import MAX_EXPANSION, FileCheck, Verifier
 from shardstore.storage.safefs import open_binary

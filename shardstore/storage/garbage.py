@@ -48,7 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shardstore.errors import ChecksumError, InvalidInputError
-from shardstore.storage.commit import (
+from shardstore.storage.fsutil import write_file_at
+from shardstore.storage.layout import (
     CONTROL_DIR,
     V1_TMP_MANIFEST,
     VERSION_DIR,
@@ -60,7 +61,6 @@ from shardstore.storage.commit import (
     tidy_control_dir,
     writer_lock_path,
 )
-from shardstore.storage.fsutil import write_file_at
 from shardstore.storage.locks import FileLock
 from shardstore.storage.safefs import Directory, Entry
 

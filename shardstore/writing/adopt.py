@@ -494,14 +494,14 @@ def index_tfrecords(
     DatasetExistsError
         A dataset exists at ``dest`` and ``overwrite`` is False.
     """
-    from shardstore.reading.remote import require_local
+    from shardstore.storage import require_local
 
     require_local(dest, "ingest --tfrecord")
     files = [files] if isinstance(files, (str, os.PathLike)) else list(files)
     for location in files:
         if isinstance(location, (str, os.PathLike)):  # other entries: _check_inputs reports them
             require_local(location, "ingest --tfrecord")
-    from shardstore import __version__
+    from shardstore._version import __version__
     from shardstore.reading.reader import Dataset
 
     if link not in LINK_MODES:

@@ -320,7 +320,7 @@ def ingest(
     DatasetExistsError
         A dataset exists at ``dest`` and ``overwrite`` is False.
     """
-    from shardstore.reading.remote import require_local
+    from shardstore.storage import require_local
 
     for location in (src,) if isinstance(src, (str, os.PathLike)) else src:
         require_local(location, "ingest")

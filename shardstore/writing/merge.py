@@ -310,11 +310,11 @@ def merge(
     DatasetExistsError
         A dataset exists at ``dest`` and ``overwrite`` is False.
     """
-    from shardstore.reading.remote import require_local
+    from shardstore.storage import require_local
 
     for location in (*parts, dest):
         require_local(location, "merge")
-    from shardstore import __version__
+    from shardstore._version import __version__
     from shardstore.reading.reader import Dataset
 
     if link not in LINK_MODES:

@@ -254,7 +254,7 @@ def write_resumable(
     resume : continue a matching interrupted run (default); ``False`` starts over.
     fsync, executor, progress : as for :func:`shardstore.write`.
     """
-    from shardstore import __version__
+    from shardstore._version import __version__
     from shardstore.reading.reader import Dataset
 
     if not overwrite and (root / MANIFEST_NAME).exists():

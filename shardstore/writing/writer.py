@@ -31,7 +31,6 @@ import json
 import logging
 import math
 import os
-import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -58,12 +57,14 @@ from shardstore.format.manifest import (
     feature_specs_from_arrays,
 )
 from shardstore.format.ragged import RaggedArray, length_stats, merge_length_stats
-from shardstore.reading.remote import RemoteWrite, local_path, remote_store
 from shardstore.registry import get_source
 from shardstore.sources.base import ArrayLike, ShardWriteContext
+from shardstore.storage import local_path, remote_store
+from shardstore.storage.cache import parse_size
 from shardstore.storage.commit import Transaction, manifest_state
 from shardstore.storage.progress import progress_bar
 from shardstore.writing.parallel import ShardDispatcher, is_dask_collection
+from shardstore.writing.remote import RemoteWrite
 
 if TYPE_CHECKING:
     from shardstore.reading.reader import Dataset
@@ -73,31 +74,6 @@ __all__ = ["DEFAULT_SHARD_SIZE", "ShardLayout", "Writer", "normalize_arrays", "p
 log = logging.getLogger(__name__)
 
 DEFAULT_SHARD_SIZE = 64 << 20
-_UNITS = {
-    "": 1, "b": 1,
-    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
-    "tb": 10**12, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
-}  # fmt: skip
-_SIZE_PARAM = ("shard_size",)
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
-
-
-def parse_size(size: int | str) -> int:
-    """Bytes from an ``int`` or a string such as ``"64MiB"``, ``"1GB"``, ``"512k"``."""
-    if isinstance(size, bool):
-        raise InvalidInputError(f"shard_size must be a size, got {size!r}", params=_SIZE_PARAM)
-    if isinstance(size, int | np.integer):
-        value = int(size)
-    elif isinstance(size, str) and (m := _SIZE.match(size)) and m.group(2).lower() in _UNITS:
-        value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    else:
-        raise InvalidInputError(
-            f"shard_size {size!r} is not a size; use bytes or a string like '64MiB'",
-            params=_SIZE_PARAM,
-        )
-    if value <= 0:
-        raise InvalidInputError(f"shard_size must be > 0 bytes, got {size!r}", params=_SIZE_PARAM)
-    return value
 
 
 @dataclass(frozen=True)
@@ -480,7 +456,7 @@ class Writer:
         self._bar.update(entry.num_records)
 
     def _commit(self) -> Dataset:
-        from shardstore import __version__
+        from shardstore._version import __version__
         from shardstore.reading.reader import Dataset
 
         assert self._features is not None
