@@ -171,7 +171,7 @@ def cache_fill(
 
     What a cold epoch's downloads cost by themselves (verified, written to the cache's disk).
     """
-    from shardstore.reading.remote import open_remote
+    from shardstore.reading.reader import open_remote
 
     store = _store(url, options)
     shards = open_remote(store, cache_dir=cache_dir).shards

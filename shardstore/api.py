@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from shardstore.errors import DatasetNotFoundError, InvalidInputError, ManifestError
 from shardstore.format.manifest import MANIFEST_NAME, Manifest
-from shardstore.reading.reader import Dataset
-from shardstore.reading.remote import open_remote
+from shardstore.reading.reader import Dataset, open_remote
 from shardstore.storage import integrity, local_path, remote_store
 from shardstore.storage.fsutil import read_manifest_file
 from shardstore.storage.safefs import storage_boundary

@@ -34,3 +34,12 @@ def new_hasher() -> Hasher:
 def format_digest(hasher: Hasher) -> str:
     """The manifest string for a finished hasher."""
     return f"{CHECKSUM_ALGORITHM}:{hasher.hexdigest()}"
+
+
+def __getattr__(name: str) -> object:
+    # hash_file opens a file, so it lives with the storage layer now
+    if name == "hash_file":
+        raise ImportError(
+            "shardstore.format.checksum.hash_file is now shardstore.storage.fsutil.hash_file"
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,7 +27,8 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import numpy as np
 import tensorflow as tf
@@ -38,9 +39,12 @@ from shardstore.reading.tfexit import release_iterators_at_exit
 from shardstore.sources.base import ReadContext, Source
 
 if TYPE_CHECKING:
-    from shardstore.reading.reader import Dataset
+    from collections.abc import Mapping, Sequence
 
-__all__ = ["BLOCK_BYTES", "WINDOW_BYTES", "ReadConfig", "build_pipeline"]
+    from shardstore.reading.remote import RemoteShards
+    from shardstore.storage.integrity import Verifier
+
+__all__ = ["BLOCK_BYTES", "WINDOW_BYTES", "Dataset", "ReadConfig", "build_pipeline"]
 
 #: Target bytes per block a source yields (measured: ~1 MiB is the sweet spot
 #: between per-element overhead and cache-friendly copies).
@@ -57,6 +61,46 @@ WINDOW_BYTES = 32 << 20
 BALANCE_POLICIES: tuple[str | None, ...] = ("drop", "repeat", None)
 #: Blocks held in the block shuffle buffer.
 BLOCK_SHUFFLE_BLOCKS = 16
+
+
+class Dataset(Protocol):
+    """What the pipeline reads of a dataset: the part of :class:`shardstore.Dataset` it uses."""
+
+    path: Path
+    remote: RemoteShards | None
+    verify_mode: str
+
+    @property
+    def location(self) -> str: ...
+
+    @property
+    def features(self) -> Mapping[str, FeatureSpec]: ...
+
+    @property
+    def shards(self) -> tuple[ShardEntry, ...]: ...
+
+    @property
+    def source(self) -> Source: ...
+
+    def source_for(
+        self,
+        capability: str,
+        *,
+        wanted: str | None = None,
+        instead: str | None = None,
+        params: Sequence[str] = (),
+    ) -> Source: ...
+
+    def verifier(self) -> Verifier: ...
+
+    def check_files(
+        self,
+        shards: Sequence[ShardEntry] | None = None,
+        *,
+        features: Sequence[str] | None = None,
+    ) -> None: ...
+
+    def _check_plausible(self, shards: Sequence[ShardEntry]) -> None: ...
 
 
 def _positive_int(value: object, what: str, *, allow_none: bool = False, minimum: int = 1) -> Any:

@@ -22,25 +22,33 @@ from shardstore.errors import (
     CapabilityError,
     ChecksumError,
     DamagedFilesError,
+    DatasetNotFoundError,
     InvalidInputError,
     ManifestError,
     from_tf_error,
 )
-from shardstore.format.manifest import MAX_EXPANSION, FeatureSpec, Manifest, ShardEntry
+from shardstore.format.manifest import (
+    MANIFEST_NAME,
+    MAX_EXPANSION,
+    FeatureSpec,
+    Manifest,
+    ShardEntry,
+)
+from shardstore.reading.remote import RemoteShards, stored_bytes
 from shardstore.registry import get_source
 from shardstore.sources.base import ReadContext
-from shardstore.storage import integrity
-from shardstore.storage.fsutil import InsideResolver
+from shardstore.storage import Store, integrity
+from shardstore.storage.cache import ShardCache
+from shardstore.storage.fsutil import MAX_MANIFEST_BYTES, InsideResolver
 from shardstore.storage.progress import progress_bar
 from shardstore.storage.safefs import storage_boundary
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-    from shardstore.reading.remote import RemoteShards
     from shardstore.sources.base import Source
 
-__all__ = ["Dataset"]
+__all__ = ["Dataset", "open_remote"]
 
 
 class Dataset:
@@ -627,9 +635,6 @@ class Dataset:
         """
         import tempfile
 
-        from shardstore.reading.remote import RemoteShards, stored_bytes
-        from shardstore.storage.cache import ShardCache
-
         assert self.remote is not None
         problems: list[ChecksumError] = []
         largest = max((stored_bytes(s) for s in self.shards), default=1)
@@ -675,3 +680,31 @@ class Dataset:
             "features": {n: s.to_json() for n, s in self.features.items()},
             "metadata": dict(self.metadata),
         }
+
+
+def open_remote(
+    store: Store,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_limit: int | str | None = None,
+    source: str | None = None,
+    verify: str | None = None,
+) -> Dataset:
+    """Open the committed dataset in ``store`` for reading (see :func:`shardstore.open`)."""
+    try:
+        data = store.get(MANIFEST_NAME, max_size=MAX_MANIFEST_BYTES)
+    except FileNotFoundError:
+        raise DatasetNotFoundError(
+            f"no shardstore dataset at {store.url}: no {MANIFEST_NAME} (never committed?)"
+        ) from None
+    try:
+        manifest = Manifest.from_json(data)
+    except ManifestError as exc:
+        raise ManifestError(f"{store.key_url(MANIFEST_NAME)}: {exc}", params=exc.params) from None
+    cache = ShardCache(cache_dir, cache_limit)
+    remote = RemoteShards(store, cache)
+    remote.root.mkdir(parents=True, exist_ok=True)
+    dataset = Dataset(remote.root, manifest, source=source, verify=verify, remote=remote)
+    if source is not None:
+        dataset.source  # noqa: B018 - fail fast on an unknown or incompatible source
+    return dataset

@@ -26,22 +26,19 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shardstore.errors import DatasetNotFoundError, ManifestError
-from shardstore.format.manifest import MANIFEST_NAME, Manifest, ShardEntry
+from shardstore.format.manifest import ShardEntry
 from shardstore.storage import Store, local_path, remote_store, require_local
 from shardstore.storage.cache import ShardCache
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from shardstore.reading.reader import Dataset
     from shardstore.sources.base import ReadContext, Source
     from shardstore.storage.partial import PartialShards
 
 __all__ = [
     "RemoteShards",
     "local_path",
-    "open_remote",
     "remote_store",
     "require_local",
     "stored_bytes",
@@ -232,34 +229,3 @@ class RemoteShards:
                 "(shuffle=True), which needs only the shards being read",
                 params=("cache_limit", "shuffle"),
             )
-
-
-def open_remote(
-    store: Store,
-    *,
-    cache_dir: str | os.PathLike[str] | None = None,
-    cache_limit: int | str | None = None,
-    source: str | None = None,
-    verify: str | None = None,
-) -> Dataset:
-    """Open the committed dataset in ``store`` for reading (see :func:`shardstore.open`)."""
-    from shardstore.reading.reader import Dataset
-    from shardstore.storage.fsutil import MAX_MANIFEST_BYTES
-
-    try:
-        data = store.get(MANIFEST_NAME, max_size=MAX_MANIFEST_BYTES)
-    except FileNotFoundError:
-        raise DatasetNotFoundError(
-            f"no shardstore dataset at {store.url}: no {MANIFEST_NAME} (never committed?)"
-        ) from None
-    try:
-        manifest = Manifest.from_json(data)
-    except ManifestError as exc:
-        raise ManifestError(f"{store.key_url(MANIFEST_NAME)}: {exc}", params=exc.params) from None
-    cache = ShardCache(cache_dir, cache_limit)
-    remote = RemoteShards(store, cache)
-    remote.root.mkdir(parents=True, exist_ok=True)
-    dataset = Dataset(remote.root, manifest, source=source, verify=verify, remote=remote)
-    if source is not None:
-        dataset.source  # noqa: B018 - fail fast on an unknown or incompatible source
-    return dataset

@@ -29,21 +29,28 @@ __all__ = [
     "CONTROL_DIR",
     "DEFAULT_GRACE_SECONDS",
     "GRACE_ENV_VAR",
+    "LEASES",
+    "RETIRED",
     "V1_TMP_MANIFEST",
     "VERSION_DIR",
+    "WRITER_TIMEOUT_ENV",
+    "WRITER_TIMEOUT_SECONDS",
     "ManifestState",
     "control_dir",
     "dataset_lock_path",
     "default_grace",
     "foreign_entries",
+    "lease_key",
     "manifest_state",
     "referenced_dirs",
+    "referenced_prefixes",
     "retired_dir",
     "staging_dir",
     "tidy_control_dir",
     "tmp_manifest_path",
     "trash_dir",
     "writer_lock_path",
+    "writer_timeout",
     "writers_dir",
 ]
 
@@ -235,3 +242,37 @@ def tidy_control_dir(root: Path) -> None:
                         d.rmdir(CONTROL_DIR)
         finally:
             lock.release()
+
+
+# -- in an object store (no directories, no locks: leases and markers) -------------------
+#: Where running writers keep their leases, and where superseded versions are marked.
+LEASES = ".shardstore/writers/"
+RETIRED = ".shardstore/retired/"
+#: A lease not refreshed for this long (seconds) belongs to a writer that is gone.
+WRITER_TIMEOUT_SECONDS = 600.0
+#: Environment variable overriding :data:`WRITER_TIMEOUT_SECONDS`.
+WRITER_TIMEOUT_ENV = "SHARDSTORE_WRITER_TIMEOUT_SECONDS"
+
+
+def writer_timeout() -> float:
+    """Seconds after which an unrefreshed lease is dead (``$SHARDSTORE_WRITER_TIMEOUT_SECONDS``)."""
+    value = os.environ.get(WRITER_TIMEOUT_ENV, "").strip()
+    if value:
+        try:
+            seconds = float(value)
+            if seconds > 0:
+                return seconds
+        except ValueError:
+            pass
+        log.warning("ignoring %s=%r: not a number of seconds > 0", WRITER_TIMEOUT_ENV, value)
+    return WRITER_TIMEOUT_SECONDS
+
+
+def lease_key(version_id: str) -> str:
+    """The lease object of the writer of ``version_id``."""
+    return f"{LEASES}{version_id}.json"
+
+
+def referenced_prefixes(manifest: Manifest) -> set[str]:
+    """The top-level names (``v-<id>``) the manifest's files live under."""
+    return {f.path.split("/", 1)[0] for s in manifest.shards for f in s.stored_files}

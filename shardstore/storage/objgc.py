@@ -29,9 +29,15 @@ from collections import defaultdict
 from shardstore.errors import InvalidInputError
 from shardstore.format.manifest import MANIFEST_NAME, Manifest
 from shardstore.storage.base import ObjectInfo, Store
-from shardstore.storage.commit import VERSION_DIR, default_grace
 from shardstore.storage.garbage import GcReport
-from shardstore.storage.objcommit import LEASES, RETIRED, referenced_prefixes, writer_timeout
+from shardstore.storage.layout import (
+    LEASES,
+    RETIRED,
+    VERSION_DIR,
+    default_grace,
+    referenced_prefixes,
+    writer_timeout,
+)
 
 __all__ = ["collect"]
 

@@ -487,7 +487,7 @@ class Writer:
         return Dataset(self.root, manifest)
 
     def _commit_remote(self, remote: RemoteWrite, manifest: Manifest) -> Dataset:
-        from shardstore.reading.remote import open_remote
+        from shardstore.reading.reader import open_remote
 
         remote.commit(manifest)  # waits for the uploads; create-only / If-Match put
         self._state = "committed"
