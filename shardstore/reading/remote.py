@@ -1,16 +1,20 @@
-"""Datasets in object storage, read side: shards fetched into the local shard cache.
+"""Datasets in object storage: the glue between the reader, the writer and the store.
 
 A dataset at ``s3://``, ``gs://``, ``az://``, ``https://`` or ``memory://`` has the
 same layout as a local one (``manifest.json`` and ``v-<id>/`` shard objects, see
-``docs/format.md``).
+``docs/format.md``). Two classes connect it to the local machinery:
 
-:class:`RemoteShards`: the shards of an opened remote dataset, brought
-whole into the local :class:`~shardstore.storage.cache.ShardCache` (verified while
-they download) just before a reader touches them, and prefetched ahead of it. The
-cache keeps the dataset's layout, so every source reads a cached shard through its
-fast local path, exactly as it reads a local dataset.
-The write side (shards uploaded as the writer finishes them, a conditional commit) is
-:class:`~shardstore.writing.remote.RemoteWrite`.
+* :class:`RemoteShards` (reading): the shards of an opened remote dataset, brought
+  whole into the local :class:`~shardstore.storage.cache.ShardCache` (verified while
+  they download) just before a reader touches them, and prefetched ahead of it. The
+  cache keeps the dataset's layout, so every source reads a cached shard through its
+  fast local path, exactly as it reads a local dataset.
+* :class:`~shardstore.writing.remote.RemoteWrite` (writing): the writer writes shards
+  into a local scratch directory as usual; each finished shard is uploaded under the
+  new version's unique prefix and its local files deleted, so the scratch space holds
+  only the shards in flight. The commit is a create-only (or If-Match) put of
+  ``manifest.json``
+  (:class:`~shardstore.storage.objcommit.ObjectTransaction`).
 """
 
 from __future__ import annotations
