@@ -16,8 +16,8 @@ import pytest
 
 import shardstore
 from shardstore import cli
+from shardstore.cli import app as cli_app
 from shardstore.cli import inspection as cli_inspection
-from shardstore.cli import main as cli_main
 from shardstore.cli import output as cli_output
 from shardstore.cli.output import _human_bytes as human_bytes
 from shardstore.errors import PluginLoadError
@@ -359,7 +359,7 @@ def test_unexpected_error_is_one_line_with_a_hint(
     def broken(args: object) -> int:
         raise RuntimeError("something\nunexpected")
 
-    monkeypatch.setattr(cli_main, "_cmd_info", broken)  # bound when the parser is built
+    monkeypatch.setattr(cli_app, "_cmd_info", broken)  # bound when the parser is built
     assert cli.main(["info", str(dataset.path)]) == 2
     err = capsys.readouterr().err
     assert err.splitlines() == [
@@ -371,7 +371,7 @@ def test_unexpected_error_is_one_line_with_a_hint(
 
 # -- help -------------------------------------------------------------------------------------
 def _subcommands() -> dict[str, argparse.ArgumentParser]:
-    parser = cli_main._build_parser()
+    parser = cli_app._build_parser()
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return dict(action.choices)
 
@@ -651,21 +651,21 @@ def test_shuffle_global_on_tfrecord_says_what_to_do(
 
 
 def test_cli_words_respells_settings_and_bare_names() -> None:
-    parser = cli_main._build_parser()
-    ingest = cli_main._subcommand(parser, "ingest")
-    merge = cli_main._subcommand(parser, "merge")
-    assert cli_main._cli_words(
+    parser = cli_app._build_parser()
+    ingest = cli_app._subcommand(parser, "ingest")
+    merge = cli_app._subcommand(parser, "merge")
+    assert cli_app._cli_words(
         "discarding the interrupted ingest in /x (resume=False)", ("resume",), ingest
     ) == ("discarding the interrupted ingest in /x (--no-resume)")
     assert (
-        cli_main._cli_words("use link='copy' or link='auto'", ("link",), merge)
+        cli_app._cli_words("use link='copy' or link='auto'", ("link",), merge)
         == "use --link copy or --link auto"
     )
-    assert cli_main._cli_words("give labels or label_from", ("labels", "label_from"), ingest) == (
+    assert cli_app._cli_words("give labels or label_from", ("labels", "label_from"), ingest) == (
         "give --labels or --label-from"
     )
     # a name that is no option of the command stays as it is
-    assert cli_main._cli_words("pass grace=0", ("grace",), merge) == "pass grace=0"
+    assert cli_app._cli_words("pass grace=0", ("grace",), merge) == "pass grace=0"
 
 
 def _params_of(call: ast.Call, module: ast.Module) -> set[str]:
@@ -690,8 +690,8 @@ def _params_of(call: ast.Call, module: ast.Module) -> set[str]:
 def test_every_library_message_naming_an_option_carries_its_params() -> None:
     """A raise whose message spells ``name=...`` (or a bare ``snake_case`` name) of a command
     line option must list it in ``params=``, so that the command line can respell it."""
-    parser = cli_main._build_parser()
-    names: set[str] = set(cli_main._OPTION_ALIASES)
+    parser = cli_app._build_parser()
+    names: set[str] = set(cli_app._OPTION_ALIASES)
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for command in action.choices.values():
@@ -765,7 +765,7 @@ def test_another_broken_pipe_is_still_an_error(
     def broken(args: argparse.Namespace) -> int:
         raise BrokenPipeError(32, "Broken pipe")
 
-    monkeypatch.setattr(cli_main, "_cmd_plugins", broken)
+    monkeypatch.setattr(cli_app, "_cmd_plugins", broken)
     assert cli.main(["plugins"]) == 2
     assert _err(capsys) == "shardstore: error: [Errno 32] Broken pipe"
 
@@ -800,8 +800,8 @@ def test_commands_that_import_tensorflow_keep_its_logging_quiet(tmp_path: Path) 
 def test_quiet_tensorflow_is_undone_after_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")
     finders = list(sys.meta_path)
-    with cli_main._quiet_tensorflow(True):
+    with cli_app._quiet_tensorflow(True):
         assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3"
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1" and sys.meta_path == finders
-    with cli_main._quiet_tensorflow(False):  # --debug: TensorFlow speaks as it likes
+    with cli_app._quiet_tensorflow(False):  # --debug: TensorFlow speaks as it likes
         assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"

@@ -17,8 +17,8 @@ import yaml
 from markdown_blocks import ROOT
 
 import shardstore
+from shardstore.cli import app as cli_app
 from shardstore.cli import inspection as cli_inspection
-from shardstore.cli import main as cli_main
 
 DOCS = ROOT / "docs"
 
@@ -77,7 +77,7 @@ def test_capability_table_matches_the_source_classes() -> None:
 def test_cli_reference_covers_every_command() -> None:
     hooks = _tool("docs_hooks")
     text = hooks.cli_reference_markdown()
-    parser = cli_main._build_parser()
+    parser = cli_app._build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     for name, command in sub.choices.items():
         heading = f"### `shardstore {name}`"
@@ -175,7 +175,7 @@ def test_a_raw_role_on_a_page_fails_the_build() -> None:
 
 # -- user-facing text speaks of the product, not of how it is built --------------------------
 def _help_texts() -> dict[str, str]:
-    parser = cli_main._build_parser()
+    parser = cli_app._build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     texts = {"shardstore --help": parser.format_help()}
     texts.update({f"shardstore {n} --help": c.format_help() for n, c in sub.choices.items()})

@@ -68,7 +68,7 @@ def _summaries(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 def cli_reference_markdown() -> str:
     """Markdown sections with the ``--help`` of ``shardstore`` and each subcommand."""
-    from shardstore.cli.main import _build_parser
+    from shardstore.cli.app import _build_parser
     from shardstore.cli.output import PROG
 
     with _columns(HELP_COLUMNS):

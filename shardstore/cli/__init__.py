@@ -31,6 +31,6 @@ the library itself reports through :mod:`logging`. Nothing here imports
 TensorFlow.
 """
 
-from shardstore.cli.main import main
+from shardstore.cli.app import main
 
 __all__ = ["main"]
