@@ -215,9 +215,9 @@ def test_old_module_paths_are_the_new_modules(old: str) -> None:
 
 def test_old_paths_in_from_imports_and_attributes() -> None:
     from shardstore.manifest import Manifest  # type: ignore[import-not-found]
-    from shardstore.tfops import decode_block  # type: ignore[import-not-found]
 
     import shardstore
+    from shardstore.tfops import decode_block  # type: ignore[import-not-found]
 
     assert Manifest is shardstore.format.manifest.Manifest
     assert decode_block is shardstore.sources.tfops.decode_block
@@ -247,6 +247,13 @@ def test_old_module_paths_never_hide_the_public_functions() -> None:
 def test_a_function_that_changed_module_names_its_new_place() -> None:
     with pytest.raises(ImportError, match=r"shardstore\.storage\.fsutil\.hash_file"):
         from shardstore.checksum import hash_file  # type: ignore[import-not-found]  # noqa: F401
+
+
+def test_names_that_left_the_remote_module_name_their_new_place() -> None:
+    with pytest.raises(ImportError, match=r"shardstore\.reading\.reader\.open_remote"):
+        from shardstore.remote import open_remote  # type: ignore[import-not-found]  # noqa: F401
+    with pytest.raises(ImportError, match=r"shardstore\.writing\.remote\.RemoteWrite"):
+        from shardstore.reading.remote import RemoteWrite  # noqa: F401
 
 
 def test_an_unknown_old_name_is_still_an_error() -> None:

@@ -233,3 +233,19 @@ class RemoteShards:
                 "(shuffle=True), which needs only the shards being read",
                 params=("cache_limit", "shuffle"),
             )
+
+
+#: Names this module had when it held both halves, and where they are now.
+_MOVED = {
+    "open_remote": "shardstore.reading.reader.open_remote",
+    "RemoteWrite": "shardstore.writing.remote.RemoteWrite",
+    "UPLOAD_CONCURRENCY": "shardstore.writing.remote.UPLOAD_CONCURRENCY",
+    "UPLOAD_CHUNK": "shardstore.writing.remote.UPLOAD_CHUNK",
+    "SINGLE_PUT_BYTES": "shardstore.writing.remote.SINGLE_PUT_BYTES",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _MOVED:
+        raise ImportError(f"{__name__}.{name} is now {_MOVED[name]}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

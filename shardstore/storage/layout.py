@@ -1,9 +1,11 @@
-"""The layout of a dataset directory: version directories, the control directory, locks.
+"""The layout of a dataset: version directories, the control area, locks and leases.
 
-What :mod:`shardstore.storage.commit` (the write transaction) and
-:mod:`shardstore.storage.garbage` (garbage collection) both need to know about a
-dataset directory: where things are, what the current manifest is, which version
-directories it references, and how long superseded versions are kept.
+What the write transaction (:mod:`shardstore.storage.commit`,
+:mod:`shardstore.storage.objcommit` in an object store) and garbage collection
+(:mod:`shardstore.storage.garbage`, :mod:`shardstore.storage.objgc`) both need to know
+about a dataset: where things are, what the current manifest is, which version
+directories it references, and how long superseded versions and silent writers are
+given.
 """
 
 from __future__ import annotations
