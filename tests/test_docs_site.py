@@ -145,7 +145,7 @@ def test_every_docstring_role_resolves(caplog: pytest.LogCaptureFixture) -> None
         if obj.docstring is not None and tools.ROLE.search(obj.docstring.value)
     ]
     assert not left
-    to_tf = package["reader.Dataset.to_tf"].docstring.value
+    to_tf = package["reading.reader.Dataset.to_tf"].docstring.value
     assert '<autoref identifier="shardstore.' in package["cli"].docstring.value
     assert ":meth:" not in to_tf and ":func:" not in to_tf
 
