@@ -12,7 +12,8 @@ dependency) or under ``if TYPE_CHECKING:`` (an annotation ties the layers togeth
   imports another is ``memmap``, which reads the very files ``npy`` writes
   (``reads = {"npy"}``) and shares its header parsing;
 * ``reading/`` never imports ``writing/``, ``cli/``, ``testing/`` or the public surface
-  (``api``, the package);
+  (``api``, the package); like ``writing/``, it may use the plugin registry
+  (:mod:`shardstore.registry`) and ``shardstore._version``;
 * ``writing/`` never imports ``reading/``, ``cli/`` or ``testing/``, with one exception,
   listed in :data:`HANDS_BACK`: a write returns the dataset it committed, a
   :class:`~shardstore.Dataset` (``reading.reader``), and ``merge`` and ``convert``, which
@@ -254,6 +255,28 @@ def test_names_that_left_the_remote_module_name_their_new_place() -> None:
         from shardstore.remote import open_remote  # type: ignore[import-not-found]  # noqa: F401
     with pytest.raises(ImportError, match=r"shardstore\.writing\.remote\.RemoteWrite"):
         from shardstore.reading.remote import RemoteWrite  # noqa: F401
+
+
+def test_typing_stubs_only_for_old_paths() -> None:
+    """Type checkers do not run the alias finder; the few ``.pyi`` stubs at the top level
+    (the old paths the plugin guide named) each point at the module the alias names."""
+    stubs = sorted(PACKAGE.glob("*.pyi"))
+    assert [p.stem for p in stubs] == ["safefs", "tfops"]
+    for stub in stubs:
+        new = _aliases.OLD_PATHS[f"shardstore.{stub.stem}"]
+        assert f"from {new} import *" in stub.read_text()
+
+
+def test_the_hdf5_plugin_imports_old_paths_and_gets_the_modules() -> None:
+    """The third-party plugin (unchanged) imports ``shardstore.safefs`` and
+    ``shardstore.tfops``; its own suite runs with the rest of the tests."""
+    pytest.importorskip("shardstore_hdf5")
+    import shardstore_hdf5.source as hdf5
+
+    from shardstore.storage import safefs
+
+    assert hdf5.check_regular is safefs.check_regular
+    assert sys.modules["shardstore.safefs"] is safefs
 
 
 def test_an_unknown_old_name_is_still_an_error() -> None:
