@@ -19,9 +19,10 @@ from collections.abc import Sequence
 __all__ = ["OLD_PATHS", "install"]
 
 _LAYERS = {
-    "format": ("blocks", "checksum", "manifest", "ragged"),
+    "format": ("blocks", "manifest", "ragged"),
     "storage": (
         "caches",
+        "checksum",
         "commit",
         "faults",
         "fsutil",

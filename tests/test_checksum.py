@@ -8,7 +8,7 @@ import pytest
 import xxhash
 
 from shardstore.storage import integrity
-from shardstore.storage.fsutil import hash_file
+from shardstore.storage.checksum import hash_file
 
 
 def expected(data: bytes) -> tuple[int, str]:

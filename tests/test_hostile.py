@@ -57,7 +57,7 @@ from shardstore.errors import (
 )
 from shardstore.format.manifest import Manifest
 from shardstore.sources.tfrecord import masked_crc32c
-from shardstore.storage.fsutil import hash_file
+from shardstore.storage.checksum import hash_file
 from shardstore.testing import assert_bitwise_equal, assert_damage_reported, collect
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -245,11 +245,6 @@ def test_old_module_paths_never_hide_the_public_functions() -> None:
     assert callable(shardstore.merge) and callable(shardstore.ingest)
 
 
-def test_a_function_that_changed_module_names_its_new_place() -> None:
-    with pytest.raises(ImportError, match=r"shardstore\.storage\.fsutil\.hash_file"):
-        from shardstore.checksum import hash_file  # type: ignore[import-not-found]  # noqa: F401
-
-
 def test_names_that_left_the_remote_module_name_their_new_place() -> None:
     with pytest.raises(ImportError, match=r"shardstore\.reading\.reader\.open_remote"):
         from shardstore.remote import open_remote  # type: ignore[import-not-found]  # noqa: F401

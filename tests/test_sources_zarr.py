@@ -645,7 +645,7 @@ def _rewrite_offsets(path: Path, shard: int, offsets: np.ndarray) -> None:
 
 
 def _fix_manifest(path: Path) -> None:
-    from shardstore.storage.fsutil import hash_file
+    from shardstore.storage.checksum import hash_file
 
     manifest = json.loads((path / "manifest.json").read_text())
     for shard in manifest["shards"]:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from shardstore.errors import ChecksumError, InvalidInputError
-from shardstore.format.checksum import format_digest, new_hasher
 from shardstore.format.manifest import FileEntry, ShardEntry
 from shardstore.storage.cache import CacheFullError, ShardCache, entry_id
+from shardstore.storage.checksum import format_digest, new_hasher
 from shardstore.storage.location import parse_location
 from shardstore.storage.objects import ObjectStore
 

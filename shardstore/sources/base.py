@@ -73,7 +73,6 @@ from shardstore.errors import (
     UnsupportedDTypeError,
 )
 from shardstore.format.blocks import INDEX_SUFFIX, FileBlocks, choose_layout, encode_index
-from shardstore.format.checksum import CHUNK_BYTES
 from shardstore.format.manifest import (
     SUPPORTED_DTYPES,
     FeatureSpec,
@@ -81,6 +80,7 @@ from shardstore.format.manifest import (
     ShardEntry,
     check_relative_path,
 )
+from shardstore.storage.checksum import CHUNK_BYTES
 from shardstore.storage.fsutil import HashingFile, InsideResolver, make_dirs
 
 if TYPE_CHECKING:

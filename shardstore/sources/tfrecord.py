@@ -62,9 +62,9 @@ import google_crc32c
 import numpy as np
 
 from shardstore.errors import ChecksumError, InvalidInputError, ManifestError
-from shardstore.format.checksum import CHUNK_BYTES
 from shardstore.format.manifest import FeatureSpec, ShardEntry
 from shardstore.sources.base import ArrayLike, ReadContext, ShardWriteContext, Source
+from shardstore.storage.checksum import CHUNK_BYTES
 from shardstore.storage.safefs import check_regular, open_binary
 
 if TYPE_CHECKING:

@@ -59,9 +59,9 @@ from types import TracebackType
 import numpy as np
 
 from shardstore.errors import ChecksumError, InvalidInputError, StorageError
-from shardstore.format.checksum import format_digest, new_hasher
 from shardstore.format.manifest import FileEntry, ShardEntry
 from shardstore.storage.base import Store
+from shardstore.storage.checksum import format_digest, new_hasher
 
 __all__ = [
     "CACHE_DIR_ENV",

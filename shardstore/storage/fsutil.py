@@ -42,12 +42,11 @@ from shardstore.errors import (
     UnsafeLinkError,
 )
 from shardstore.format.blocks import BlockHasher, FileBlocks
-from shardstore.format.checksum import CHUNK_BYTES, format_digest, new_hasher
 from shardstore.storage import faults
+from shardstore.storage.checksum import format_digest, new_hasher
 from shardstore.storage.safefs import (
     Directory,
     describe_mode,
-    open_regular,
     read_regular,
     storage_errors,
 )
@@ -57,7 +56,6 @@ __all__ = [
     "HashingFile",
     "InsideResolver",
     "fsync_dir",
-    "hash_file",
     "link_into",
     "make_dirs",
     "parent_directory",
@@ -457,35 +455,3 @@ class InsideResolver:
 def resolve_inside(root: Path, relpath: str) -> Path:
     """The absolute path of ``relpath`` under ``root`` (see :class:`InsideResolver`)."""
     return InsideResolver(root).resolve(relpath)
-
-
-def hash_file(path: str | os.PathLike[str], *, chunk_bytes: int = CHUNK_BYTES) -> tuple[int, str]:
-    """Return ``(size, checksum)`` of a file, reading it in chunks.
-
-    A file no longer than one chunk is read with a single ``read`` (many
-    datasets have thousands of small shard files, hashed when first read).
-    The file is opened with :func:`shardstore.storage.safefs.open_regular`: a link, a
-    FIFO or a device is refused, never read.
-    """
-    hasher = new_hasher()
-    fd = open_regular(path)
-    try:
-        expected = os.fstat(fd).st_size
-        if expected < chunk_bytes:
-            data = os.read(fd, expected + 1)  # +1: see the end in the same call
-            hasher.update(data)
-            size = len(data)
-            if size <= expected:
-                return size, format_digest(hasher)
-            # the file grew since fstat: hash the rest as any large file
-        else:
-            size = 0
-        buf = bytearray(chunk_bytes)
-        view = memoryview(buf)
-        with open(fd, "rb", buffering=0, closefd=False) as f:
-            while n := f.readinto(buf):
-                hasher.update(view[:n])
-                size += n
-        return size, format_digest(hasher)
-    finally:
-        os.close(fd)

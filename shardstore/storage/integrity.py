@@ -61,10 +61,10 @@ from shardstore.format.blocks import (
     checksum_int,
     decode_index,
 )
-from shardstore.format.checksum import CHUNK_BYTES, format_digest, new_hasher
 from shardstore.format.manifest import MAX_EXPANSION, FileEntry, ShardEntry
 from shardstore.storage.caches import LRU
-from shardstore.storage.fsutil import InsideResolver, hash_file
+from shardstore.storage.checksum import CHUNK_BYTES, format_digest, hash_file, new_hasher
+from shardstore.storage.fsutil import InsideResolver
 from shardstore.storage.safefs import open_binary
 
 __all__ = [

@@ -21,8 +21,8 @@ from pathlib import Path
 from shardstore.errors import (
     ShardStoreError,
 )
-from shardstore.format.checksum import new_hasher
 from shardstore.format.manifest import MANIFEST_NAME, Manifest
+from shardstore.storage.checksum import new_hasher
 from shardstore.storage.fsutil import read_manifest_bytes
 from shardstore.storage.locks import FileLock
 from shardstore.storage.safefs import Directory

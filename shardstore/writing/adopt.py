@@ -52,7 +52,6 @@ from shardstore.errors import (
     ManifestError,
     UnsupportedDTypeError,
 )
-from shardstore.format.checksum import CHUNK_BYTES, format_digest, new_hasher
 from shardstore.format.manifest import (
     MANIFEST_NAME,
     SUPPORTED_DTYPES,
@@ -71,6 +70,7 @@ from shardstore.sources.tfrecord import (
     read_first_record,
 )
 from shardstore.storage import faults
+from shardstore.storage.checksum import CHUNK_BYTES, format_digest, new_hasher
 from shardstore.storage.commit import Transaction, manifest_state
 from shardstore.storage.fsutil import HashingFile, link_into
 from shardstore.storage.progress import progress_bar

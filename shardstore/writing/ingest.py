@@ -45,9 +45,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from shardstore.errors import InvalidInputError, ManifestError
-from shardstore.format.checksum import new_hasher
 from shardstore.format.manifest import FeatureSpec, check_feature_name
 from shardstore.registry import get_source
+from shardstore.storage.checksum import new_hasher
 from shardstore.writing.arrayfiles import (
     ArrayColumn,
     fingerprint_tree,

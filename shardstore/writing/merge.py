@@ -37,9 +37,9 @@ from shardstore.errors import (
     InvalidInputError,
 )
 from shardstore.format.blocks import INDEX_SUFFIX
-from shardstore.format.checksum import CHUNK_BYTES, format_digest, new_hasher
 from shardstore.format.manifest import MANIFEST_NAME, FeatureSpec, FileEntry, Manifest, ShardEntry
 from shardstore.format.ragged import merge_length_stats
+from shardstore.storage.checksum import CHUNK_BYTES, format_digest, new_hasher
 from shardstore.storage.commit import Transaction, manifest_state
 from shardstore.storage.fsutil import (
     HashingFile,

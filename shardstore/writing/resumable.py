@@ -45,9 +45,9 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from tqdm.auto import tqdm
 
 from shardstore.errors import DatasetExistsError, ManifestError
-from shardstore.format.checksum import new_hasher
 from shardstore.format.manifest import MANIFEST_NAME, FeatureSpec, Manifest, ShardEntry
 from shardstore.sources.base import ArrayLike, ShardWriteContext, Source
+from shardstore.storage.checksum import new_hasher
 from shardstore.storage.commit import CONTROL_DIR, Transaction, manifest_state, staging_dir
 from shardstore.storage.fsutil import parent_directory, remove_quietly, write_file_at
 from shardstore.storage.safefs import Directory
