@@ -27,8 +27,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf
 
 import shardstore
-from shardstore import integrity
-from shardstore.bench import synthetic_images
+from shardstore.cli.bench import synthetic_images
+from shardstore.storage import integrity
 
 __all__ = ["main"]
 

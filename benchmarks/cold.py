@@ -35,11 +35,11 @@ import numpy as np
 import shardstore
 from benchmarks.probe import run_probe
 from benchmarks.results import Row
-from shardstore.bench import IMAGE_SHAPE
-from shardstore.blocks import BlockHasher, FileBlocks, choose_layout, encode_index
-from shardstore.checksum import format_digest, new_hasher
-from shardstore.manifest import MANIFEST_NAME, FeatureSpec, FileEntry, Manifest, ShardEntry
+from shardstore.cli.bench import IMAGE_SHAPE
+from shardstore.format.blocks import BlockHasher, FileBlocks, choose_layout, encode_index
+from shardstore.format.manifest import MANIFEST_NAME, FeatureSpec, FileEntry, Manifest, ShardEntry
 from shardstore.sources.npy import npy_header
+from shardstore.storage.checksum import format_digest, new_hasher
 
 __all__ = ["evict", "run_cold_suite", "sparse_dataset", "write_images"]
 

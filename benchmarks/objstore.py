@@ -146,7 +146,7 @@ def get_floor(store: ObjectStore, keys: list[str], threads: int) -> tuple[float,
 
 def put_floor(store: ObjectStore, files: list[tuple[Path, str]], threads: int) -> tuple[float, int]:
     """Seconds and bytes to upload each local file to its key through a multipart sink."""
-    from shardstore.remote import UPLOAD_CHUNK
+    from shardstore.writing.remote import UPLOAD_CHUNK
 
     def upload(item: tuple[Path, str]) -> int:
         path, key = item
@@ -171,7 +171,7 @@ def cache_fill(
 
     What a cold epoch's downloads cost by themselves (verified, written to the cache's disk).
     """
-    from shardstore.remote import open_remote
+    from shardstore.reading.reader import open_remote
 
     store = _store(url, options)
     shards = open_remote(store, cache_dir=cache_dir).shards
@@ -249,8 +249,8 @@ def run_objstore_suite(
     Each throughput row is the best of ``repeats`` (a fresh cache or prefix for each
     cold epoch and write); ``random_reads`` random single indices are read with ``ds[i]``.
     """
-    from shardstore.remote import UPLOAD_CONCURRENCY
     from shardstore.storage.cache import DEFAULT_DEPTH
+    from shardstore.writing.remote import UPLOAD_CONCURRENCY
 
     repeats = max(1, repeats)
     root = workdir / f"objstore-{uuid.uuid4().hex[:8]}"

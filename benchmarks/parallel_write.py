@@ -9,7 +9,7 @@ label, 0.81 GB, 64 MiB shards, ``fsync=True`` as by default):
   default thread pool write them from views; a Dask client gets each shard
   scattered to a worker (so its numbers include the transfer).
 * **dask**: a ``dask.array`` whose blocks (one per shard) are *generated*
-  where they are computed (:func:`shardstore.bench.synthetic_images`,
+  where they are computed (:func:`shardstore.cli.bench.synthetic_images`,
   seeded per block), the way a preprocessing job produces data on its
   workers. Without a client, the default thread pool computes each shard's
   block in its task.
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 import shardstore
-from shardstore.bench import IMAGE_SHAPE, best_of, synthetic_images
+from shardstore.cli.bench import IMAGE_SHAPE, best_of, synthetic_images
 from shardstore.testing import comparable_manifest
 
 SHARD_RECORDS = (64 << 20) // (int(np.prod(IMAGE_SHAPE)) * 4 + 8)  # 64 MiB shards

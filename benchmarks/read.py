@@ -23,7 +23,7 @@ import shardstore
 from benchmarks.peers import PEERS, Peer, subset_size
 from benchmarks.results import Row, read_row
 from benchmarks.workloads import Workload
-from shardstore.bench import np_load_floor
+from shardstore.cli.bench import np_load_floor
 
 __all__ = [
     "DATASETS",
@@ -156,7 +156,7 @@ def verify_rows(workload: Workload, ds: shardstore.Dataset, repeats: int, log: L
     is timed, with ``verify="once"`` and with ``verify="size"``, alternately,
     best of ``max(2, repeats)`` each. Later epochs only look blocks up.
     """
-    from shardstore import integrity
+    from shardstore.storage import integrity
 
     rows = []
     for mode in _ALL:

@@ -4,7 +4,7 @@
   in a fresh process per shuffle mode (and in order with ``tf_native=True``,
   the pure-TensorFlow block pipeline): ``open`` + ``to_tf`` + first batch;
 * ``open()`` of a simulated 100,000-shard manifest (a real, valid manifest
-  built with :mod:`shardstore.manifest`, but no data files: ``open`` reads
+  built with :mod:`shardstore.format.manifest`, but no data files: ``open`` reads
   nothing else), best of 3 in a fresh process.
 """
 
@@ -20,7 +20,7 @@ import shardstore
 from benchmarks.probe import run_probe
 from benchmarks.results import Row
 from benchmarks.workloads import TABULAR
-from shardstore.manifest import MANIFEST_NAME, FeatureSpec, FileEntry, Manifest, ShardEntry
+from shardstore.format.manifest import MANIFEST_NAME, FeatureSpec, FileEntry, Manifest, ShardEntry
 
 __all__ = ["many_shards", "run_scaling_suite", "simulated_manifest"]
 

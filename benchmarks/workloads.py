@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from shardstore.bench import IMAGE_SHAPE, synthetic_images
+from shardstore.cli.bench import IMAGE_SHAPE, synthetic_images
 
 __all__ = ["IMAGES", "TABULAR", "WORKLOADS", "Workload", "make_arrays"]
 

@@ -25,7 +25,7 @@ import numpy as np
 import shardstore
 from benchmarks.peers import records_per_file, write_tfrecords
 from benchmarks.results import Row, write_row
-from shardstore.fsutil import fsync_dir
+from shardstore.storage.fsutil import fsync_dir
 
 __all__ = ["np_save_files", "run_write_suite", "time_write"]
 

@@ -10,10 +10,12 @@ only when a pipeline is built or a source is used.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
+from shardstore import _aliases
+from shardstore._version import __version__
 from shardstore.api import gc, open, write
-from shardstore.convert import convert
 from shardstore.errors import (
     CapabilityError,
     ChecksumError,
@@ -45,26 +47,29 @@ from shardstore.errors import (
     UnsupportedDTypeError,
     from_tf_error,
 )
-from shardstore.ingest import ingest
-from shardstore.manifest import FeatureSpec, Manifest
-from shardstore.merge import merge
-from shardstore.ragged import RaggedArray
-from shardstore.reader import Dataset
+from shardstore.format.manifest import FeatureSpec, Manifest
+from shardstore.format.ragged import RaggedArray
+from shardstore.reading.reader import Dataset
 from shardstore.registry import SourceInfo, available_sources, get_source, register_source
-from shardstore.writer import Writer
-
-__version__ = "0.1.0"
+from shardstore.writing.convert import convert
+from shardstore.writing.ingest import ingest
+from shardstore.writing.merge import merge
+from shardstore.writing.writer import Writer
 
 if TYPE_CHECKING:
-    from shardstore.adopt import index_tfrecords
+    from shardstore.writing.adopt import index_tfrecords
 
 
 def __getattr__(name: str) -> Any:
     # PEP 562: attributes that would import a plugin module are loaded on first use.
     if name == "index_tfrecords":
-        from shardstore.adopt import index_tfrecords
+        from shardstore.writing.adopt import index_tfrecords
 
         return index_tfrecords
+    # the module paths of earlier releases (shardstore.manifest, shardstore.tfops, ...)
+    module = _aliases.resolve(name)
+    if module is not None:
+        return module
     raise AttributeError(f"module 'shardstore' has no attribute {name!r}")
 
 
@@ -116,3 +121,5 @@ __all__ = [
     "register_source",
     "write",
 ]
+
+_aliases.install(sys.modules[__name__])

@@ -6,17 +6,16 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from shardstore import integrity
 from shardstore.errors import DatasetNotFoundError, InvalidInputError, ManifestError
-from shardstore.fsutil import read_manifest_file
-from shardstore.manifest import MANIFEST_NAME, Manifest
-from shardstore.reader import Dataset
-from shardstore.remote import local_path, open_remote, remote_store
-from shardstore.safefs import storage_boundary
-from shardstore.writer import Writer, normalize_arrays
+from shardstore.format.manifest import MANIFEST_NAME, Manifest
+from shardstore.reading.reader import Dataset, open_remote
+from shardstore.storage import integrity, local_path, remote_store
+from shardstore.storage.fsutil import read_manifest_file
+from shardstore.storage.safefs import storage_boundary
+from shardstore.writing.writer import Writer, normalize_arrays
 
 if TYPE_CHECKING:
-    from shardstore.garbage import GcReport
+    from shardstore.storage.garbage import GcReport
 
 __all__ = ["gc", "open", "write"]
 
@@ -63,7 +62,7 @@ def write(
     metadata : JSON-serialisable user metadata kept in the manifest.
     fsync : flush to stable storage before committing (default True).
     progress : progress bar (default: only on a terminal).
-    executor : where the shards are written (:mod:`shardstore.parallel`):
+    executor : where the shards are written (:mod:`shardstore.writing.parallel`):
         ``"threads"`` (default: a private pool of ``min(4, os.cpu_count())``
         threads), ``"serial"``, any ``concurrent.futures.Executor``, or a
         ``dask.distributed.Client`` (shards written on its workers; Dask
@@ -135,7 +134,7 @@ def open(
         No committed dataset (no ``manifest.json``) at ``path``.
     ManifestError
         The manifest is invalid, unsafe, of an unsupported format version, or
-        larger than :data:`~shardstore.fsutil.MAX_MANIFEST_BYTES`.
+        larger than :data:`~shardstore.storage.fsutil.MAX_MANIFEST_BYTES`.
     ChecksumError
         ``manifest.json`` is not a regular file (a symlink, a directory, a
         FIFO, a device: nothing is read from it).
@@ -202,7 +201,7 @@ def gc(
     Every write runs the same collection when it starts; ``docs/reliability.md``
     lists what is removed and when.
     """
-    from shardstore.garbage import collect
+    from shardstore.storage.garbage import collect
 
     store = remote_store(path, storage_options)
     if store is not None:

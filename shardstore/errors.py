@@ -21,7 +21,7 @@ and naming the file and the operation:
   with status 1 for it.
 
 :func:`from_os_error` is the one place an ``OSError`` becomes one of these; the
-storage layer (:func:`shardstore.safefs.storage_errors`) calls it.
+storage layer (:func:`shardstore.storage.safefs.storage_errors`) calls it.
 """
 
 from __future__ import annotations

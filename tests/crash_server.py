@@ -3,7 +3,7 @@
 Started once per test module as ``python tests/crash_server.py`` (a clean
 interpreter: no TensorFlow, no threads), it imports shardstore and NumPy,
 then reads one JSON request per line on stdin and answers on stdout. For
-each request it forks a child that arms :mod:`shardstore.faults` (``SIGKILL``
+each request it forks a child that arms :mod:`shardstore.storage.faults` (``SIGKILL``
 after ``after_ops`` storage operations) and runs one write or one garbage
 collection. It answers ``{"pid": ...}`` as soon as the child exists (so the
 test can also kill it at a random time), then the outcome once the child is
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 import shardstore
-from shardstore import faults
+from shardstore.storage import faults
 
 
 def make_data(seed: int, n: int) -> dict[str, np.ndarray]:

@@ -17,7 +17,6 @@ import pytest
 import tensorflow as tf
 
 import shardstore
-from shardstore.adopt import index_tfrecords, parse_feature_arg
 from shardstore.errors import (
     ChecksumError,
     DatasetExistsError,
@@ -25,6 +24,7 @@ from shardstore.errors import (
     UnsupportedDTypeError,
 )
 from shardstore.testing import assert_bitwise_equal, assert_damage_reported, collect, flip_bit
+from shardstore.writing.adopt import index_tfrecords, parse_feature_arg
 
 N = 23
 SPLITS = ((0, 10), (10, 18), (18, 23))
@@ -213,7 +213,7 @@ def test_an_empty_file_is_an_empty_shard(
 def test_adopting_does_not_import_tensorflow(tmp_path: Path, sources: list[Path]) -> None:
     code = (
         "import sys\n"
-        "from shardstore.adopt import index_tfrecords\n"
+        "from shardstore.writing.adopt import index_tfrecords\n"
         f"index_tfrecords({str(tmp_path / 'ds')!r}, {[str(s) for s in sources]!r},"
         " {'label': ('int64', (), 'int64_list')})\n"
         "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"

@@ -1,4 +1,4 @@
-"""``shardstore.bench`` (measurement helpers) and the ``shardstore bench`` command."""
+"""``shardstore.cli.bench`` (measurement helpers) and the ``shardstore bench`` command."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import shardstore
 from shardstore import cli
-from shardstore.bench import stream_epochs
+from shardstore.cli.bench import stream_epochs
 
 
 @pytest.fixture(scope="module")

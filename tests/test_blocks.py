@@ -10,7 +10,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardstore.blocks import (
+from shardstore.format.blocks import (
     MAGIC,
     TARGET_BLOCK_BYTES,
     BlockHasher,

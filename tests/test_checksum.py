@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from shardstore import integrity
-from shardstore.checksum import hash_file
+from shardstore.storage import integrity
+from shardstore.storage.checksum import hash_file
 
 
 def expected(data: bytes) -> tuple[int, str]:

@@ -27,7 +27,7 @@ import pytest
 
 import shardstore
 from shardstore.errors import CommitConflictError, DatasetExistsError
-from shardstore.fsutil import HashingFile
+from shardstore.storage.fsutil import HashingFile
 from shardstore.testing import assert_bitwise_equal
 
 sys.path.insert(0, str(Path(__file__).parent))

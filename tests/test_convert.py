@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import shardstore
-from shardstore.convert import convert
 from shardstore.errors import DatasetExistsError, InvalidInputError
 from shardstore.testing import assert_bitwise_equal, random_records
+from shardstore.writing.convert import convert
 
 FORMATS = ["npy", "memmap", "zarr", "tfrecord"]
 

@@ -25,8 +25,8 @@ import pytest
 import tensorflow as tf
 
 import shardstore
-from shardstore import integrity
 from shardstore.errors import ChecksumError
+from shardstore.storage import integrity
 from shardstore.testing import assert_bitwise_equal, assert_damage_reported, collect, flip_bit
 
 STRESS = os.environ.get("SHARDSTORE_STRESS", "") not in ("", "0")
@@ -188,7 +188,7 @@ def test_a_file_replaced_after_verification_is_hashed_again(original: Path, tmp_
 
 
 class HashCounter:
-    """Counts the bytes ``shardstore.integrity`` hashes (blocks, and whole files)."""
+    """Counts the bytes ``shardstore.storage.integrity`` hashes (blocks, and whole files)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.nbytes = 0

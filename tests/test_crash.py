@@ -2,7 +2,7 @@
 
 Each trial is a real child process (forked by ``tests/crash_server.py``)
 that dies by a real ``SIGKILL`` (no ``finally``, no ``atexit``) right after
-its k-th storage operation (:mod:`shardstore.faults`), for every k of a
+its k-th storage operation (:mod:`shardstore.storage.faults`), for every k of a
 write, or at a random moment. After every kill:
 
 * ``shardstore.open`` raises ``DatasetNotFoundError`` (first write) or gives

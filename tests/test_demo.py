@@ -8,7 +8,7 @@ import pytest
 
 import shardstore
 from shardstore.cli import main
-from shardstore.demo import run_demo
+from shardstore.cli.demo import run_demo
 
 
 def test_demo_cli_reports_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 import shardstore
 from shardstore.errors import CapabilityError, InvalidInputError
-from shardstore.pipeline import LOCAL_ONLY_MESSAGE
+from shardstore.reading.pipeline import LOCAL_ONLY_MESSAGE
 from shardstore.testing import assert_bitwise_equal, collect
 
 N = 203

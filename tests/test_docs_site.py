@@ -17,7 +17,8 @@ import yaml
 from markdown_blocks import ROOT
 
 import shardstore
-from shardstore import cli
+from shardstore.cli import app as cli_app
+from shardstore.cli import inspection as cli_inspection
 
 DOCS = ROOT / "docs"
 
@@ -69,14 +70,14 @@ def test_capability_table_matches_the_source_classes() -> None:
         for flag, companion in flags.items():
             if isinstance(companion, str):  # what `shardstore plugins` says: yes (via ...)
                 assert not source.capabilities()[flag] and source.random_access_source == companion
-                assert cli._describe_plugin(installed[name])["via"] == {flag: companion}
+                assert cli_inspection._describe_plugin(installed[name])["via"] == {flag: companion}
 
 
 # -- command line: generated reference ----------------------------------------------------------
 def test_cli_reference_covers_every_command() -> None:
     hooks = _tool("docs_hooks")
     text = hooks.cli_reference_markdown()
-    parser = cli._build_parser()
+    parser = cli_app._build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     for name, command in sub.choices.items():
         heading = f"### `shardstore {name}`"
@@ -113,13 +114,13 @@ def test_compact_parameter_lines_become_descriptions() -> None:
 # -- API reference: Sphinx roles become cross-references -----------------------------------------
 def test_sphinx_roles_become_optional_cross_references() -> None:
     replace = _tool("docs_griffe").replace_roles
-    paths = {"Dataset.to_tf": "shardstore.reader.Dataset.to_tf", "x.y": "shardstore.x.y"}
+    paths = {"Dataset.to_tf": "shardstore.reading.reader.Dataset.to_tf", "x.y": "shardstore.x.y"}
     doc = (
         "See :meth:`Dataset.to_tf` and :func:`~x.y`, :py:class:`numpy.ndarray`; "
         "``:meth:`` in code stays."
     )
     assert replace(doc, paths.get) == (
-        'See <autoref identifier="shardstore.reader.Dataset.to_tf" optional>'
+        'See <autoref identifier="shardstore.reading.reader.Dataset.to_tf" optional>'
         "<code>Dataset.to_tf</code></autoref> and "
         '<autoref identifier="shardstore.x.y" optional><code>y</code></autoref>, '
         "<code>numpy.ndarray</code>; ``:meth:`` in code stays."
@@ -144,7 +145,7 @@ def test_every_docstring_role_resolves(caplog: pytest.LogCaptureFixture) -> None
         if obj.docstring is not None and tools.ROLE.search(obj.docstring.value)
     ]
     assert not left
-    to_tf = package["reader.Dataset.to_tf"].docstring.value
+    to_tf = package["reading.reader.Dataset.to_tf"].docstring.value
     assert '<autoref identifier="shardstore.' in package["cli"].docstring.value
     assert ":meth:" not in to_tf and ":func:" not in to_tf
 
@@ -158,8 +159,11 @@ def test_a_raw_role_on_a_page_fails_the_build() -> None:
         class file:  # the shape of mkdocs' page.file
             src_path = "api.md"
 
-    html = "<p>Use :meth:<code>Dataset.to_tf</code> and :mod:`shardstore.parallel`</p>"
-    assert hooks.raw_roles(html) == [":meth:<code>Dataset.to_tf", ":mod:`shardstore.parallel"]
+    html = "<p>Use :meth:<code>Dataset.to_tf</code> and :mod:`shardstore.writing.parallel`</p>"
+    assert hooks.raw_roles(html) == [
+        ":meth:<code>Dataset.to_tf",
+        ":mod:`shardstore.writing.parallel",
+    ]
     with pytest.raises(PluginError, match=r"api\.md shows Sphinx roles as text"):
         hooks.on_page_content(html, page=Page)
     fine = '<p><a class="autorefs"><code>Dataset.to_tf</code></a> costs 2:30 min</p>'
@@ -171,7 +175,7 @@ def test_a_raw_role_on_a_page_fails_the_build() -> None:
 
 # -- user-facing text speaks of the product, not of how it is built --------------------------
 def _help_texts() -> dict[str, str]:
-    parser = cli._build_parser()
+    parser = cli_app._build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     texts = {"shardstore --help": parser.format_help()}
     texts.update({f"shardstore {n} --help": c.format_help() for n, c in sub.choices.items()})

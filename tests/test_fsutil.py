@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from shardstore import faults
 from shardstore.errors import (
     ChecksumError,
     DamagedFileNotFoundError,
@@ -26,8 +25,14 @@ from shardstore.errors import (
     StorageFileExistsError,
     UnsafeLinkError,
 )
-from shardstore.fsutil import HashingFile, InsideResolver, read_manifest_bytes, resolve_inside
-from shardstore.safefs import Directory, open_regular, read_regular, storage_errors
+from shardstore.storage import faults
+from shardstore.storage.fsutil import (
+    HashingFile,
+    InsideResolver,
+    read_manifest_bytes,
+    resolve_inside,
+)
+from shardstore.storage.safefs import Directory, open_regular, read_regular, storage_errors
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ import pytest
 
 import shardstore
 from shardstore import cli
-from shardstore.commit import Transaction, manifest_state
 from shardstore.errors import DamagedNotADirectoryError, InvalidInputError, UnsafeLinkError
+from shardstore.storage.commit import Transaction, manifest_state
 from shardstore.testing import assert_bitwise_equal
 
 

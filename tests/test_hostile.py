@@ -41,7 +41,6 @@ from hypothesis import strategies as st
 
 import shardstore
 from shardstore import cli
-from shardstore.checksum import hash_file
 from shardstore.errors import (
     CapabilityError,
     ChecksumError,
@@ -56,8 +55,9 @@ from shardstore.errors import (
     UnsupportedDTypeError,
     from_tf_error,
 )
-from shardstore.manifest import Manifest
+from shardstore.format.manifest import Manifest
 from shardstore.sources.tfrecord import masked_crc32c
+from shardstore.storage.checksum import hash_file
 from shardstore.testing import assert_bitwise_equal, assert_damage_reported, collect
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -1114,7 +1114,7 @@ def test_manifest_json_as_a_directory_is_damage(originals: dict[str, Path], kind
 
 
 def test_the_manifest_size_is_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from shardstore import fsutil
+    from shardstore.storage import fsutil
 
     path = tmp_path / "d"
     shardstore.write(path, records(), fsync=False)

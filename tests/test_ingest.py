@@ -23,9 +23,9 @@ from shardstore.errors import (
     InvalidInputError,
     UnsupportedDTypeError,
 )
-from shardstore.resumable import JOURNAL_NAME
 from shardstore.sources.npy import NpySource
 from shardstore.testing import assert_bitwise_equal, assert_same_dataset
+from shardstore.writing.resumable import JOURNAL_NAME
 
 SHAPE = (4, 3)
 
@@ -456,7 +456,7 @@ def test_ctrl_c_keeps_the_finished_shards(
     assert "run the same ingest again to resume" in caplog.text
     assert len(journal_of(tmp_path / "ds").read_text().splitlines()) == 4
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="shardstore.resumable"):
+    with caplog.at_level(logging.INFO, logger="shardstore.writing.resumable"):
         ds = shardstore.ingest(tmp_path / "big.npy", tmp_path / "ds", records_per_shard=5)
     assert "3 of 10 shards already written" in caplog.text
     fresh = shardstore.ingest(tmp_path / "big.npy", tmp_path / "fresh", records_per_shard=5)

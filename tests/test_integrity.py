@@ -25,13 +25,14 @@ import pytest
 import tensorflow as tf
 
 import shardstore
-from shardstore import cli, integrity
-from shardstore.blocks import INDEX_SUFFIX, decode_index
+from shardstore import cli
+from shardstore.cli.summary import summarize
 from shardstore.errors import ChecksumError, DamagedFilesError, InvalidInputError, ManifestError
-from shardstore.manifest import Manifest
+from shardstore.format.blocks import INDEX_SUFFIX, decode_index
+from shardstore.format.manifest import Manifest
 from shardstore.sources import memmap as memmap_module
 from shardstore.sources.base import ShardWriteContext
-from shardstore.summary import summarize
+from shardstore.storage import integrity
 from shardstore.testing import (
     assert_bitwise_equal,
     assert_damage_reported,
@@ -290,7 +291,7 @@ def test_a_damaged_index_falls_back_to_whole_files(
         os.truncate(target, index.size // 2)
     else:
         target.unlink()
-    with caplog.at_level(logging.WARNING, logger="shardstore.integrity"):
+    with caplog.at_level(logging.WARNING, logger="shardstore.storage.integrity"):
         fresh = shardstore.open(ds.path)
         assert_bitwise_equal(collect(fresh.to_tf(32, features="x")), data["x"])
         assert_bitwise_equal(fresh[[RPS + 3, 5]]["x"], data["x"][[RPS + 3, 5]])
@@ -315,7 +316,7 @@ def test_an_index_that_lies_about_the_data_is_caught(ds: shardstore.Dataset) -> 
     entry = shard.file_for("x")
     section = sections[(entry.size, int(entry.checksum.split(":")[1], 16))]
     section.hashes[2] ^= np.uint64(1)
-    from shardstore.blocks import encode_index
+    from shardstore.format.blocks import encode_index
 
     raw = encode_index(list(sections.values()))
     (ds.path / shard.blocks.path).write_bytes(raw)  # type: ignore[union-attr]

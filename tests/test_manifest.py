@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shardstore.errors import ManifestError
-from shardstore.manifest import (
+from shardstore.format.manifest import (
     SUPPORTED_DTYPES,
     FeatureSpec,
     FileEntry,

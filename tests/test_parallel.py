@@ -1,4 +1,4 @@
-"""Parallel writing: executors, order, bounded memory, clean failure (shardstore.parallel)."""
+"""Parallel writing: executors, order, bounded memory, clean failure (writing.parallel)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import pytest
 
 import shardstore
 from shardstore.errors import InvalidInputError
-from shardstore.parallel import DEFAULT_MAX_WORKERS, ShardDispatcher, default_workers
 from shardstore.sources.base import ArrayLike, ShardWriteContext
 from shardstore.sources.npy import NpySource
 from shardstore.testing import assert_bitwise_equal, assert_same_dataset
+from shardstore.writing.parallel import DEFAULT_MAX_WORKERS, ShardDispatcher, default_workers
 
 N = 100
 RPS = 8  # 13 shards, the last one partial

@@ -12,8 +12,8 @@ import pytest
 
 import shardstore
 from shardstore.cli import main
-from shardstore.progress import progress_bar
-from shardstore.reader import Dataset
+from shardstore.reading.reader import Dataset
+from shardstore.storage.progress import progress_bar
 
 
 @pytest.fixture

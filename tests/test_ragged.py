@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 import shardstore
 from shardstore.errors import CapabilityError, ChecksumError, InvalidInputError, ManifestError
-from shardstore.manifest import Manifest
-from shardstore.ragged import RaggedArray, length_stats, merge_length_stats
+from shardstore.format.manifest import Manifest
+from shardstore.format.ragged import RaggedArray, length_stats, merge_length_stats
 from shardstore.testing import assert_bitwise_equal
 
 LENGTHS = [3, 0, 5, 1, 8, 2, 2, 13, 0, 4, 6, 1, 9, 7, 3, 5, 11]

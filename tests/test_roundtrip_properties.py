@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import shardstore
-from shardstore.manifest import SUPPORTED_DTYPES
+from shardstore.format.manifest import SUPPORTED_DTYPES
 from shardstore.testing import assert_bitwise_equal, collect
 
 dtypes = st.sampled_from(sorted(SUPPORTED_DTYPES)).map(np.dtype)

@@ -7,7 +7,7 @@ suspended ``iter_numpy()`` generator (through random access, and through
 ``tf.data`` for a source without it). Each script runs in a child process
 with a timeout (a hang fails the test instead of stopping the suite).
 
-The hang was a race (see :mod:`shardstore.tfexit`): a TensorFlow thread that
+The hang was a race (see :mod:`shardstore.reading.tfexit`): a TensorFlow thread that
 asks for the GIL while the interpreter starts finalizing is stopped by
 CPython, and the iterator's destructor then waits for its call forever. The
 child scripts make the race certain rather than likely: their first
@@ -93,7 +93,7 @@ def test_a_script_keeping_an_iterator_alive_exits(
 
 def test_the_exit_hook_releases_live_iterators(datasets: dict[str, Path]) -> None:
     """In-process: the hook finds a live iterator and destroys it (what it relies on in TF)."""
-    from shardstore import tfexit
+    from shardstore.reading import tfexit
 
     it = iter(shardstore.open(datasets["npy"]).to_tf(batch_size=8))
     next(it)
@@ -139,7 +139,7 @@ def test_an_iterator_collected_inside_its_own_call_does_not_deadlock(
 ) -> None:
     """A pipeline iterator freed by the garbage collector waits for its in-flight calls;
     freed inside one of them (any code that allocates can run the collector), it would
-    wait for itself forever (:mod:`shardstore.tfexit` hands it to a reaper thread)."""
+    wait for itself forever (:mod:`shardstore.reading.tfexit` hands it to a reaper thread)."""
     _collected_without_deadlock(tmp_path, GARBAGE_SCRIPT, shuffle)
 
 

@@ -92,7 +92,7 @@ def test_a_header_with_the_same_meaning_in_other_bytes_is_accepted(tmp_path: Pat
 
 def test_gathered_arrays_are_aligned_for_tensorflow(tmp_path: Path) -> None:
     """TensorFlow adopts a numpy_function result without copying it only if 64-byte aligned."""
-    from shardstore.random_access import ALIGNMENT, gather_records
+    from shardstore.reading.random_access import ALIGNMENT, gather_records
     from shardstore.sources.base import ReadContext
 
     x = np.arange(300 * 5000, dtype=np.float32).reshape(300, 5000)  # 20 KB records: preadv

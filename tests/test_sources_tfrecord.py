@@ -14,7 +14,7 @@ import tensorflow as tf
 
 import shardstore
 from shardstore.errors import CapabilityError, ManifestError
-from shardstore.manifest import FeatureSpec
+from shardstore.format.manifest import FeatureSpec
 from shardstore.sources import tfrecord as tfr
 from shardstore.sources.tfrecord import (
     TFRecordFormatError,

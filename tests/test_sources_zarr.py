@@ -21,7 +21,7 @@ from shardstore.errors import (
     ManifestError,
     UnsupportedDTypeError,
 )
-from shardstore.ragged import RaggedArray
+from shardstore.format.ragged import RaggedArray
 from shardstore.sources.base import ReadContext
 from shardstore.sources.zarr import ZarrSource, default_chunk_records
 from shardstore.testing import (
@@ -645,7 +645,7 @@ def _rewrite_offsets(path: Path, shard: int, offsets: np.ndarray) -> None:
 
 
 def _fix_manifest(path: Path) -> None:
-    from shardstore.checksum import hash_file
+    from shardstore.storage.checksum import hash_file
 
     manifest = json.loads((path / "manifest.json").read_text())
     for shard in manifest["shards"]:

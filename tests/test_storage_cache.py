@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shardstore.checksum import format_digest, new_hasher
 from shardstore.errors import ChecksumError, InvalidInputError
-from shardstore.manifest import FileEntry, ShardEntry
+from shardstore.format.manifest import FileEntry, ShardEntry
 from shardstore.storage.cache import CacheFullError, ShardCache, entry_id
+from shardstore.storage.checksum import format_digest, new_hasher
 from shardstore.storage.location import parse_location
 from shardstore.storage.objects import ObjectStore
 
@@ -138,7 +138,7 @@ def test_plan_prefetches_ahead_of_the_reader(store, tmp_path):
 
 def _reader(url: str, env: dict[str, str], cache_dir: str, shard_json: str, out: str) -> None:
     os.environ.update(env)
-    from shardstore.manifest import ShardEntry as SE
+    from shardstore.format.manifest import ShardEntry as SE
 
     store = ObjectStore(parse_location(url))
     shard = SE.from_json(json.loads(shard_json), where="shard")

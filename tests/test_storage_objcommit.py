@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from shardstore.checksum import format_digest, new_hasher
 from shardstore.errors import CommitConflictError, DatasetExistsError, ManifestError
-from shardstore.manifest import FeatureSpec, FileEntry, Manifest, ShardEntry
+from shardstore.format.manifest import FeatureSpec, FileEntry, Manifest, ShardEntry
 from shardstore.storage import objgc
+from shardstore.storage.checksum import format_digest, new_hasher
 from shardstore.storage.location import parse_location
 from shardstore.storage.objcommit import LEASES, RETIRED, ObjectTransaction, lease_key
 from shardstore.storage.objects import ObjectStore

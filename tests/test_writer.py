@@ -20,7 +20,7 @@ from shardstore.errors import (
     UnsupportedDTypeError,
 )
 from shardstore.testing import assert_bitwise_equal
-from shardstore.writer import parse_size
+from shardstore.writing.writer import parse_size
 
 
 def arrays(n: int = 100) -> dict[str, np.ndarray]:

@@ -2,7 +2,7 @@
 
 **Sphinx roles.** Docstrings name other objects the way Python docstrings
 usually do, with Sphinx roles (``:meth:`Dataset.to_tf```,
-``:func:`~shardstore.progress.progress_bar```), which mkdocstrings would
+``:func:`~shardstore.storage.progress.progress_bar```), which mkdocstrings would
 print as they are. :class:`SphinxRoles` turns each one
 into a cross-reference once the package is loaded: the name is resolved in the
 docstring's own scope (its class, its module's imports), and the reference is

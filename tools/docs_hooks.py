@@ -68,7 +68,8 @@ def _summaries(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 def cli_reference_markdown() -> str:
     """Markdown sections with the ``--help`` of ``shardstore`` and each subcommand."""
-    from shardstore.cli import PROG, _build_parser
+    from shardstore.cli.app import _build_parser
+    from shardstore.cli.output import PROG
 
     with _columns(HELP_COLUMNS):
         parser = _build_parser()

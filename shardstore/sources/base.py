@@ -11,7 +11,7 @@ batching. That split keeps a plugin small:
     ``shard.create(...)``: the core names it, hashes it while it is written,
     records it in the manifest and removes it if anything fails. Several
     shards may be written at once, from threads sharing the instance or from
-    other processes (:mod:`shardstore.parallel`): keep no per-shard state.
+    other processes (:mod:`shardstore.writing.parallel`): keep no per-shard state.
 
 ``tf_reader(ctx)``
     Return a function mapping a scalar ``int64`` tensor (a position in
@@ -36,8 +36,8 @@ Capability flags describe what the reader may ask for:
 ``verifies_reads``
     The source checks the bytes it reads against the shard's block
     checksums itself, through ``ctx.verifier``
-    (:class:`shardstore.integrity.Verifier`): ``ctx.verifier.file(shard,
-    entry)`` gives a :class:`~shardstore.integrity.FileCheck` whose
+    (:class:`shardstore.storage.integrity.Verifier`): ``ctx.verifier.file(shard,
+    entry)`` gives a :class:`~shardstore.storage.integrity.FileCheck` whose
     ``pread_into`` / ``verify_range`` verify exactly what was read. For a
     source that leaves this ``False`` (files read inside TensorFlow ops or by
     a third-party library), the reader hashes each shard's files whole just
@@ -54,6 +54,7 @@ through a complete plugin.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -61,45 +62,85 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
-from shardstore.blocks import INDEX_SUFFIX, FileBlocks, choose_layout, encode_index
-from shardstore.checksum import CHUNK_BYTES
 from shardstore.errors import (
     CapabilityError,
     InvalidInputError,
     ManifestError,
     UnsupportedDTypeError,
 )
-from shardstore.fsutil import HashingFile, InsideResolver, make_dirs
-from shardstore.manifest import (
+from shardstore.format.blocks import INDEX_SUFFIX, FileBlocks, choose_layout, encode_index
+from shardstore.format.manifest import (
     SUPPORTED_DTYPES,
     FeatureSpec,
     FileEntry,
     ShardEntry,
     check_relative_path,
 )
+from shardstore.storage.checksum import CHUNK_BYTES
+from shardstore.storage.fsutil import HashingFile, InsideResolver, make_dirs
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-    from shardstore.integrity import Verifier
-    from shardstore.ragged import RaggedArray
-    from shardstore.remote import RemoteShards
+    from shardstore.format.ragged import RaggedArray
+    from shardstore.storage.integrity import Verifier
 
 __all__ = [
+    "ALIGNMENT",
     "ArrayLike",
     "ReadContext",
+    "RemoteFiles",
     "ShardFile",
     "ShardWriteContext",
     "Source",
+    "aligned_empty",
     "iter_record_chunks",
 ]
 
 #: Anything with ``shape``, ``dtype`` and NumPy-style slicing on the first axis.
 ArrayLike = Any
+
+#: Byte alignment of the arrays handed to TensorFlow. TensorFlow adopts a
+#: NumPy array returned by ``numpy_function`` without copying only when its
+#: data is aligned for Eigen (64 bytes on AVX-512 builds); ``np.empty`` of a
+#: large array gives 16-byte alignment, which costs a full extra copy (measured:
+#: 1 ms per 12 MiB batch).
+ALIGNMENT = 64
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on an ``ALIGNMENT`` boundary."""
+    dtype = np.dtype(dtype)
+    nbytes = dtype.itemsize * math.prod(shape)
+    raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+    skip = -raw.ctypes.data % ALIGNMENT
+    return raw[skip : skip + nbytes].view(dtype).reshape(shape)
+
+
+class RemoteFiles(Protocol):
+    """Where a remote dataset's shards come from: what the reader asks of them.
+
+    Implemented by :class:`shardstore.reading.remote.RemoteShards`; carried by a
+    :class:`ReadContext` for the reader's own use. Sources never need it: they read the
+    local files the reader has brought in.
+    """
+
+    def fetch(self, shard: ShardEntry) -> None:
+        """Bring ``shard`` into the local cache."""
+
+    def hold_for_read(
+        self,
+        held: contextlib.ExitStack,
+        source: Source,
+        ctx: ReadContext,
+        ranged: ReadContext | None,
+        rows: Mapping[int, np.ndarray],
+    ) -> dict[int, ReadContext]:
+        """Make the bytes that reading ``rows`` touches local; the context for each."""
 
 
 class ShardFile:
@@ -122,7 +163,7 @@ class ShardFile:
         """Align the file's checksum blocks to its records (call before the first write).
 
         The core hashes every file in blocks of about 64 KiB
-        (:mod:`shardstore.blocks`), so readers verify what they read. A
+        (:mod:`shardstore.format.blocks`), so readers verify what they read. A
         source whose records have a fixed size and start at byte ``start``
         (after a header) calls this to make blocks hold whole records: a
         random read of one record then verifies its own bytes and no more.
@@ -248,14 +289,14 @@ class ReadContext:
     features : the specs of the features asked for, in output order.
     block_records : the largest block the reader wants from one element.
     verifier : checks what is read against the manifest
-        (:class:`shardstore.integrity.Verifier`); ``None`` when the caller
+        (:class:`shardstore.storage.integrity.Verifier`); ``None`` when the caller
         built the context without one (nothing is verified then).
     lazy : ``True`` when the reader calls :meth:`Source.prepare_shard` for
         each shard from Python just before its blocks are read; ``False``
         (pipelines of TensorFlow ops only) when ``tf_reader`` must prepare
         every shard itself, up front.
     remote : where the shards come from when the dataset is in object storage
-        (:class:`shardstore.remote.RemoteShards`): the reader has them fetched into
+        (:class:`RemoteFiles`): the reader has them fetched into
         ``root`` (the local cache) before a source touches their files. Sources read
         ``root`` as for a local dataset.
     """
@@ -266,7 +307,7 @@ class ReadContext:
     block_records: int
     verifier: Verifier | None = None
     lazy: bool = False
-    remote: RemoteShards | None = None
+    remote: RemoteFiles | None = None
 
     def resolve(self, relpath: str) -> Path:
         """Absolute path of a manifest path, refusing escapes from the dataset."""
@@ -283,7 +324,7 @@ class ReadContext:
     @cached_property
     def checker(self) -> Verifier:
         """:attr:`verifier`, or one that checks sizes only when the context has none."""
-        from shardstore.integrity import Verifier
+        from shardstore.storage.integrity import Verifier
 
         return self.verifier if self.verifier is not None else Verifier(self.root, "size")
 
@@ -398,7 +439,7 @@ class Source(ABC):
         ``rows`` is a sorted ``int64`` array of unique row numbers local to the
         shard (``0 <= row < num_records``). Return ``feature -> array`` of shape
         ``(len(rows), *shape)`` with the feature's dtype (a
-        :class:`~shardstore.ragged.RaggedArray` for a ragged feature). Sources with
+        :class:`~shardstore.format.ragged.RaggedArray` for a ragged feature). Sources with
         ``random_access = True`` implement this; it may be called from several
         threads at once (keep per-shard handles thread-safe, e.g. read-only maps).
         """

@@ -30,14 +30,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from shardstore.caches import ByteBudgetCache
 from shardstore.errors import ChecksumError, ManifestError
-from shardstore.integrity import FileCheck
-from shardstore.manifest import FileEntry, ShardEntry
-from shardstore.ragged import OFFSETS_CACHE_BYTES, RaggedArray, offsets_problem
-from shardstore.random_access import aligned_empty
-from shardstore.safefs import open_regular
-from shardstore.sources.base import ArrayLike, ReadContext, ShardWriteContext, Source
+from shardstore.format.manifest import FileEntry, ShardEntry
+from shardstore.format.ragged import OFFSETS_CACHE_BYTES, RaggedArray, offsets_problem
+from shardstore.sources.base import (
+    ArrayLike,
+    ReadContext,
+    ShardWriteContext,
+    Source,
+    aligned_empty,
+)
 from shardstore.sources.npy import (
     NpyHeader,
     NpySource,
@@ -46,6 +48,9 @@ from shardstore.sources.npy import (
     ragged_layout,
     read_npy_header,
 )
+from shardstore.storage.caches import ByteBudgetCache
+from shardstore.storage.integrity import FileCheck
+from shardstore.storage.safefs import open_regular
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -434,7 +439,7 @@ class MemmapSource(Source):
         """Read ``rows`` (sorted, unique) of one shard into ``out``, preadv or memory map.
 
         Every block read is verified against the shard's block index (once
-        per process, :mod:`shardstore.integrity`) before this returns.
+        per process, :mod:`shardstore.storage.integrity`) before this returns.
         """
         if not len(rows):
             return

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, NamedTuple
 import numpy as np
 
 from shardstore.errors import InvalidInputError, ManifestError
-from shardstore.manifest import FeatureSpec, FileEntry, ShardEntry
-from shardstore.ragged import RaggedArray
+from shardstore.format.manifest import FeatureSpec, FileEntry, ShardEntry
+from shardstore.format.ragged import RaggedArray
 from shardstore.sources.base import (
     ArrayLike,
     ReadContext,
@@ -241,7 +241,7 @@ class NpySource(Source):
         """Blocks of records via ``FixedLengthRecordDataset`` + ``decode_raw``."""
         import tensorflow as tf
 
-        from shardstore.tfops import decode_block, fixed_record_blocks
+        from shardstore.sources.tfops import decode_block, fixed_record_blocks
 
         counts = tf.constant([s.num_records for s in ctx.shards], tf.int64)
         headers = npy_layout(ctx)

@@ -31,18 +31,18 @@ serialized with ``SerializeToString(deterministic=True)`` (the tests check it).
 
 **Reading** is TensorFlow-native: ``TFRecordDataset`` (which verifies every
 record's CRC) -> ``batch(block)`` -> ``tf.io.parse_example`` on the whole block
--> :func:`shardstore.tfops.decode_block` per feature. Only the features asked
+-> :func:`shardstore.sources.tfops.decode_block` per feature. Only the features asked
 for are parsed.
 
 **File info.** Each file entry's ``info.features`` maps every feature to
 ``{"key": <Example key>, "encoding": "raw" | "int64_list" | "float_list"}``.
 Files written by this source use ``key = feature name`` and ``"raw"``; files
-adopted with :func:`shardstore.adopt.index_tfrecords` may use other keys and
+adopted with :func:`shardstore.writing.adopt.index_tfrecords` may use other keys and
 the list encodings, which the reader parses as ``FixedLenFeature([n])`` and
 casts to the declared dtype.
 
 This module also holds the TensorFlow-free TFRecord helpers that
-:mod:`shardstore.adopt` uses: :func:`masked_crc32c`, :func:`iter_frames`,
+:mod:`shardstore.writing.adopt` uses: :func:`masked_crc32c`, :func:`iter_frames`,
 :func:`read_first_record` and :func:`parse_example`, a small parser of the
 ``tf.train.Example`` wire format.
 """
@@ -61,11 +61,11 @@ from typing import IO, TYPE_CHECKING, Any, ClassVar, Final
 import google_crc32c
 import numpy as np
 
-from shardstore.checksum import CHUNK_BYTES
 from shardstore.errors import ChecksumError, InvalidInputError, ManifestError
-from shardstore.manifest import FeatureSpec, ShardEntry
-from shardstore.safefs import check_regular, open_binary
+from shardstore.format.manifest import FeatureSpec, ShardEntry
 from shardstore.sources.base import ArrayLike, ReadContext, ShardWriteContext, Source
+from shardstore.storage.checksum import CHUNK_BYTES
+from shardstore.storage.safefs import check_regular, open_binary
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -98,7 +98,7 @@ _CRC = struct.Struct("<I")
 _MASK_DELTA = 0xA282EAD8
 
 #: ``TFRecordDataset`` read buffer per open shard: reads of about one block
-#: (1 MiB, see ``shardstore.pipeline.BLOCK_BYTES``) instead of TF's 256 KiB, for
+#: (1 MiB, see ``shardstore.reading.pipeline.BLOCK_BYTES``) instead of TF's 256 KiB, for
 #: fewer, larger requests on slow or remote storage. On page-cached local files
 #: 256 KiB-4 MiB measured the same; 16 MiB was slower.
 READ_BUFFER_BYTES = 1 << 20
@@ -544,7 +544,7 @@ def _decoder(
     """The function turning a ``[b]`` string tensor of Examples into a block."""
     import tensorflow as tf
 
-    from shardstore.tfops import decode_block
+    from shardstore.sources.tfops import decode_block
 
     parse_spec: dict[str, Any] = {}
     for fname, (key, encoding) in layout.items():

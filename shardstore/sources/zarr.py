@@ -89,7 +89,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
-from shardstore.caches import LRU, ByteBudgetCache
 from shardstore.errors import (
     CapabilityError,
     ChecksumError,
@@ -97,12 +96,18 @@ from shardstore.errors import (
     ManifestError,
     UnsupportedDTypeError,
 )
-from shardstore.integrity import MAX_EXPANSION, FileCheck, Verifier
-from shardstore.manifest import FeatureSpec, FileEntry, ShardEntry
-from shardstore.ragged import OFFSETS_CACHE_BYTES, RaggedArray, offsets_problem, value_rows
-from shardstore.random_access import aligned_empty
-from shardstore.safefs import open_binary
-from shardstore.sources.base import ArrayLike, ReadContext, ShardWriteContext, Source
+from shardstore.format.manifest import FeatureSpec, FileEntry, ShardEntry
+from shardstore.format.ragged import OFFSETS_CACHE_BYTES, RaggedArray, offsets_problem, value_rows
+from shardstore.sources.base import (
+    ArrayLike,
+    ReadContext,
+    ShardWriteContext,
+    Source,
+    aligned_empty,
+)
+from shardstore.storage.caches import LRU, ByteBudgetCache
+from shardstore.storage.integrity import MAX_EXPANSION, FileCheck, Verifier
+from shardstore.storage.safefs import open_binary
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -304,7 +309,7 @@ class _ChunkFile:
         chunk's shape). Nothing is allocated before the chunk's
         stored length and the size its Blosc or Zstandard header announces
         are checked against the declared chunk size (and against
-        :data:`~shardstore.integrity.MAX_EXPANSION`): a decompression bomb
+        :data:`~shardstore.storage.integrity.MAX_EXPANSION`): a decompression bomb
         fails here, having cost one read of its compressed bytes.
         """
         ref = self.ref
@@ -634,7 +639,7 @@ class ZarrSource(Source):
     def write_shard(self, shard: ShardWriteContext, arrays: Mapping[str, ArrayLike]) -> None:
         """Build the shard's Zarr group in memory, then write each key through the core.
 
-        A ragged feature (a :class:`~shardstore.ragged.RaggedArray`) becomes a
+        A ragged feature (a :class:`~shardstore.format.ragged.RaggedArray`) becomes a
         subgroup holding its ``values`` and ``offsets`` arrays.
         """
         import zarr
@@ -911,7 +916,7 @@ class ZarrSource(Source):
         """Records ``rows`` (sorted, unique) of a shard, for each of ``ctx.features``.
 
         Fixed-shape features come as arrays ``(len(rows), *shape)``, ragged
-        ones as :class:`~shardstore.ragged.RaggedArray` (see :meth:`read_ragged`).
+        ones as :class:`~shardstore.format.ragged.RaggedArray` (see :meth:`read_ragged`).
         Only the chunks holding the rows are decoded. Thread-safe.
         """
         shard = ctx.shards[position]
@@ -973,7 +978,7 @@ class ZarrSource(Source):
         feature: one contiguous range decoded chunk by chunk when the records
         follow each other (empty records between them included), else each
         chunk holding some rows decoded once. Returns a compact
-        :class:`~shardstore.ragged.RaggedArray`. Thread-safe.
+        :class:`~shardstore.format.ragged.RaggedArray`. Thread-safe.
 
         Raises
         ------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from shardstore.errors import InvalidInputError
@@ -30,8 +31,11 @@ __all__ = [
     "Sink",
     "Store",
     "is_url",
+    "local_path",
     "open_store",
     "parse_location",
+    "remote_store",
+    "require_local",
 ]
 
 
@@ -70,3 +74,52 @@ def open_store(
     from shardstore.storage.objects import ObjectStore
 
     return ObjectStore(loc, storage_options)
+
+
+def remote_store(
+    location: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
+) -> Store | None:
+    """The object store of ``location``, or ``None`` for a local path / ``file://`` URL.
+
+    Raises
+    ------
+    InvalidInputError
+        An unknown scheme, a malformed URL, or ``storage_options`` for a local path.
+    """
+    loc = parse_location(location)
+    if loc.is_local:
+        if storage_options:
+            from shardstore.errors import InvalidInputError
+
+            raise InvalidInputError(
+                f"storage_options apply to object-store URLs, not to the local path {loc.url!r}",
+                params=("storage_options",),
+            )
+        return None
+    return open_store(loc, storage_options)
+
+
+def local_path(location: str | os.PathLike[str]) -> Path:
+    """The directory of a local ``location`` (a path or a ``file://`` URL)."""
+    loc = parse_location(location)
+    assert loc.path is not None
+    return loc.path
+
+
+def require_local(location: str | os.PathLike[str], what: str) -> None:
+    """Refuse an object-store URL where ``what`` works on local directories only.
+
+    Raises
+    ------
+    CapabilityError
+        ``location`` is in object storage (a URL is never taken for a local path).
+    """
+    loc = parse_location(location)
+    if not loc.is_local:
+        from shardstore.errors import CapabilityError
+
+        raise CapabilityError(
+            f"{what} works on local directories, and {loc.url} is in object storage: "
+            "copy datasets between object storage and a local directory with "
+            "`shardstore convert SRC DEST --format npy` (any format), bit for bit"
+        )

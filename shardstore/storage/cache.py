@@ -56,10 +56,12 @@ from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
 
-from shardstore.checksum import format_digest, new_hasher
+import numpy as np
+
 from shardstore.errors import ChecksumError, InvalidInputError, StorageError
-from shardstore.manifest import FileEntry, ShardEntry
+from shardstore.format.manifest import FileEntry, ShardEntry
 from shardstore.storage.base import Store
+from shardstore.storage.checksum import format_digest, new_hasher
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -68,6 +70,7 @@ __all__ = [
     "CacheFullError",
     "ShardCache",
     "default_cache_dir",
+    "parse_size",
 ]
 
 log = logging.getLogger(__name__)
@@ -91,6 +94,32 @@ OVERDRAW_WAIT = 1.0
 SCRATCH_DIR = ".scratch"
 #: How a private copy's reservation is named in ``.tmp``.
 SCRATCH_PREFIX = "scratch-"
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
+    "tb": 10**12, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+}  # fmt: skip
+_SIZE_PARAM = ("shard_size",)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes from an ``int`` or a string such as ``"64MiB"``, ``"1GB"``, ``"512k"``."""
+    if isinstance(size, bool):
+        raise InvalidInputError(f"shard_size must be a size, got {size!r}", params=_SIZE_PARAM)
+    if isinstance(size, int | np.integer):
+        value = int(size)
+    elif isinstance(size, str) and (m := _SIZE.match(size)) and m.group(2).lower() in _UNITS:
+        value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    else:
+        raise InvalidInputError(
+            f"shard_size {size!r} is not a size; use bytes or a string like '64MiB'",
+            params=_SIZE_PARAM,
+        )
+    if value <= 0:
+        raise InvalidInputError(f"shard_size must be > 0 bytes, got {size!r}", params=_SIZE_PARAM)
+    return value
 
 
 class CacheFullError(StorageError):
@@ -151,8 +180,6 @@ class ShardCache:
         *,
         depth: int = DEFAULT_DEPTH,
     ) -> None:
-        from shardstore.writer import parse_size  # a light module; avoids a cycle at import
-
         self.directory = Path(directory) if directory is not None else default_cache_dir()
         try:
             (self.directory / ".tmp").mkdir(parents=True, exist_ok=True)

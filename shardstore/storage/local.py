@@ -1,10 +1,11 @@
 """A dataset in a local directory, behind the :class:`~shardstore.storage.base.Store` interface.
 
 Keys map to files under the directory. Every path is resolved inside it
-(:func:`shardstore.fsutil.resolve_inside`: a symlink that leads out of the dataset is
+(:func:`shardstore.storage.fsutil.resolve_inside`: a symlink that leads out of the dataset is
 refused), new files are created exclusively (``O_EXCL``) and published with an atomic
 ``link`` or ``rename``. The dataset protocol on a local disk (staging directory, file
-locks, rename and link) lives in :mod:`shardstore.commit` and :mod:`shardstore.garbage`;
+locks, rename and link) lives in :mod:`shardstore.storage.commit` and
+:mod:`shardstore.storage.garbage`;
 this class gives the generic operations the rest of shardstore shares with object
 stores (reading manifests and byte ranges, listing, copying between stores).
 """
@@ -19,10 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shardstore.errors import InvalidInputError
-from shardstore.fsutil import HashingFile, make_dirs, remove_quietly, resolve_inside
-from shardstore.safefs import open_regular, read_bounded
 from shardstore.storage.base import ObjectInfo, PreconditionFailed, PutMode, Sink, Store
+from shardstore.storage.fsutil import HashingFile, make_dirs, remove_quietly, resolve_inside
 from shardstore.storage.location import Location
+from shardstore.storage.safefs import open_regular, read_bounded
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer

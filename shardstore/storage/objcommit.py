@@ -36,8 +36,18 @@ import threading
 import time
 
 from shardstore.errors import CommitConflictError, DatasetExistsError, ManifestError
-from shardstore.manifest import MANIFEST_NAME, Manifest
+from shardstore.format.manifest import MANIFEST_NAME, Manifest
 from shardstore.storage.base import ObjectInfo, PreconditionFailed, Store
+from shardstore.storage.layout import (
+    LEASES,
+    RETIRED,
+    WRITER_TIMEOUT_ENV,
+    WRITER_TIMEOUT_SECONDS,
+    lease_key,
+    referenced_prefixes,
+    writer_timeout,
+)
+from shardstore.storage.objgc import collect
 
 __all__ = [
     "HEARTBEAT_SECONDS",
@@ -52,39 +62,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Where running writers keep their leases, and where superseded versions are marked.
-LEASES = ".shardstore/writers/"
-RETIRED = ".shardstore/retired/"
 #: A running writer refreshes its lease this often (seconds).
 HEARTBEAT_SECONDS = 60.0
-#: A lease not refreshed for this long (seconds) belongs to a writer that is gone.
-WRITER_TIMEOUT_SECONDS = 600.0
-#: Environment variable overriding :data:`WRITER_TIMEOUT_SECONDS`.
-WRITER_TIMEOUT_ENV = "SHARDSTORE_WRITER_TIMEOUT_SECONDS"
-
-
-def writer_timeout() -> float:
-    """Seconds after which an unrefreshed lease is dead (``$SHARDSTORE_WRITER_TIMEOUT_SECONDS``)."""
-    value = os.environ.get(WRITER_TIMEOUT_ENV, "").strip()
-    if value:
-        try:
-            seconds = float(value)
-            if seconds > 0:
-                return seconds
-        except ValueError:
-            pass
-        log.warning("ignoring %s=%r: not a number of seconds > 0", WRITER_TIMEOUT_ENV, value)
-    return WRITER_TIMEOUT_SECONDS
-
-
-def lease_key(version_id: str) -> str:
-    """The lease object of the writer of ``version_id``."""
-    return f"{LEASES}{version_id}.json"
-
-
-def referenced_prefixes(manifest: Manifest) -> set[str]:
-    """The top-level names (``v-<id>``) the manifest's files live under."""
-    return {f.path.split("/", 1)[0] for s in manifest.shards for f in s.stored_files}
 
 
 class ObjectTransaction:
@@ -163,8 +142,6 @@ class ObjectTransaction:
         self._heartbeat.start()
         self.state = "open"
         if collect_garbage:
-            from shardstore.storage.objgc import collect
-
             try:
                 collect(self.store)
             except Exception as exc:  # garbage collection must never fail a write

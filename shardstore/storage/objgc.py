@@ -1,7 +1,7 @@
 """Garbage collection on an object store: decided from one listing, no locks.
 
 What it removes, and when (``docs/format.md`` has the protocol; the local-directory
-rules in :mod:`shardstore.garbage` are the same, with leases instead of file locks):
+rules in :mod:`shardstore.storage.garbage` are the same, with leases instead of file locks):
 
 ===========================================  =============================================
 what                                         removed
@@ -26,12 +26,18 @@ import logging
 import time
 from collections import defaultdict
 
-from shardstore.commit import VERSION_DIR, default_grace
 from shardstore.errors import InvalidInputError
-from shardstore.garbage import GcReport
-from shardstore.manifest import MANIFEST_NAME, Manifest
+from shardstore.format.manifest import MANIFEST_NAME, Manifest
 from shardstore.storage.base import ObjectInfo, Store
-from shardstore.storage.objcommit import LEASES, RETIRED, referenced_prefixes, writer_timeout
+from shardstore.storage.garbage import GcReport
+from shardstore.storage.layout import (
+    LEASES,
+    RETIRED,
+    VERSION_DIR,
+    default_grace,
+    referenced_prefixes,
+    writer_timeout,
+)
 
 __all__ = ["collect"]
 

@@ -3,7 +3,7 @@
 ``ds[i]`` on a dataset in object storage should not download a whole shard
 for one record. A source that can say which bytes a read touches
 (:meth:`~shardstore.sources.base.Source.record_ranges`) gets them here: the
-blocks covering those bytes (:mod:`shardstore.blocks`) are fetched with ranged
+blocks covering those bytes (:mod:`shardstore.format.blocks`) are fetched with ranged
 GETs (merged per object), each verified against the shard's block index, and
 written into a *sparse copy* of the file: a local file of the object's full
 size whose other bytes are holes. The source then reads that copy through its
@@ -33,9 +33,9 @@ from pathlib import Path
 
 import xxhash
 
-from shardstore.blocks import BlockIndexError, FileBlocks, checksum_int, decode_index
 from shardstore.errors import ChecksumError
-from shardstore.manifest import FileEntry, ShardEntry
+from shardstore.format.blocks import BlockIndexError, FileBlocks, checksum_int, decode_index
+from shardstore.format.manifest import FileEntry, ShardEntry
 from shardstore.storage.base import Store
 from shardstore.storage.cache import SCRATCH_DIR, SCRATCH_PREFIX, ShardCache, entry_id
 
@@ -226,7 +226,7 @@ class PartialShards:
     # -- the shard's block index and marker ---------------------------------------------------
     def _index(self, shard: ShardEntry) -> dict[tuple[int, int], FileBlocks]:
         """The shard's block index: its copy here (whole, checked), fetched if need be."""
-        from shardstore.integrity import max_index_bytes, read_index
+        from shardstore.storage.integrity import max_index_bytes, read_index
 
         entry = shard.blocks
         assert entry is not None, "sparse copies need a block index"

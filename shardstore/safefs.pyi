@@ -1,0 +1,5 @@
+# Type checkers do not run import hooks: this stub gives them the old path
+# `shardstore.safefs`, which the plugin guide of earlier releases named. At run
+# time the name is an alias of the module itself (shardstore/_aliases.py).
+from shardstore.storage.safefs import *  # noqa: F403
+from shardstore.storage.safefs import __all__ as __all__
