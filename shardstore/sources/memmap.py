@@ -204,6 +204,7 @@ class MemmapSource(Source):
         jobs = [(p, n) for p in positions for n in names]
         if len(jobs) < 2:
             return
+
         # a few jobs of many files each: a job per file would cost more in handing it to
         # a thread than opening a file whose pages are cached
         def open_all(part: list[tuple[int, str]]) -> None:
@@ -211,7 +212,7 @@ class MemmapSource(Source):
                 self._file(ctx, position, name)
 
         pool = _read_pool()
-        parts = [jobs[i :: READ_THREADS] for i in range(min(READ_THREADS, len(jobs)))]
+        parts = [jobs[i::READ_THREADS] for i in range(min(READ_THREADS, len(jobs)))]
         for future in [pool.submit(open_all, part) for part in parts]:
             future.result()
 
