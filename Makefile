@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml requirements/dev.txt $(HDF5)/pyproject.toml $(wildcard 
 
 test: install
 	# two test processes (much of the suite waits on child processes and servers); a ceiling
-	# for the whole run (about 15 minutes on 2 CPUs): a hang fails fast
+	# for the whole run (about 10 minutes on 2 CPUs): a hang fails fast
 	timeout --kill-after=60 2400 $(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist worksteal
 	$(MAKE) lint
 	$(MAKE) docs
