@@ -263,6 +263,9 @@ class FileEntry:
     @classmethod
     def from_json(cls, obj: object, *, where: str) -> FileEntry:
         """Parse and validate a manifest file entry."""
+        plain = _plain_file(obj)
+        if plain is not None:
+            return plain
         obj = _expect_dict(obj, where)
         path = check_relative_path(obj.get("path"), where=f"{where}.path")
         size = _expect_int(obj.get("size"), f"{where}.size", minimum=0)
@@ -356,18 +359,23 @@ class ShardEntry:
     def from_json(cls, obj: object, *, where: str) -> ShardEntry:
         """Parse and validate a manifest shard entry."""
         obj = _expect_dict(obj, where)
-        index = _expect_int(obj.get("index"), f"{where}.index", minimum=0)
+        index = obj.get("index")
+        if type(index) is not int or not 0 <= index <= _INT64_MAX:  # (no message built when valid)
+            index = _expect_int(index, f"{where}.index", minimum=0)
         source = obj.get("source")
         if not isinstance(source, str) or not _SOURCE_NAME.fullmatch(source):
             raise ManifestError(f"{where}.source: invalid source name {source!r}")
-        num_records = _expect_int(
-            obj.get("num_records"), f"{where}.num_records", minimum=0, maximum=MAX_RECORDS - 1
-        )
+        num_records = obj.get("num_records")
+        if type(num_records) is not int or not 0 <= num_records < MAX_RECORDS:
+            num_records = _expect_int(
+                num_records, f"{where}.num_records", minimum=0, maximum=MAX_RECORDS - 1
+            )
         files = obj.get("files")
         if not isinstance(files, list) or not files:
             raise ManifestError(f"{where}.files: expected a non-empty list")
         entries = tuple(
-            FileEntry.from_json(f, where=f"{where}.files[{i}]") for i, f in enumerate(files)
+            _plain_file(f) or FileEntry.from_json(f, where=f"{where}.files[{i}]")
+            for i, f in enumerate(files)
         )
         blocks = obj.get("blocks")
         if blocks is not None:
@@ -583,6 +591,34 @@ def _gc_paused() -> Iterator[None]:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid in a manifest")
+
+
+_INT64_MAX = (1 << 63) - 1
+
+
+def _plain_file(obj: object) -> FileEntry | None:
+    """A file entry with nothing unusual, checked as :meth:`FileEntry.from_json` does.
+
+    Builds no error message (a manifest lists up to 10^6 files); ``None`` for
+    anything else, which the full check then reports with its place.
+    """
+    if type(obj) is not dict:
+        return None
+    path, size, checksum = obj.get("path"), obj.get("size"), obj.get("checksum")
+    feature, info = obj.get("feature"), obj.get("info", {})
+    if (
+        type(path) is str
+        and len(path) <= _MAX_PATH_LEN
+        and _PLAIN_PATH.fullmatch(path)
+        and type(size) is int
+        and 0 <= size <= _INT64_MAX
+        and type(checksum) is str
+        and _CHECKSUM.fullmatch(checksum)
+        and (feature is None or (type(feature) is str and _FEATURE_NAME.fullmatch(feature)))
+        and type(info) is dict
+    ):
+        return FileEntry(path, size, checksum, feature, MappingProxyType(dict(info)))
+    return None
 
 
 def _expect_dict(obj: object, where: str) -> dict[str, Any]:
