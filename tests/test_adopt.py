@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tensorflow as tf
+from tmpfs import other_file_system
 
 import shardstore
 from shardstore.errors import (
@@ -287,23 +288,14 @@ def test_other_link_errors_are_not_hidden(
 
 
 def test_auto_across_filesystems(tmp_path: Path, tfrecords: list[Path]) -> None:
-    """A real cross-device adoption (tmpfs -> the test directory), when one is available."""
-    shm = Path("/dev/shm")
-    if (
-        not shm.is_dir()
-        or not os.access(shm, os.W_OK)
-        or shm.stat().st_dev == tmp_path.stat().st_dev
-    ):
-        pytest.skip("no second writable filesystem")
-    src = shm / f"shardstore-test-{os.getpid()}.tfrecord"
-    src.write_bytes(tfrecords[0].read_bytes())
-    try:
+    """A real cross-device adoption (another file system -> the test directory)."""
+    with other_file_system(tmp_path) as other:
+        src = other / "0.tfrecord"
+        src.write_bytes(tfrecords[0].read_bytes())
         ds = index_tfrecords(tmp_path / "ds", [src], FEATURES, progress=False)
         assert _inode(ds.path / ds.shards[0].files[0].path) != _inode(src)
         with pytest.raises(InvalidInputError, match="hard-link"):
             index_tfrecords(tmp_path / "ds2", [src], FEATURES, link="hardlink", progress=False)
-    finally:
-        src.unlink()
 
 
 # -- integrity -----------------------------------------------------------------------------------

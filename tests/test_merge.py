@@ -5,12 +5,12 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tmpfs import other_file_system
 
 import shardstore
 from shardstore.cli import main
@@ -91,12 +91,9 @@ def test_copy_mode(tmp_path: Path, parts: list[str]) -> None:
 
 @pytest.fixture
 def other_device(tmp_path: Path) -> Iterator[Path]:
-    """A directory on another filesystem than tmp_path (tmpfs /dev/shm), if there is one."""
-    shm = Path("/dev/shm")
-    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
-        pytest.skip("no second filesystem on this machine to test cross-device merges")
-    with tempfile.TemporaryDirectory(dir=shm) as d:
-        yield Path(d)
+    """A directory on another file system than tmp_path (/dev/shm, else a tmpfs)."""
+    with other_file_system(tmp_path) as d:
+        yield d
 
 
 def test_cross_device_parts_are_copied(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +36,23 @@ def mounted_tmpfs(where: Path, size: str) -> Iterator[Path]:
         yield where
     finally:
         _run("umount", "-l", str(where))
+
+
+@contextlib.contextmanager
+def other_file_system(near: Path) -> Iterator[Path]:
+    """A writable directory on another file system than ``near``: ``/dev/shm``, else a tmpfs.
+
+    For cross-device tests (no hard links across file systems). Like
+    :func:`mounted_tmpfs`, it skips only off CI.
+    """
+    shm = Path("/dev/shm")
+    usable = shm.is_dir() and os.access(shm, os.W_OK) and shm.stat().st_dev != near.stat().st_dev
+    if usable:
+        with tempfile.TemporaryDirectory(dir=shm) as d:
+            yield Path(d)
+        return
+    with mounted_tmpfs(near.parent / f"{near.name}-other-fs", "256m") as where:
+        yield where
 
 
 def remount_read_only(where: Path) -> None:

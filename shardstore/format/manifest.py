@@ -263,9 +263,6 @@ class FileEntry:
     @classmethod
     def from_json(cls, obj: object, *, where: str) -> FileEntry:
         """Parse and validate a manifest file entry."""
-        plain = _plain_file(obj)
-        if plain is not None:
-            return plain
         obj = _expect_dict(obj, where)
         path = check_relative_path(obj.get("path"), where=f"{where}.path")
         size = _expect_int(obj.get("size"), f"{where}.size", minimum=0)
