@@ -481,3 +481,29 @@ def test_verify_spans_covers_every_block_of_long_records(tmp_path: Path) -> None
     check.verify_spans(raw, starts, record)  # records 1 and 5: intact
     with pytest.raises(ChecksumError, match="do not match"):
         check.verify_spans(raw, np.array([header + 3 * record]), record)
+
+
+def test_verify_spans_checks_a_damaged_block_between_verified_ones(tmp_path: Path) -> None:
+    """Scattered small records: blocks already verified around one that is not skip nothing."""
+    data = {"v": np.arange(3 * 64 * 1024, dtype=np.int64)}  # 8-byte records, 1.5 MiB
+    ds = shardstore.write(tmp_path / "d", data, records_per_shard=len(data["v"]), fsync=False)
+    shard = ds.shards[0]
+    entry = shard.file_for("v")
+    header = entry.info["header_bytes"]
+    check = integrity.Verifier(ds.path).file(shard, entry)
+    blocks = check._blocks
+    assert blocks is not None and blocks.count >= 4
+    lo2, hi2 = blocks.block_span(2)
+    flip_bit(ds.path / entry.path, lo2 + (hi2 - lo2) // 2)  # block 2: damaged
+    raw = (ds.path / entry.path).read_bytes()
+
+    def start_in(block: int) -> int:  # the first whole record inside ``block``
+        lo, _ = blocks.block_span(block)
+        return header + -(-(lo - header) // 8) * 8
+
+    check.verify_spans(raw, np.array([start_in(1), start_in(3)]), 8)  # 1 and 3: intact
+    with pytest.raises(ChecksumError, match="block 2"):
+        check.verify_spans(raw, np.array([start_in(1), start_in(2), start_in(3)]), 8)
+    again = integrity.Verifier(ds.path).file(shard, entry)
+    with pytest.raises(ChecksumError, match="block 2"):  # and again: damage is never remembered
+        again.verify_spans(raw, np.array([start_in(1), start_in(2) + 8]), 8)
