@@ -507,3 +507,40 @@ def test_verify_spans_checks_a_damaged_block_between_verified_ones(tmp_path: Pat
     again = integrity.Verifier(ds.path).file(shard, entry)
     with pytest.raises(ChecksumError, match="block 2"):  # and again: damage is never remembered
         again.verify_spans(raw, np.array([start_in(1), start_in(2) + 8]), 8)
+
+
+@pytest.mark.parametrize("length", [8, 72, 70_000, 200_000])
+def test_verify_spans_hashes_exactly_the_blocks_records_overlap(
+    tmp_path: Path, length: int
+) -> None:
+    """Which blocks verify_spans marks verified: those any record touches, no other."""
+    rng = np.random.default_rng(length)
+    size = 4 << 20
+    data = {"v": rng.integers(0, 255, size, dtype=np.uint8)}
+    ds = shardstore.write(tmp_path / "d", data, records_per_shard=size, fsync=False)
+    shard = ds.shards[0]
+    entry = shard.file_for("v")
+    raw = (ds.path / entry.path).read_bytes()
+    check = integrity.Verifier(ds.path).file(shard, entry)
+    blocks = check._blocks
+    assert blocks is not None
+    header = entry.info["header_bytes"]
+    for round_ in range(3):  # later rounds start from blocks verified by earlier ones
+        count = int(rng.integers(1, 6))
+        picked = set((rng.choice(size - length, count, replace=False) + header).tolist())
+        edges = rng.choice(np.arange(2, blocks.count - 2), 4, replace=False).tolist()
+        for k, edge in zip(edges, ("ends before", "ends in", "starts in", "after"), strict=True):
+            lo, hi = blocks.block_span(k)  # one record just outside or just inside block k
+            at = {"ends before": lo - length, "ends in": lo - length + 1, "starts in": hi - 1}
+            picked.add(at.get(edge, hi))
+        starts = np.array(sorted(s for s in picked if 0 <= s <= blocks.size - length))
+        state = check._state
+        assert state is not None and state.bits is not None
+        before = bytes(state.bits)
+        check.verify_spans(raw, starts, length)
+        expected = set()
+        for s in starts.tolist():
+            expected |= set(range(blocks.block_at(s), blocks.block_at(s + length - 1) + 1))
+        after = state.bits if state.bits is not None else bytes([1]) * blocks.count
+        newly = {i for i in range(blocks.count) if after[i] and not before[i]}
+        assert newly == expected - {i for i in range(blocks.count) if before[i]}, round_

@@ -295,9 +295,10 @@ class FileCheck:
 
         ``starts`` is sorted. ``view`` is a buffer of the whole file (e.g. a
         memory map): the blocks are hashed from it. Used before records are
-        copied out of a map. Costs one slice test once every block between the
-        first and last record is verified, and otherwise a pass over the
-        records' block numbers (no sort of them).
+        copied out of a map. No pass over the records: for each block between
+        the first record and the last that is not verified yet, a binary
+        search in ``starts`` says whether a record overlaps it, so the cost
+        shrinks as the epoch verifies blocks (one slice test once all are).
         """
         state = self._state
         if state is None or state.done or not len(starts):
@@ -309,30 +310,23 @@ class FileCheck:
         bits = state.bits
         if bits is None:
             return
+        length = max(1, length)
         seen = np.frombuffer(bits, np.uint8)  # 1 = verified (read without the lock: a block
         # seen unverified is hashed, at worst twice; one seen verified stays verified)
         first_block = blocks.block_at(int(starts[0]))
-        last_block = blocks.block_at(int(starts[-1]) + max(0, length - 1))
-        if seen[first_block : last_block + 1].all():  # every block from first to last record
+        last_block = blocks.block_at(int(starts[-1]) + length - 1)
+        ids = np.flatnonzero(seen[first_block : last_block + 1] == 0) + first_block
+        if not len(ids):
             return
-        b0 = _block_ids(blocks, starts)
-        b1 = b0 if length <= 1 else _block_ids(blocks, starts + (length - 1))
-        if b1 is b0 or not np.any(b1 - b0 > 1):
-            ids = np.concatenate((b0, b1)) if b1 is not b0 else b0
-            ids = ids[seen[ids] == 0]
-            if not len(ids):
-                return
-            ids = np.unique(ids)
-        else:  # records over several blocks: every block from each one's first to its last
-            marks = np.bincount(b0, minlength=len(seen) + 1)
-            marks -= np.bincount(b1 + 1, minlength=len(seen) + 1)
-            ids = np.flatnonzero((np.cumsum(marks[:-1]) > 0) & (seen == 0))
+        lo, hi = _block_bounds(blocks, ids)
+        # record [s, s + length) overlaps block [lo, hi) when lo - length < s < hi
+        ids = ids[np.searchsorted(starts, hi) > np.searchsorted(starts, lo - length + 1)]
         buf = memoryview(view).cast("B")
         for i in ids.tolist():
             if bits[i]:
                 continue
-            lo, hi = blocks.block_span(i)
-            self.verify_range(lo, buf[lo:hi])
+            lo_i, hi_i = blocks.block_span(i)
+            self.verify_range(lo_i, buf[lo_i:hi_i])
             if state.bits is None:
                 return
             bits = state.bits
@@ -442,12 +436,15 @@ class FileCheck:
             done += got
 
 
-def _block_ids(blocks: FileBlocks, offsets: np.ndarray) -> np.ndarray:
-    """The block holding each byte offset of ``offsets``."""
-    offsets = np.asarray(offsets, np.int64)
-    if not blocks.first:
-        return offsets // blocks.block
-    return np.where(offsets < blocks.first, 0, 1 + (offsets - blocks.first) // blocks.block)
+def _block_bounds(blocks: FileBlocks, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Byte ranges ``[lo, hi)`` of blocks ``ids`` (vectorised :meth:`FileBlocks.block_span`)."""
+    if blocks.first:
+        lo = np.where(ids == 0, 0, blocks.first + (ids - 1) * blocks.block)
+        hi = np.where(ids == 0, min(blocks.first, blocks.size), lo + blocks.block)
+    else:
+        lo = ids * blocks.block
+        hi = lo + blocks.block
+    return lo, np.minimum(hi, blocks.size)
 
 
 # -- one reader's view -------------------------------------------------------------------------
