@@ -467,3 +467,46 @@ def test_shard_directory_symlink_escaping_the_dataset_is_refused(
         bad.to_tf(batch_size=8, tf_native=True)
     with pytest.raises(ManifestError, match="outside the dataset"):
         bad.check_files()
+
+
+@pytest.mark.parametrize("shuffle", [False, True, "global"])
+def test_an_epochs_first_group_is_read_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shuffle: bool | str
+) -> None:
+    """No other group of records is read until an epoch's first one is out (first batch fast)."""
+    import threading
+    import time
+
+    from shardstore.reading import random_access
+
+    data = {"x": np.arange(20_000, dtype=np.int64)}
+    ds = shardstore.write(tmp_path / "d", data, records_per_shard=500, fsync=False)
+    calls: list[tuple[float, float]] = []
+    started = [0]
+    lock = threading.Lock()
+    real = random_access.gather_records
+
+    def logged(*args: Any, **kwargs: Any) -> Any:
+        start = time.monotonic()
+        with lock:
+            started[0] += 1
+            first = started[0] == 1
+        if first:
+            time.sleep(0.3)  # a slow first group: others would start meanwhile
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                calls.append((start, time.monotonic()))
+
+    monkeypatch.setattr(random_access, "gather_records", logged)
+    pipeline = ds.to_tf(64, shuffle=shuffle, seed=1, features="x")
+    for epoch in range(2):
+        calls.clear()
+        started[0] = 0
+        got = np.concatenate([b.numpy() for b in pipeline])
+        assert np.array_equal(np.sort(got), data["x"]), epoch
+        assert len(calls) > 3
+        calls.sort()
+        first_end = calls[0][1]
+        assert all(start >= first_end for start, _ in calls[1:]), epoch
