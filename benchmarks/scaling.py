@@ -41,7 +41,10 @@ def many_shards(path: Path, shards: int) -> shardstore.Dataset:
 
 
 def simulated_manifest(path: Path, shards: int) -> None:
-    """Write a valid ``manifest.json`` of ``shards`` npy shards (tabular), without data files."""
+    """Write a valid ``manifest.json`` of ``shards`` npy shards (tabular), without data files.
+
+    Each shard lists what the writer lists: two ``.npy`` files and a block index.
+    """
     features = {
         "x": FeatureSpec(np.dtype("<f4"), TABULAR.shape),
         "label": FeatureSpec(np.dtype("<i8"), ()),
@@ -59,7 +62,8 @@ def simulated_manifest(path: Path, shards: int) -> None:
             )
             for name, spec in features.items()
         )
-        return ShardEntry(i, "npy", RECORDS_PER_SHARD, files)
+        blocks = FileEntry(f"v-{version}/{i:06d}.blocks", 112, CHECKSUM)  # as the writer lists
+        return ShardEntry(i, "npy", RECORDS_PER_SHARD, files, blocks)
 
     manifest = Manifest(
         features,

@@ -158,6 +158,19 @@ BAD_MANIFESTS = {
     "bad version id": mutate(lambda d: d.update(version_id="../x")),
     "metadata not object": mutate(lambda d: d.update(metadata=[1])),
     "info not object": mutate(lambda d: d["shards"][0]["files"][0].update(info=3)),
+    "path twice in a shard": mutate(
+        lambda d: d["shards"][0]["files"][1].update(path=d["shards"][0]["files"][0]["path"])
+    ),
+    "block index with a feature": mutate(
+        lambda d: d["shards"][0].update(blocks={"path": "v-00ff00ff/000000.blocks", "size": 8,
+                                                "checksum": CHECKSUM, "feature": "x"})
+    ),
+    "block index at a file's path": mutate(
+        lambda d: d["shards"][0].update(blocks={"path": d["shards"][0]["files"][0]["path"],
+                                                "size": 8, "checksum": CHECKSUM})
+    ),
+    "float size": mutate(lambda d: d["shards"][0]["files"][0].update(size=256.0)),
+    "huge size": mutate(lambda d: d["shards"][0]["files"][0].update(size=2**70)),
 }  # fmt: skip
 
 
@@ -237,3 +250,36 @@ def test_records_without_elements_are_refused(shape: list[int | None]) -> None:
     d["features"]["x"]["shape"] = shape
     with pytest.raises(ManifestError, match="no element per record"):
         Manifest.from_dict(d)
+
+
+def test_quick_and_full_parsing_build_equal_entries() -> None:
+    """A plain shard entry parsed without messages equals the fully checked one, frozen alike."""
+    import dataclasses
+
+    from shardstore.format.manifest import _plain_shard
+
+    d = as_dict()
+    d["shards"][0]["blocks"] = {"path": "v-00ff00ff/000000.blocks", "size": 8, "checksum": CHECKSUM}
+    for raw in d["shards"]:
+        quick = _plain_shard(copy.deepcopy(raw))
+        assert quick is not None
+        assert quick == ShardEntry.from_json(copy.deepcopy(raw), where="shard")
+        assert quick.file_for("x").info["header_bytes"] == 128
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            quick.files[0].size = 1  # type: ignore[misc]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            quick.index = 7  # type: ignore[misc]
+    assert _plain_shard({**d["shards"][0], "source": "os.system"}) is None  # full check
+
+
+@pytest.mark.parametrize(
+    "value", [2**64 + 1, -(2**70), 10**30, [1.5, 2**65], "\ud800 lone", {"k": 1e300}]
+)
+def test_metadata_reads_back_exactly_as_json_decodes_it(value: object) -> None:
+    """Integers beyond 64 bits, lone surrogates, floats: the metadata reads back unchanged."""
+    d = as_dict()
+    d["metadata"] = {"value": value}
+    text = json.dumps(d)
+    m = Manifest.from_json(text.encode())
+    assert m.metadata["value"] == json.loads(text)["metadata"]["value"]
+    assert type(m.metadata["value"]) is type(value)
