@@ -522,8 +522,9 @@ def test_marked_figures_and_blocks_are_rendered(tmp_path: Path) -> None:
 
 
 def test_the_tf_data_page_says_what_the_results_say() -> None:
-    """Its prose: from_tensor_slices wins on in-memory images, loses on small records, and
-    shardstore beats every pattern for larger data. A run that says otherwise fails here."""
+    """Its prose: from_tensor_slices loses on small records (on in-memory images the page
+    claims no winner), and shardstore beats every other pattern. A run that says otherwise
+    fails here."""
     doc = _latest()
 
     def rate(workload: str, row: str, key: str = "gb_per_s") -> float:
@@ -532,7 +533,6 @@ def test_the_tf_data_page_says_what_the_results_say() -> None:
         return float(found[key])
 
     ours = rate("images", "npy:sequential")
-    assert rate("images", "peer:from_tensor_slices") > ours
     assert rate("tabular", "peer:from_tensor_slices", "records_per_s") < rate(
         "tabular", "npy:sequential", "records_per_s"
     )
