@@ -143,3 +143,59 @@ def test_a_file_cut_short_after_its_checks_is_not_mapped(
     with pytest.raises(ChecksumError, match=r"shard 1: file .* cannot be mapped") as exc:
         ds[[8, 12]]
     assert exc.value.shard == 1
+
+
+@pytest.mark.parametrize("damaged", [False, True])
+def test_a_gathers_page_cache_misses_are_read_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damaged: bool
+) -> None:
+    """One record from each of 40 shards, none in the page cache: read 16 at a time, verified."""
+    import threading
+    import time
+
+    from shardstore.storage.integrity import FileCheck
+
+    data = {"x": np.random.default_rng(3).standard_normal((320, 1024)).astype(np.float32)}
+    ds = shardstore.write(tmp_path / "d", data, records_per_shard=8, fsync=False)
+    wanted = np.arange(3, 320, 8)  # record 3 of every shard
+    if damaged:
+        entry = ds.shards[17].file_for("x")
+        path = ds.path / entry.path
+        raw = bytearray(path.read_bytes())
+        raw[entry.info["header_bytes"] + 3 * 4096 + 100] ^= 1
+        path.write_bytes(bytes(raw))
+    real_preadv = os.preadv
+
+    def no_page_cache(fd: int, buffers: Any, offset: int, flags: int = 0) -> int:
+        if flags:  # RWF_NOWAIT: as if nothing were cached
+            raise BlockingIOError
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(memmap_module.os, "preadv", no_page_cache)
+    monkeypatch.setattr(memmap_module, "_nowait", True)
+    busy, most = [0], [0]
+    lock = threading.Lock()
+    real_read = FileCheck.pread_into
+
+    def slow_read(self: FileCheck, fd: int, buf: Any, offset: int) -> None:
+        with lock:
+            busy[0] += 1
+            most[0] = max(most[0], busy[0])
+        try:
+            time.sleep(0.02)  # a disk's latency
+            real_read(self, fd, buf, offset)
+        finally:
+            with lock:
+                busy[0] -= 1
+
+    monkeypatch.setattr(FileCheck, "pread_into", slow_read)
+    fresh = shardstore.open(ds.path, source="memmap")
+    if damaged:
+        with pytest.raises(ChecksumError, match="000017"):
+            fresh[wanted]
+        return
+    fresh[wanted]  # every shard's files opened (their header reads, from threads too)
+    most[0] = 0
+    got = fresh[wanted]
+    assert_bitwise_equal(got["x"], data["x"][wanted])
+    assert most[0] >= 8, most[0]  # one read at a time, shard after shard, without

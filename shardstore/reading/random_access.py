@@ -146,17 +146,20 @@ def _read_touched(
         if len(new) > 1:
             source.open_shards(each, new.tolist())
         each.opened[new] = True
-    for lo, hi in zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(unique)].tolist(), strict=True):
-        if lo == hi:
-            continue
-        pos = int(positions[lo])
-        here = ctx if ctx_of is None else ctx_of[pos]
-        if here.verifier is not None and not source.verifies_reads:
-            here.verifier.require_shard(ctx.shards[pos], names)
-        rows = unique[lo:hi] - starts[pos]
-        if out:
-            source.read_records_into(
-                here, pos, rows, {name: arr[lo:hi] for name, arr in out.items()}
-            )
-        for name in ragged:
-            pieces[name].append(source.read_ragged(here, pos, name, rows))
+    with source.gathering():  # the source may read the shards' records together at the end
+        for lo, hi in zip(
+            np.r_[0, bounds].tolist(), np.r_[bounds, len(unique)].tolist(), strict=True
+        ):
+            if lo == hi:
+                continue
+            pos = int(positions[lo])
+            here = ctx if ctx_of is None else ctx_of[pos]
+            if here.verifier is not None and not source.verifies_reads:
+                here.verifier.require_shard(ctx.shards[pos], names)
+            rows = unique[lo:hi] - starts[pos]
+            if out:
+                source.read_records_into(
+                    here, pos, rows, {name: arr[lo:hi] for name, arr in out.items()}
+                )
+            for name in ragged:
+                pieces[name].append(source.read_ragged(here, pos, name, rows))

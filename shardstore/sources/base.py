@@ -418,6 +418,16 @@ class Source(ABC):
         nothing.
         """
 
+    def gathering(self) -> contextlib.AbstractContextManager[None]:
+        """A block around one gather's reads (:meth:`read_records_into` of many shards).
+
+        The reader enters it before reading the shards of a gather and leaves
+        it before using what was read, so a source may put reads off until
+        the block ends and issue them together (many reads in flight, as
+        random reads from storage need). The default does nothing.
+        """
+        return contextlib.nullcontext()
+
     def prepare_shard(self, ctx: ReadContext, position: int) -> None:  # noqa: B027
         """Check shard ``ctx.shards[position]`` before ``tf_reader``'s dataset first reads it.
 

@@ -64,6 +64,9 @@ MAX_OPEN_FILES = 256
 #: Records at least this large are read with one ``preadv`` per run of
 #: consecutive rows; smaller scattered records are gathered from a memory map.
 PREAD_MIN_RECORD_BYTES = 4096
+#: A run of records at least this long is read as a sequential read (with the
+#: kernel's readahead), at once, never put off by :func:`deferred_reads`.
+SEQUENTIAL_READ_BYTES = 1 << 20
 #: Smaller scattered records are read with one ``pread`` of the rows' whole
 #: span when it is at most this long (small shards: no memory map to open).
 SPAN_READ_BYTES = 256 << 10
@@ -118,6 +121,40 @@ def _advise(fd: int, advice: str) -> None:
         os.posix_fadvise(fd, 0, 0, getattr(os, advice))
 
 
+_deferred = threading.local()  # .reads: the reads put off by this thread, or None
+
+
+@contextlib.contextmanager
+def deferred_reads() -> Any:
+    """Put off the page-cache misses of scattered reads until the block ends, then do them at once.
+
+    Inside the block, :func:`read_runs` copies what the page cache holds
+    and leaves the rest; when the block ends, everything left by every file
+    read in it is read by :data:`READ_THREADS` threads together. A gather
+    touching many shards with a record or two each (a global shuffle of a
+    large dataset) would otherwise wait for one read at a time, shard after
+    shard. The buffers are filled (and verified) only when the block ends;
+    nothing is read if it raises. Nested blocks join the outermost one.
+    """
+    if getattr(_deferred, "reads", None) is not None:
+        yield
+        return
+    reads: list[tuple[_Handle, FileCheck, memoryview, int]] = []
+    _deferred.reads = reads
+    try:
+        yield
+    finally:
+        _deferred.reads = None
+    if len(reads) == 1:
+        handle, check, view, offset = reads[0]
+        check.pread_into(handle.fd, view, offset)
+    elif reads:  # any error is raised here, in the caller's thread
+        pool = _read_pool()
+        futures = [pool.submit(check.pread_into, h.fd, v, o) for h, check, v, o in reads]
+        for future in futures:
+            future.result()
+
+
 def read_runs(handle: _Handle, check: FileCheck, runs: list[tuple[memoryview, int]]) -> None:
     """Fill each ``(buffer, offset)`` of ``runs`` from the file of ``handle``, verified.
 
@@ -150,6 +187,10 @@ def read_runs(handle: _Handle, check: FileCheck, runs: list[tuple[memoryview, in
         else:
             missing.append((view, offset))
     if not missing:
+        return
+    put_off = getattr(_deferred, "reads", None)
+    if put_off is not None:  # read with the other files' misses (deferred_reads)
+        put_off.extend((handle, check, view, offset) for view, offset in missing)
         return
     if len(missing) == 1:
         check.pread_into(fd, *missing[0])
@@ -215,6 +256,10 @@ class MemmapSource(Source):
         parts = [jobs[i::READ_THREADS] for i in range(min(READ_THREADS, len(jobs)))]
         for future in [pool.submit(open_all, part) for part in parts]:
             future.result()
+
+    def gathering(self) -> contextlib.AbstractContextManager[None]:
+        """Scattered reads of a gather missing from the page cache go together at its end."""
+        return deferred_reads()
 
     def _map(self, ctx: ReadContext, position: int, feature: str) -> tuple[np.ndarray, mmap.mmap]:
         """A read-only memory map of a fixed-shape feature's file in one shard (cached).
@@ -468,8 +513,9 @@ class MemmapSource(Source):
                 (buf[lo * record_bytes : hi * record_bytes], header + int(rows[lo]) * record_bytes)
                 for lo, hi in runs
             ]
-            if len(reads) == 1:
-                if handle.random and len(reads[0][0]) >= 1 << 20:  # sequential again: readahead
+            deferring = getattr(_deferred, "reads", None) is not None
+            if len(reads) == 1 and (len(reads[0][0]) >= SEQUENTIAL_READ_BYTES or not deferring):
+                if handle.random and len(reads[0][0]) >= SEQUENTIAL_READ_BYTES:  # readahead again
                     handle.random = False
                     _advise(handle.fd, "POSIX_FADV_NORMAL")
                 check.pread_into(handle.fd, *reads[0])
