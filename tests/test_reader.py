@@ -510,3 +510,28 @@ def test_an_epochs_first_group_is_read_alone(
         calls.sort()
         first_end = calls[0][1]
         assert all(start >= first_end for start, _ in calls[1:]), epoch
+
+
+@pytest.mark.parametrize("source", ["memmap", "zarr"])
+def test_consecutive_records_gathered_from_their_ends_equal_the_general_gather(
+    tmp_path: Path, source: str
+) -> None:
+    """An in-order group found by its two ends reads what the record-by-record gather reads."""
+    from shardstore.reading.random_access import gather_records
+
+    rng = np.random.default_rng(7)
+    data = {"x": rng.standard_normal((200, 3)).astype(np.float32), "y": np.arange(200)}
+    fmt = "zarr" if source == "zarr" else "npy"
+    ds = shardstore.write(tmp_path / "d", data, records_per_shard=7, format=fmt, fsync=False)
+    reader = shardstore.open(ds.path, source=source)
+    src = reader.source_for("random_access")
+    reader[0]  # builds the reader's random-access context
+    ctx = reader._random_ctx
+    assert ctx is not None
+    for a, b in [(0, 200), (0, 1), (6, 8), (7, 14), (13, 190), (199, 200), (50, 51)]:
+        idx = np.arange(a, b, dtype=np.int64)
+        quick = gather_records(src, ctx, idx, contiguous=True)
+        full = gather_records(src, ctx, idx)
+        for name in ("x", "y"):
+            assert_bitwise_equal(quick[name], full[name])
+            assert_bitwise_equal(quick[name], data[name][a:b])

@@ -928,9 +928,14 @@ def _group_reader(
             shapes.append([None, *spec.shape])
 
     def gather(indices: np.ndarray) -> list[np.ndarray]:
-        got = gather_records(
-            source, ctx, np.sort(indices) if in_file_order else indices, ranged=ranged
+        # in order, a group is consecutive records; it wraps around only when a share
+        # repeats (balance="repeat"), and then its ends are not len - 1 apart
+        contiguous = (
+            not config.shuffle and len(indices) > 0 and indices[-1] - indices[0] == len(indices) - 1
         )
+        if in_file_order and not contiguous:
+            indices = np.sort(indices)
+        got = gather_records(source, ctx, indices, ranged=ranged, contiguous=bool(contiguous))
         parts: list[np.ndarray] = []
         for name in names:
             value = got[name]

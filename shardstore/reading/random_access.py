@@ -49,9 +49,17 @@ def normalize_index(key: Any, n: int) -> tuple[np.ndarray, bool]:
 
 
 def gather_records(
-    source: Source, ctx: ReadContext, indices: np.ndarray, *, ranged: ReadContext | None = None
+    source: Source,
+    ctx: ReadContext,
+    indices: np.ndarray,
+    *,
+    ranged: ReadContext | None = None,
+    contiguous: bool = False,
 ) -> dict[str, np.ndarray | RaggedArray]:
     """Records ``indices`` (any order, repeats allowed) of ``ctx.shards``, in that order.
+
+    ``contiguous``: the caller knows ``indices`` is ``arange(a, b)`` (an
+    in-order read), so shards are found from its two ends, not record by record.
 
     Sorted unique indices (what the reader asks for) are read straight into
     the returned arrays, one :meth:`~shardstore.sources.base.Source.read_records_into`
@@ -69,8 +77,22 @@ def gather_records(
     blocks the source reads are fetched, where the source can say which.
     """
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-    in_order = bool(np.all(indices[1:] > indices[:-1]))
-    unique, inverse = (indices, None) if in_order else np.unique(indices, return_inverse=True)
+    starts = ctx.record_starts
+    if contiguous and len(indices):  # consecutive records: shards found at their ends only
+        first, end = int(indices[0]), int(indices[0]) + len(indices)
+        p0, p1 = (np.searchsorted(starts, [first, end - 1], side="right") - 1).tolist()
+        counts = np.diff(np.r_[0, starts[p0 + 1 : p1 + 1] - first, len(indices)])
+        touched = np.arange(p0, p1 + 1, dtype=np.int64)[counts > 0]  # no empty shard
+        counts = counts[counts > 0]
+        bounds = np.cumsum(counts)[:-1]
+        positions = np.repeat(touched, counts)
+        unique, inverse = indices, None
+    else:
+        in_order = bool(np.all(indices[1:] > indices[:-1]))
+        unique, inverse = (indices, None) if in_order else np.unique(indices, return_inverse=True)
+        positions = np.searchsorted(starts, unique, side="right") - 1
+        bounds = np.flatnonzero(np.diff(positions)) + 1
+        touched = positions[np.r_[0, bounds]] if len(unique) else positions[:0]
     ragged = [name for name, spec in ctx.features.items() if spec.is_ragged]
     out = {
         name: aligned_empty((len(unique), *(int(d or 0) for d in spec.shape)), spec.dtype)
@@ -78,10 +100,6 @@ def gather_records(
         if not spec.is_ragged
     }
     pieces: dict[str, list[RaggedArray]] = {name: [] for name in ragged}
-    starts = ctx.record_starts
-    positions = np.searchsorted(starts, unique, side="right") - 1
-    bounds = np.flatnonzero(np.diff(positions)) + 1
-    touched = positions[np.r_[0, bounds]] if len(unique) else positions[:0]
     with contextlib.ExitStack() as held:
         ctx_of = None
         if ctx.remote is not None:  # object storage: the bytes to read, in the local cache

@@ -587,6 +587,8 @@ class MemmapSource(Source):
 
 def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
     """``[lo, hi)`` index ranges of ``rows`` (sorted, unique) holding consecutive rows."""
+    if len(rows) and int(rows[-1]) - int(rows[0]) == len(rows) - 1:  # one run (sorted, unique)
+        return [(0, len(rows))]
     breaks = (np.flatnonzero(np.diff(rows) != 1) + 1).tolist()
     return list(zip([0, *breaks], [*breaks, len(rows)], strict=True))
 
