@@ -119,3 +119,16 @@ def test_bad_magic_version_and_layout_are_refused() -> None:
     with pytest.raises(BlockIndexError, match="invalid layout"):
         decode_index(bytes(bad))
     assert bytes(raw[:8]) == MAGIC
+
+
+@pytest.mark.parametrize(
+    ("size", "first", "block"), [(1000, 0, 64), (1000, 100, 64), (50, 100, 64)]
+)
+def test_block_spans_are_block_span_for_many_blocks(size: int, first: int, block: int) -> None:
+    count = (1 if first else 0) + -(-max(0, size - first) // block) if size > first else 1
+    blocks = FileBlocks(size, 0, first, block, np.zeros(count, np.uint64))
+    ids = np.arange(blocks.count, dtype=np.int64)
+    lo, hi = blocks.block_spans(ids)
+    assert list(zip(lo.tolist(), hi.tolist(), strict=True)) == [
+        blocks.block_span(i) for i in range(blocks.count)
+    ]

@@ -132,6 +132,16 @@ class FileBlocks:
         lo = self.first + j * self.block
         return lo, min(self.size, lo + self.block)
 
+    def block_spans(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Byte ranges ``[lo, hi)`` of blocks ``ids`` (:meth:`block_span`, vectorised)."""
+        if self.first:
+            lo = np.where(ids == 0, 0, self.first + (ids - 1) * self.block)
+            hi = np.where(ids == 0, min(self.first, self.size), lo + self.block)
+        else:
+            lo = ids * self.block
+            hi = lo + self.block
+        return lo, np.minimum(hi, self.size)
+
     def blocks_of(self, lo: int, hi: int) -> tuple[int, int]:
         """Blocks ``[b0, b1)`` that hold any byte of ``[lo, hi)`` (``hi > lo``)."""
         return self.block_at(lo), self.block_at(hi - 1) + 1

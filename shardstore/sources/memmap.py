@@ -145,13 +145,20 @@ def deferred_reads() -> Any:
         yield
     finally:
         _deferred.reads = None
+    _read_all([(check, handle.fd, view, offset) for handle, check, view, offset in reads])
+
+
+def _read_all(reads: list[tuple[FileCheck, int, memoryview, int]]) -> None:
+    """Do each ``(check, fd, buffer, offset)`` read: one here, several from the read threads.
+
+    From the threads in the order given; any error is raised here, in the caller's thread.
+    """
     if len(reads) == 1:
-        handle, check, view, offset = reads[0]
-        check.pread_into(handle.fd, view, offset)
-    elif reads:  # any error is raised here, in the caller's thread
+        check, fd, view, offset = reads[0]
+        check.pread_into(fd, view, offset)
+    elif reads:
         pool = _read_pool()
-        futures = [pool.submit(check.pread_into, h.fd, v, o) for h, check, v, o in reads]
-        for future in futures:
+        for future in [pool.submit(c.pread_into, fd, v, o) for c, fd, v, o in reads]:
             future.result()
 
 
@@ -192,12 +199,7 @@ def read_runs(handle: _Handle, check: FileCheck, runs: list[tuple[memoryview, in
     if put_off is not None:  # read with the other files' misses (deferred_reads)
         put_off.extend((handle, check, view, offset) for view, offset in missing)
         return
-    if len(missing) == 1:
-        check.pread_into(fd, *missing[0])
-        return
-    # from the threads, in file order; any error is raised here, in the caller's thread
-    for future in [_read_pool().submit(check.pread_into, fd, v, o) for v, o in missing]:
-        future.result()
+    _read_all([(check, fd, view, offset) for view, offset in missing])
 
 
 class MemmapSource(Source):

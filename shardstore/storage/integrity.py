@@ -318,7 +318,7 @@ class FileCheck:
         ids = np.flatnonzero(seen[first_block : last_block + 1] == 0) + first_block
         if not len(ids):
             return
-        lo, hi = _block_bounds(blocks, ids)
+        lo, hi = blocks.block_spans(ids)
         # record [s, s + length) overlaps block [lo, hi) when lo - length < s < hi
         ids = ids[np.searchsorted(starts, hi) > np.searchsorted(starts, lo - length + 1)]
         buf = memoryview(view).cast("B")
@@ -434,17 +434,6 @@ class FileCheck:
                     f"ends at byte {offset + done}, before the records the manifest records"
                 )
             done += got
-
-
-def _block_bounds(blocks: FileBlocks, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Byte ranges ``[lo, hi)`` of blocks ``ids`` (vectorised :meth:`FileBlocks.block_span`)."""
-    if blocks.first:
-        lo = np.where(ids == 0, 0, blocks.first + (ids - 1) * blocks.block)
-        hi = np.where(ids == 0, min(blocks.first, blocks.size), lo + blocks.block)
-    else:
-        lo = ids * blocks.block
-        hi = lo + blocks.block
-    return lo, np.minimum(hi, blocks.size)
 
 
 # -- one reader's view -------------------------------------------------------------------------
